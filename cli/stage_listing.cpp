@@ -1,0 +1,46 @@
+#include "stage_listing.h"
+
+#include "pipeline/diagnostics.h"
+
+#include <cstdio>
+#include <sstream>
+
+namespace flowrun {
+
+namespace {
+std::string describe_param(const ParamSpec& spec) {
+  std::string text = spec.doc;
+  std::vector<std::string> notes;
+  if (spec.min && spec.max) notes.push_back(format_value(*spec.min) + " .. " + format_value(*spec.max));
+  else if (spec.min) notes.push_back(">= " + format_value(*spec.min));
+  else if (spec.max) notes.push_back("<= " + format_value(*spec.max));
+  if (!spec.choices.empty()) notes.push_back("one of " + join_names(spec.choices, 100));
+  if (spec.allow_auto) notes.push_back("or auto");
+  if (!notes.empty()) {
+    text += " [";
+    for (size_t i = 0; i < notes.size(); ++i) text += (i ? "; " : "") + notes[i];
+    text += "]";
+  }
+  return text;
+}
+}  // namespace
+
+std::string format_stage_listing(const Registry& registry) {
+  std::ostringstream out;
+  char line[512];
+  for (const auto& name : registry.types()) {
+    const StageType& type = *registry.find(name);
+    out << name << " (" << to_string(type.schema.kind()) << ", " << type.origin << ")\n    " << type.schema.doc() << "\n";
+    std::vector<ParamSpec> params = type.schema.params();
+    for (const auto& extra : engine_params(type.schema.kind())) params.push_back(extra);
+    for (const auto& spec : params) {
+      std::string shown_default = spec.required() ? "(required)" : "= " + format_value(*spec.default_value);
+      std::snprintf(line, sizeof line, "    %-14s %-12s %-16s %s\n", spec.name.c_str(), to_string(spec.type),
+                    shown_default.c_str(), describe_param(spec).c_str());
+      out << line;
+    }
+  }
+  return out.str();
+}
+
+}  // namespace flowrun

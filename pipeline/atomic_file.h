@@ -1,0 +1,16 @@
+// Files written whole or not at all: a temporary file beside the target,
+// flushed to disk, then renamed over it. A crash mid-write leaves the old file.
+#pragma once
+
+#include <functional>
+#include <ostream>
+#include <string>
+
+namespace flowrun {
+
+// Calls `write` with a stream to the temporary file, then renames it to
+// `path`. Throws std::runtime_error naming `path` on any failure.
+void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write);
+void write_file_atomically(const std::string& path, const std::string& content);
+
+}  // namespace flowrun

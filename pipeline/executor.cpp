@@ -1,0 +1,473 @@
+#include "pipeline/executor.h"
+
+#include <oneapi/tbb/flow_graph.h>
+#include <oneapi/tbb/task_arena.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <sstream>
+
+#include "pipeline/interrupt.h"
+#include "pipeline/trace.h"
+
+namespace flowrun {
+namespace {
+
+namespace flow = tbb::flow;
+
+struct Counters {
+  std::atomic<uint64_t> items_in{0}, items_out{0}, dropped{0};
+  std::atomic<int64_t> busy_ns{0}, wait_output_ns{0};
+};
+
+// One named stage of the graph, alive across epochs (and phases, unless a
+// phase changes it in a way it cannot absorb).
+struct StageSlot {
+  ResolvedStage config;
+  std::vector<std::unique_ptr<Stage>> ops;
+  Counters counters;
+  uint32_t trace_id = 0;
+  uint32_t index = 0;
+  bool in_phase = false;
+};
+
+// The TBB nodes of one chain for one epoch, and its bookkeeping.
+struct ChainRun {
+  std::vector<StageSlot*> stages;
+  std::unique_ptr<flow::input_node<Item>> source;
+  std::unique_ptr<flow::limiter_node<Item, int>> limiter;
+  std::vector<std::unique_ptr<flow::graph_node>> nodes;
+  std::vector<flow::receiver<Item>*> entry;  // entry[i]: where stage i's input goes; entry.back(): release
+  std::vector<uint32_t> pending;             // per serial stage: tokens of items it absorbed
+  std::vector<uint64_t> out_seq;             // per serial stage: next output sequence number
+  std::atomic<int64_t>* max_alive = nullptr;
+  std::atomic<int64_t> alive{0};
+  uint64_t next_seq = 0;
+  int64_t last_return_ns = 0;
+  bool exhausted = false;
+  bool stopped = false;
+};
+
+std::string type_of(const ResolvedStage& stage) {
+  std::string text;
+  for (size_t i = 0; i < stage.ops.size(); ++i) text += (i ? " | " : "") + stage.ops[i].type;
+  return text;
+}
+
+class Runner {
+ public:
+  Runner(const ResolvedGraph& graph, const RunOptions& options) : graph_(graph), options_(options) {
+    run_info_.seed = graph.run.seed;
+    run_info_.threads = std::max(1, options.threads);
+    run_info_.run_dir = options.run_dir;
+    if (!options.profile_path.empty()) tracer_ = std::make_unique<Tracer>();
+    max_alive_ = std::vector<std::atomic<int64_t>>(graph.chains.size());
+  }
+
+  RunResult run() {
+    int64_t start = now_ns();
+    tbb::task_arena arena(run_info_.threads);
+    RunResult result;
+    int global_epoch = 0;
+    try {
+      for (size_t p = 0; p < graph_.phases.size() && !result.interrupted; ++p) {
+        const ResolvedPhase& phase = graph_.phases[p];
+        prepare_phase(phase);
+        for (int64_t e = 0; e < phase.epochs; ++e) {
+          if (stop_requested()) {
+            result.interrupted = true;
+            break;
+          }
+          EpochInfo info{phase.name, static_cast<int>(p), global_epoch, static_cast<int>(e),
+                         static_cast<int>(phase.epochs), graph_.run.seed};
+          spdlog::debug("phase '{}' epoch {}/{} (global epoch {})", phase.name, e + 1, phase.epochs, global_epoch);
+          for_each_stage([&](StageSlot& slot, Stage& stage) { stage.begin_epoch(info); });
+          bool completed = false;
+          arena.execute([&] { completed = run_epoch_flow(); });
+          if (!completed) {
+            result.interrupted = true;
+            break;
+          }
+          for_each_stage([&](StageSlot& slot, Stage& stage) { stage.end_epoch(info); });
+          ++global_epoch;
+        }
+      }
+      for_each_stage([&](StageSlot& slot, Stage& stage) { stage.on_stop(result.interrupted); });
+    } catch (...) {
+      write_trace();
+      throw;
+    }
+    result.elapsed_s = (now_ns() - start) / 1e9;
+    result.epochs_run = global_epoch;
+    collect(result);
+    write_trace();
+    return result;
+  }
+
+ private:
+  template <class F>
+  void for_each_stage(F&& f) {
+    for (auto& slot : slots_)
+      if (slot->in_phase)
+        for (auto& op : slot->ops) call_stage(*slot, [&] { f(*slot, *op); });
+  }
+
+  // Runs stage code, turning its exceptions into StageError naming the stage.
+  template <class F>
+  void call_stage(const StageSlot& slot, F&& f) {
+    try {
+      f();
+    } catch (const StageError&) {
+      failed_.store(true);
+      throw;
+    } catch (const std::exception& e) {
+      failed_.store(true);
+      throw StageError(slot.config.name, "stage '" + slot.config.name + "' (" + type_of(slot.config) + "): " + e.what());
+    }
+  }
+
+  StageSlot* find_slot(const std::string& name) {
+    for (auto& slot : slots_)
+      if (slot->config.name == name) return slot.get();
+    return nullptr;
+  }
+
+  std::unique_ptr<Stage> make_op(const StageSlot& slot, const ResolvedOp& op) {
+    std::unique_ptr<Stage> stage;
+    call_stage(slot, [&] { stage = op.stage_type->make(StageInit{slot.config.name, op.params, run_info_, services_}); });
+    return stage;
+  }
+
+  // Builds the phase's stages, reusing those whose configuration is unchanged
+  // or that accept the new parameters.
+  void prepare_phase(const ResolvedPhase& phase) {
+    for (auto& slot : slots_) slot->in_phase = false;
+    for (const auto& config : phase.stages) {
+      StageSlot* slot = find_slot(config.name);
+      if (!slot) {
+        slots_.push_back(std::make_unique<StageSlot>());
+        slot = slots_.back().get();
+        slot->index = static_cast<uint32_t>(slots_.size() - 1);
+        slot->config = config;
+        if (tracer_) slot->trace_id = tracer_->add_name(config.name);
+        for (const auto& op : config.ops) slot->ops.push_back(make_op(*slot, op));
+      } else if (!slot->config.same_config(config)) {
+        bool same_types = slot->config.ops.size() == config.ops.size();
+        for (size_t i = 0; same_types && i < config.ops.size(); ++i) same_types = slot->config.ops[i].type == config.ops[i].type;
+        ResolvedStage old = slot->config;
+        slot->config = config;
+        if (!same_types) {
+          slot->ops.clear();
+          for (const auto& op : config.ops) slot->ops.push_back(make_op(*slot, op));
+        } else {
+          for (size_t i = 0; i < config.ops.size(); ++i) {
+            if (old.ops[i].params == config.ops[i].params) continue;
+            bool kept = false;
+            call_stage(*slot, [&] { kept = slot->ops[i]->update_params(config.ops[i].params); });
+            if (!kept) slot->ops[i] = make_op(*slot, config.ops[i]);
+          }
+        }
+      }
+      slot->in_phase = true;
+    }
+    // Components a phase no longer declares are let go.
+    for (auto& slot : slots_)
+      if (!slot->in_phase && slot->config.kind == StageKind::Component) slot->ops.clear();
+  }
+
+  int64_t concurrency_of(const StageSlot& slot) const {
+    if (slot.config.kind != StageKind::Transform) return 1;
+    return slot.config.concurrency > 0 ? slot.config.concurrency : run_info_.threads;
+  }
+
+  void trace(const StageSlot& slot, int64_t begin, int64_t end) {
+    if (tracer_) tracer_->record(slot.trace_id, begin, end);
+  }
+
+  // The item waited in a queue between its producer and this stage.
+  void count_queue_wait(const Item& item, int64_t start) {
+    if (item.producer < slots_.size() && item.ready_ns)
+      slots_[item.producer]->counters.wait_output_ns.fetch_add(start - item.ready_ns, std::memory_order_relaxed);
+  }
+
+  static void release(ChainRun& chain, uint32_t tokens) {
+    if (!tokens) return;
+    chain.alive.fetch_sub(tokens, std::memory_order_relaxed);
+    chain.limiter->decrementer().try_put(static_cast<int>(tokens));
+  }
+
+  // An item emitted by serial stage i of the chain goes downstream.
+  void forward(ChainRun& chain, size_t i, Item out) {
+    StageSlot& slot = *chain.stages[i];
+    out.seq = chain.out_seq[i]++;
+    out.tokens = chain.pending[i];
+    chain.pending[i] = 0;
+    out.producer = slot.index;
+    out.ready_ns = now_ns();
+    slot.counters.items_out.fetch_add(1, std::memory_order_relaxed);
+    chain.entry[i + 1]->try_put(out);
+  }
+
+  void build_chain(flow::graph& g, ChainRun& chain) {
+    size_t n = chain.stages.size();
+    chain.entry.assign(n + 1, nullptr);
+    chain.pending.assign(n, 0);
+    chain.out_seq.assign(n, 0);
+    // The in-flight bound: the input node may hold one produced item while
+    // the limiter is full, so the limiter admits one less.
+    chain.limiter = std::make_unique<flow::limiter_node<Item, int>>(g, static_cast<size_t>(graph_.run.in_flight - 1));
+
+    auto release_node = std::make_unique<flow::function_node<Item, flow::continue_msg>>(
+        g, flow::unlimited, [&chain](const Item& item) {
+          release(chain, item.tokens);
+          return flow::continue_msg();
+        });
+    chain.entry[n] = release_node.get();
+    chain.nodes.push_back(std::move(release_node));
+
+    bool unordered = false;  // a concurrent transform since the last ordered point
+    for (size_t i = 1; i < n; ++i) {
+      StageSlot& slot = *chain.stages[i];
+      if (slot.config.kind == StageKind::Transform) {
+        int64_t concurrency = concurrency_of(slot);
+        unordered |= concurrency > 1;
+        auto node = std::make_unique<flow::function_node<Item, flow::continue_msg>>(
+            g, static_cast<size_t>(concurrency), [this, &chain, &slot, i](const Item& input) {
+              Item item = input;
+              int64_t begin = now_ns();
+              count_queue_wait(item, begin);
+              if (!item.dropped()) {
+                slot.counters.items_in.fetch_add(1, std::memory_order_relaxed);
+                call_stage(slot, [&] {
+                  for (auto& op : slot.ops) {
+                    static_cast<TransformStage&>(*op).process(item);
+                    if (item.dropped()) {
+                      slot.counters.dropped.fetch_add(1, std::memory_order_relaxed);
+                      break;
+                    }
+                  }
+                });
+                if (!item.dropped()) slot.counters.items_out.fetch_add(1, std::memory_order_relaxed);
+              }
+              int64_t end = now_ns();
+              slot.counters.busy_ns.fetch_add(end - begin, std::memory_order_relaxed);
+              trace(slot, begin, end);
+              item.producer = slot.index;
+              item.ready_ns = end;
+              chain.entry[i + 1]->try_put(item);
+              return flow::continue_msg();
+            });
+        chain.entry[i] = node.get();
+        chain.nodes.push_back(std::move(node));
+      } else {
+        auto node = std::make_unique<flow::function_node<Item, flow::continue_msg>>(
+            g, flow::serial, [this, &chain, &slot, i](const Item& input) {
+              Item item = input;
+              int64_t begin = now_ns();
+              count_queue_wait(item, begin);
+              chain.pending[i] += item.tokens;
+              if (!item.dropped()) {
+                slot.counters.items_in.fetch_add(1, std::memory_order_relaxed);
+                SerialStage::Emit emit = [this, &chain, i](Item out) { forward(chain, i, std::move(out)); };
+                call_stage(slot, [&] { static_cast<SerialStage&>(*slot.ops.front()).process(item, emit); });
+              }
+              int64_t end = now_ns();
+              slot.counters.busy_ns.fetch_add(end - begin, std::memory_order_relaxed);
+              trace(slot, begin, end);
+              return flow::continue_msg();
+            });
+        flow::receiver<Item>* target = node.get();
+        if (unordered) {
+          // Restore stream order before a stage that depends on it.
+          auto sequencer = std::make_unique<flow::sequencer_node<Item>>(g, [](const Item& item) { return item.seq; });
+          flow::make_edge(*sequencer, *node);
+          target = sequencer.get();
+          chain.nodes.push_back(std::move(sequencer));
+        }
+        unordered = false;
+        chain.entry[i] = target;
+        chain.nodes.push_back(std::move(node));
+      }
+    }
+    if (n > 1) {
+      flow::make_edge(*chain.limiter, *chain.entry[1]);
+    } else {
+      flow::make_edge(*chain.limiter, *chain.entry[n]);
+    }
+
+    StageSlot& source_slot = *chain.stages[0];
+    chain.source = std::make_unique<flow::input_node<Item>>(g, [this, &chain, &source_slot](tbb::flow_control& control) {
+      int64_t begin = now_ns();
+      if (chain.last_return_ns) source_slot.counters.wait_output_ns.fetch_add(begin - chain.last_return_ns);
+      if (stop_requested() || failed_.load()) {
+        chain.stopped = true;
+        control.stop();
+        return Item();
+      }
+      Item item;
+      bool more = false;
+      call_stage(source_slot, [&] { more = static_cast<SourceStage&>(*source_slot.ops.front()).next(item); });
+      int64_t end = now_ns();
+      source_slot.counters.busy_ns.fetch_add(end - begin, std::memory_order_relaxed);
+      trace(source_slot, begin, end);
+      if (!more) {
+        chain.exhausted = true;
+        chain.last_return_ns = 0;
+        control.stop();
+        return Item();
+      }
+      source_slot.counters.items_out.fetch_add(1, std::memory_order_relaxed);
+      item.seq = chain.next_seq++;
+      item.tokens = 1;
+      item.producer = source_slot.index;
+      item.ready_ns = end;
+      int64_t alive = chain.alive.fetch_add(1, std::memory_order_relaxed) + 1;
+      int64_t seen = chain.max_alive->load(std::memory_order_relaxed);
+      while (alive > seen && !chain.max_alive->compare_exchange_weak(seen, alive)) {
+      }
+      chain.last_return_ns = end;
+      return item;
+    });
+    flow::make_edge(*chain.source, *chain.limiter);
+  }
+
+  // One epoch of every chain; false when a stop request cut it short.
+  bool run_epoch_flow() {
+    flow::graph g;
+    std::vector<std::unique_ptr<ChainRun>> chains;
+    for (size_t c = 0; c < graph_.chains.size(); ++c) {
+      auto chain = std::make_unique<ChainRun>();
+      for (const auto& name : graph_.chains[c]) chain->stages.push_back(find_slot(name));
+      chain->max_alive = &max_alive_[c];
+      build_chain(g, *chain);
+      chains.push_back(std::move(chain));
+    }
+    for (auto& chain : chains) chain->source->activate();
+    g.wait_for_all();
+
+    bool interrupted = false;
+    for (auto& chain : chains) {
+      if (chain->stopped) {
+        interrupted = true;
+        continue;
+      }
+      if (!chain->exhausted) throw_stalled(*chain);
+      // End of the epoch: serial stages hand over what they hold, in chain order.
+      for (size_t i = 1; i < chain->stages.size(); ++i) {
+        StageSlot& slot = *chain->stages[i];
+        if (slot.config.kind != StageKind::Serial) continue;
+        ChainRun& run = *chain;
+        SerialStage::Emit emit = [this, &run, i](Item out) { forward(run, i, std::move(out)); };
+        call_stage(slot, [&] { static_cast<SerialStage&>(*slot.ops.front()).flush(emit); });
+        g.wait_for_all();
+        release(run, run.pending[i]);
+        run.pending[i] = 0;
+      }
+    }
+    g.wait_for_all();
+    return !interrupted;
+  }
+
+  [[noreturn]] void throw_stalled(const ChainRun& chain) {
+    std::string holders;
+    for (size_t i = 0; i < chain.stages.size(); ++i)
+      if (chain.pending.size() > i && chain.pending[i])
+        holders += (holders.empty() ? "" : ", ") + chain.stages[i]->config.name + " holds " + std::to_string(chain.pending[i]);
+    throw std::runtime_error("the flow from '" + chain.stages[0]->config.name + "' stalled: all " +
+                             std::to_string(graph_.run.in_flight) + " in-flight items are held by stages (" + holders +
+                             "); raise run.in_flight above what they hold");
+  }
+
+  void collect(RunResult& result) {
+    double elapsed = std::max(result.elapsed_s, 1e-9);
+    double best = -1;
+    for (const auto& chain : graph_.chains) {
+      for (const auto& name : chain) {
+        const StageSlot& slot = *find_slot(name);
+        StageStats stats;
+        stats.name = name;
+        stats.type = type_of(slot.config);
+        stats.kind = slot.config.kind;
+        stats.concurrency = concurrency_of(slot);
+        stats.items_in = slot.counters.items_in;
+        stats.items_out = slot.counters.items_out;
+        stats.dropped = slot.counters.dropped;
+        stats.busy_s = slot.counters.busy_ns / 1e9;
+        stats.wait_output_s = slot.counters.wait_output_ns / 1e9;
+        double capacity = elapsed * std::min<int64_t>(stats.concurrency, run_info_.threads);
+        double blocked_self = stats.kind == StageKind::Source ? stats.wait_output_s : 0;
+        stats.wait_input_s = std::max(0.0, capacity - stats.busy_s - blocked_self);
+        stats.utilization = std::min(1.0, stats.busy_s / capacity);
+        Report report;
+        for (const auto& op : slot.ops) op->report(report);
+        stats.figures = report.figures();
+        if (stats.utilization > best) {
+          best = stats.utilization;
+          result.bottleneck = name;
+        }
+        result.stages.push_back(std::move(stats));
+      }
+    }
+    for (const auto& slot : slots_) {
+      if (slot->config.kind != StageKind::Component || slot->ops.empty()) continue;
+      Report report;
+      for (const auto& op : slot->ops) op->report(report);
+      result.component_figures[slot->config.name] = report.figures();
+    }
+    for (const auto& max : max_alive_) result.max_in_flight.push_back(max.load());
+    if (tracer_) result.trace_events_dropped = tracer_->dropped();
+  }
+
+  void write_trace() {
+    if (!tracer_) return;
+    tracer_->write(options_.profile_path);
+    if (tracer_->dropped()) spdlog::warn("profile: {} events past the cap were not recorded", tracer_->dropped());
+  }
+
+  const ResolvedGraph& graph_;
+  RunOptions options_;
+  RunInfo run_info_;
+  Services services_;
+  std::vector<std::unique_ptr<StageSlot>> slots_;
+  std::unique_ptr<Tracer> tracer_;
+  std::vector<std::atomic<int64_t>> max_alive_;
+  std::atomic<bool> failed_{false};
+};
+
+}  // namespace
+
+RunResult run_graph(const ResolvedGraph& graph, const RunOptions& options) {
+  Runner runner(graph, options);
+  return runner.run();
+}
+
+std::string format_stage_table(const RunResult& result) {
+  std::ostringstream out;
+  char line[256];
+  std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4s %10s %10s %8s %9s %9s %9s %6s\n", "stage", "type", "kind",
+                "conc", "items_in", "items_out", "dropped", "busy_s", "wait_in_s", "wait_out_s", "busy%");
+  out << line;
+  for (const auto& s : result.stages) {
+    std::string type = s.type.size() > 22 ? s.type.substr(0, 21) + "~" : s.type;
+    std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4lld %10llu %10llu %8llu %9.3f %9.3f %9.3f %5.1f%%\n",
+                  s.name.c_str(), type.c_str(), to_string(s.kind), static_cast<long long>(s.concurrency),
+                  static_cast<unsigned long long>(s.items_in), static_cast<unsigned long long>(s.items_out),
+                  static_cast<unsigned long long>(s.dropped), s.busy_s, s.wait_input_s, s.wait_output_s,
+                  100 * s.utilization);
+    out << line;
+  }
+  if (!result.bottleneck.empty()) {
+    for (const auto& s : result.stages)
+      if (s.name == result.bottleneck) {
+        std::snprintf(line, sizeof line, "bottleneck: %s (busy %.1f%% of its capacity); elapsed %.3f s\n",
+                      s.name.c_str(), 100 * s.utilization, result.elapsed_s);
+        out << line;
+      }
+  }
+  return out.str();
+}
+
+}  // namespace flowrun

@@ -1,0 +1,72 @@
+// Runs a resolved graph on a oneTBB flow graph: phases, then epochs, each
+// epoch pushing every source's items through its chain. Per chain a
+// limiter_node bounds the source items alive at once (run.in_flight), so
+// memory never grows with the dataset; transforms run concurrently up to their
+// `concurrency`, and a sequencer restores stream order before every serial
+// stage, so results do not depend on thread timing.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "pipeline/graph.h"
+#include "pipeline/stage.h"
+
+namespace flowrun {
+
+// A stage failed; what() reads "stage 'NAME' (TYPE): MESSAGE".
+class StageError : public std::runtime_error {
+ public:
+  StageError(std::string stage, const std::string& message)
+      : std::runtime_error(message), stage_(std::move(stage)) {}
+  const std::string& stage() const { return stage_; }
+
+ private:
+  std::string stage_;
+};
+
+struct RunOptions {
+  int threads = 1;
+  std::string run_dir;       // given to stages through RunInfo
+  std::string profile_path;  // Chrome trace output; empty = no tracing
+};
+
+struct StageStats {
+  std::string name;
+  std::string type;           // "a | b" for fused stages
+  StageKind kind = StageKind::Transform;
+  int64_t concurrency = 1;
+  uint64_t items_in = 0;      // items processed (not counting dropped ones passing by)
+  uint64_t items_out = 0;
+  uint64_t dropped = 0;       // items this stage dropped
+  double busy_s = 0;          // time inside the stage's code, summed over threads
+  double wait_input_s = 0;    // idle capacity: no item to work on
+  double wait_output_s = 0;   // source: held back by the in-flight bound; others: outputs queued downstream
+  double utilization = 0;     // busy / (elapsed x concurrency)
+  std::map<std::string, double> figures;  // from Stage::report
+};
+
+struct RunResult {
+  bool interrupted = false;
+  double elapsed_s = 0;
+  int epochs_run = 0;
+  std::vector<StageStats> stages;      // flow stages, chain order
+  std::map<std::string, std::map<std::string, double>> component_figures;
+  std::vector<int64_t> max_in_flight;  // per chain: most source items alive at once
+  std::string bottleneck;              // the busiest flow stage
+  size_t trace_events_dropped = 0;
+};
+
+// Runs every phase and epoch. Throws StageError when a stage fails (the run
+// stops at once) and std::runtime_error for engine-level failures (a stalled
+// flow). A stop request (signal) ends the run early with interrupted=true
+// after the stages' on_stop(true).
+RunResult run_graph(const ResolvedGraph& graph, const RunOptions& options);
+
+// The end-of-run table (one line per stage, the bottleneck named).
+std::string format_stage_table(const RunResult& result);
+
+}  // namespace flowrun

@@ -1,0 +1,639 @@
+#include "pipeline/graph.h"
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace flowrun {
+
+const Schema& run_schema() {
+  static const Schema schema = Schema("run", "settings of the whole run")
+      .param(Int("seed", "seed of every random choice").def(int64_t{0}).at_least(0))
+      .param(Int("in_flight", "source items alive at once per flow (bounds memory)").def(int64_t{256}).range(2, 1 << 24))
+      .param(Int("epochs", "epochs when the graph declares no phase").def(int64_t{1}).range(0, 1000000))
+      .param(Int("threads", "worker threads (the command line's --threads wins)").def(Auto{}).or_auto().range(1, 1024));
+  return schema;
+}
+
+const Schema& phase_schema() {
+  static const Schema schema =
+      Schema("phase", "a named run of epochs").param(Int("epochs", "epochs in this phase").def(int64_t{1}).range(0, 1000000));
+  return schema;
+}
+
+bool ResolvedStage::same_config(const ResolvedStage& other) const {
+  if (ops.size() != other.ops.size() || concurrency != other.concurrency) return false;
+  for (size_t i = 0; i < ops.size(); ++i)
+    if (ops[i].type != other.ops[i].type || ops[i].params != other.ops[i].params) return false;
+  return true;
+}
+
+const ResolvedStage* ResolvedPhase::find(const std::string& name) const {
+  for (const auto& stage : stages)
+    if (stage.name == name) return &stage;
+  return nullptr;
+}
+
+namespace {
+
+std::string where_text(const Location& where) {
+  return std::to_string(where.line) + ":" + std::to_string(where.col);
+}
+
+std::string kind_name(RawValue::Kind kind) {
+  switch (kind) {
+    case RawValue::Kind::Int: return "an int";
+    case RawValue::Kind::Float: return "a float";
+    case RawValue::Kind::String: return "a string";
+    case RawValue::Kind::Word: return "a word";
+    case RawValue::Kind::List: return "a list";
+  }
+  return "?";
+}
+
+class Resolver {
+ public:
+  Resolver(const GraphSpec& spec, const Registry& registry, Diagnostics& diagnostics)
+      : spec_(spec), registry_(registry), diagnostics_(diagnostics) {
+    graph_dir_ = std::filesystem::path(spec.file).parent_path().string();
+    if (graph_dir_.empty()) graph_dir_ = ".";
+  }
+
+  ResolvedGraph resolve(const std::vector<CommandLineOverride>& overrides) {
+    ResolvedGraph graph;
+    graph.file = spec_.file;
+    for (const auto& plugin : spec_.plugins) graph.plugins.push_back(plugin.path);
+
+    // Run settings.
+    Params run = typed_params(run_schema(), spec_.run_settings, {spec_.file, 0, 0}, "the run line", graph_dir_);
+
+    // Top-level stages.
+    std::map<std::string, Location> names;
+    for (const auto& decl : spec_.stages) {
+      auto [it, fresh] = names.emplace(decl.name, decl.where);
+      if (!fresh) {
+        error(decl.where, "duplicate stage name '" + decl.name + "' (first declared at " + where_text(it->second) + ")");
+        continue;
+      }
+      top_.push_back(resolve_stage(decl, graph_dir_));
+    }
+    for (const auto& phase : spec_.phases) {
+      if (phase.name == "run") error(phase.where, "'run' is reserved; choose another phase name");
+      auto [it, fresh] = names.emplace(phase.name, phase.where);
+      if (!fresh) error(phase.where, "phase name '" + phase.name + "' is already used (at " + where_text(it->second) + ")");
+    }
+
+    graph.chains = resolve_flows();
+
+    // Phases: the top-level stages, with each phase's redeclarations and overrides.
+    if (spec_.phases.empty()) {
+      ResolvedPhase phase;
+      phase.name = "main";
+      phase.epochs = run.get_int("epochs");
+      phase.stages = top_;
+      graph.phases.push_back(std::move(phase));
+      graph.implicit_phase = true;
+    }
+    for (const auto& decl : spec_.phases) graph.phases.push_back(resolve_phase(decl));
+
+    apply_command_line(overrides, graph, run);
+
+    graph.run.seed = static_cast<uint64_t>(run.get_int("seed"));
+    graph.run.in_flight = run.get_int("in_flight");
+    graph.run.epochs = run.get_int("epochs");
+    graph.run.threads = run.get_int_or("threads", 0);
+    return graph;
+  }
+
+ private:
+  void error(const Location& where, std::string message) { diagnostics_.error(where, std::move(message)); }
+
+  // Converts one written value to the parameter's type, checking range and choices.
+  bool convert(const ParamSpec& spec, const RawValue& raw, const std::string& base_dir, Value& out) {
+    auto mismatch = [&](const std::string& expected) {
+      error(raw.where, "parameter '" + spec.name + "' expects " + expected + " but got " + kind_name(raw.kind) +
+                           (raw.kind == RawValue::Kind::List ? "" : " '" + raw.text + "'"));
+      return false;
+    };
+    if (raw.kind == RawValue::Kind::Word && raw.text == "auto") {
+      if (!spec.allow_auto) return mismatch(std::string(to_string(spec.type)) + " (auto is not allowed here)");
+      out = Auto{};
+      return true;
+    }
+    auto in_range = [&](double v, const RawValue& at) {
+      if ((spec.min && v < *spec.min) || (spec.max && v > *spec.max)) {
+        std::ostringstream bounds;
+        bounds << "[" << (spec.min ? format_value(*spec.min) : "-inf") << ", "
+               << (spec.max ? format_value(*spec.max) : "inf") << "]";
+        error(at.where, "parameter '" + spec.name + "' = " + at.text + " is out of range " + bounds.str());
+        return false;
+      }
+      return true;
+    };
+    auto scalar_int = [&](const RawValue& r, int64_t& v) {
+      if (r.kind != RawValue::Kind::Int) return false;
+      v = r.int_value;
+      return in_range(static_cast<double>(v), r) || (v = 0, false);
+    };
+    auto scalar_float = [&](const RawValue& r, double& v) {
+      if (r.kind == RawValue::Kind::Int) v = static_cast<double>(r.int_value);
+      else if (r.kind == RawValue::Kind::Float) v = r.float_value;
+      else return false;
+      if (!std::isfinite(v)) return false;
+      return in_range(v, r);
+    };
+    auto scalar_string = [&](const RawValue& r, std::string& v) {
+      if (r.kind != RawValue::Kind::String && r.kind != RawValue::Kind::Word) return false;
+      v = r.text;
+      if (!spec.choices.empty() && std::find(spec.choices.begin(), spec.choices.end(), v) == spec.choices.end()) {
+        error(r.where, "parameter '" + spec.name + "' cannot be '" + v + "'" + did_you_mean(v, spec.choices) +
+                           " (choices: " + join_names(spec.choices) + ")");
+        return false;
+      }
+      return true;
+    };
+    size_t errors_before = diagnostics_.size();
+    auto list_of = [&](auto& vec, auto&& convert_one, const char* expected) {
+      if (raw.kind != RawValue::Kind::List) return mismatch(expected);
+      for (const auto& item : raw.items) {
+        typename std::decay_t<decltype(vec)>::value_type v{};
+        if (!convert_one(item, v)) {
+          if (diagnostics_.size() == errors_before)
+            error(item.where, "parameter '" + spec.name + "' expects " + expected + " but an item is " +
+                                  kind_name(item.kind) + " '" + item.text + "'");
+          return false;
+        }
+        vec.push_back(v);
+      }
+      out = vec;
+      return true;
+    };
+    switch (spec.type) {
+      case ValueType::Int: {
+        int64_t v = 0;
+        if (raw.kind != RawValue::Kind::Int) return mismatch("an int");
+        if (!scalar_int(raw, v)) return false;
+        out = v;
+        return true;
+      }
+      case ValueType::Float: {
+        double v = 0;
+        if (raw.kind != RawValue::Kind::Int && raw.kind != RawValue::Kind::Float) return mismatch("a float");
+        if (!scalar_float(raw, v)) return diagnostics_.size() == errors_before ? mismatch("a finite float") : false;
+        out = v;
+        return true;
+      }
+      case ValueType::Bool:
+        if (raw.kind == RawValue::Kind::Word && (raw.text == "true" || raw.text == "false")) {
+          out = raw.text == "true";
+          return true;
+        }
+        return mismatch("a bool (true or false)");
+      case ValueType::String: {
+        std::string v;
+        if (raw.kind != RawValue::Kind::String && raw.kind != RawValue::Kind::Word) return mismatch("a string");
+        if (!scalar_string(raw, v)) return false;
+        out = v;
+        return true;
+      }
+      case ValueType::Path: {
+        if (raw.kind != RawValue::Kind::String && raw.kind != RawValue::Kind::Word) return mismatch("a path");
+        std::filesystem::path path(raw.text);
+        if (!raw.text.empty() && path.is_relative()) path = std::filesystem::path(base_dir) / path;
+        out = path.lexically_normal().string();
+        return true;
+      }
+      case ValueType::IntList: {
+        std::vector<int64_t> v;
+        return list_of(v, scalar_int, "a list of ints");
+      }
+      case ValueType::FloatList: {
+        std::vector<double> v;
+        return list_of(v, scalar_float, "a list of floats");
+      }
+      case ValueType::StringList: {
+        std::vector<std::string> v;
+        return list_of(v, scalar_string, "a list of strings");
+      }
+    }
+    return false;
+  }
+
+  // Typed values for all of a schema's parameters from what was written.
+  Params typed_params(const Schema& schema, const std::vector<ParamAssign>& given, const Location& owner_where,
+                      const std::string& owner, const std::string& base_dir,
+                      const std::vector<ParamSpec>& extra = {}, std::map<std::string, Value>* extra_out = nullptr) {
+    std::map<std::string, Value> values;
+    std::map<std::string, Location> seen;
+    for (const auto& assign : given) {
+      auto [it, fresh] = seen.emplace(assign.name, assign.where);
+      if (!fresh) {
+        error(assign.where, "parameter '" + assign.name + "' given twice for " + owner + " (first at " +
+                                where_text(it->second) + ")");
+        continue;
+      }
+      const ParamSpec* spec = schema.find(assign.name);
+      bool is_extra = false;
+      if (!spec)
+        for (const auto& e : extra)
+          if (e.name == assign.name) spec = &e, is_extra = true;
+      if (!spec) {
+        std::vector<std::string> known = schema.param_names();
+        for (const auto& e : extra) known.push_back(e.name);
+        error(assign.where, "unknown parameter '" + assign.name + "' for " + owner + did_you_mean(assign.name, known) +
+                                (known.empty() ? " (it takes no parameters)" : " (parameters: " + join_names(known) + ")"));
+        continue;
+      }
+      Value value;
+      if (!convert(*spec, assign.value, base_dir, value)) continue;
+      (is_extra && extra_out ? *extra_out : values)[assign.name] = value;
+    }
+    for (const auto& spec : schema.params()) {
+      if (values.count(spec.name) || seen.count(spec.name)) continue;
+      if (spec.required()) {
+        error(owner_where, "missing required parameter '" + spec.name + "' (" + to_string(spec.type) + ") for " + owner);
+        continue;
+      }
+      values[spec.name] = *spec.default_value;
+    }
+    return Params(std::move(values));
+  }
+
+  ResolvedStage resolve_stage(const StageDecl& decl, const std::string& base_dir) {
+    ResolvedStage stage;
+    stage.name = decl.name;
+    stage.where = decl.where;
+    bool concurrency_set = false;
+    for (const auto& op_decl : decl.ops) {
+      const StageType* type = registry_.find(op_decl.type);
+      if (!type) {
+        error(op_decl.where, "unknown stage type '" + op_decl.type + "'" + did_you_mean(op_decl.type, registry_.types()) +
+                                 " (types: " + join_names(registry_.types()) + "; see --list-stages)");
+        continue;
+      }
+      StageKind kind = type->schema.kind();
+      if (decl.ops.size() > 1 && kind != StageKind::Transform) {
+        error(op_decl.where, "'" + op_decl.type + "' is a " + to_string(kind) +
+                                 " stage; only transforms can be piped with '|'");
+        continue;
+      }
+      stage.kind = kind;
+      std::map<std::string, Value> engine_values;
+      std::string owner = "stage '" + decl.name + "' (" + op_decl.type + ")";
+      ResolvedOp op{op_decl.type, type,
+                    typed_params(type->schema, op_decl.params, op_decl.where, owner, base_dir, engine_params(kind),
+                                 &engine_values)};
+      auto concurrency = engine_values.find("concurrency");
+      if (concurrency != engine_values.end()) {
+        if (concurrency_set) error(op_decl.where, "'concurrency' is set twice in stage '" + decl.name + "'");
+        concurrency_set = true;
+        stage.concurrency = std::holds_alternative<Auto>(concurrency->second) ? 0 : std::get<int64_t>(concurrency->second);
+      }
+      stage.ops.push_back(std::move(op));
+    }
+    return stage;
+  }
+
+  const ResolvedStage* find_top(const std::string& name) const {
+    for (const auto& stage : top_)
+      if (stage.name == name) return &stage;
+    return nullptr;
+  }
+  std::vector<std::string> top_names() const {
+    std::vector<std::string> names;
+    for (const auto& stage : top_) names.push_back(stage.name);
+    return names;
+  }
+
+  std::vector<std::vector<std::string>> resolve_flows() {
+    std::vector<std::string> flow_stages;  // declaration order
+    for (const auto& stage : top_)
+      if (!stage.ops.empty() && stage.kind != StageKind::Component) flow_stages.push_back(stage.name);
+
+    std::map<std::string, std::string> next, prev;
+    std::map<std::string, Location> mentioned;
+    if (spec_.flows.empty()) {
+      // No flow lines: the flow stages form one chain in the order written.
+      for (size_t i = 1; i < flow_stages.size(); ++i) {
+        next[flow_stages[i - 1]] = flow_stages[i];
+        prev[flow_stages[i]] = flow_stages[i - 1];
+      }
+      for (const auto& name : flow_stages) mentioned[name] = find_top(name)->where;
+    }
+    for (const auto& flow : spec_.flows) {
+      for (size_t i = 0; i < flow.names.size(); ++i) {
+        const std::string& name = flow.names[i];
+        const Location& where = flow.where[i];
+        const ResolvedStage* stage = find_top(name);
+        if (!stage) {
+          error(where, "dangling connection: no stage named '" + name + "'" + did_you_mean(name, top_names()));
+          continue;
+        }
+        if (stage->kind == StageKind::Component) {
+          error(where, "stage '" + name + "' is a component; components take no part in a flow");
+          continue;
+        }
+        mentioned.emplace(name, where);
+        if (i == 0) continue;
+        const std::string& from = flow.names[i - 1];
+        if (!find_top(from)) continue;
+        if (stage->kind == StageKind::Source) {
+          error(where, "source stage '" + name + "' cannot take input (from '" + from + "')");
+          continue;
+        }
+        if (next.count(from) && next[from] != name) {
+          error(where, "stage '" + from + "' already feeds '" + next[from] + "'; a stage feeds at most one stage");
+          continue;
+        }
+        if (prev.count(name) && prev[name] != from) {
+          error(where, "stage '" + name + "' already takes input from '" + prev[name] + "'; a stage has at most one input");
+          continue;
+        }
+        // Would from -> name close a loop?
+        std::string walk = name;
+        std::vector<std::string> path = {from, name};
+        bool cycle = false;
+        while (next.count(walk)) {
+          walk = next[walk];
+          path.push_back(walk);
+          if (walk == from) { cycle = true; break; }
+        }
+        if (cycle || name == from) {
+          std::string text;
+          for (size_t k = 0; k < path.size(); ++k) text += (k ? " -> " : "") + path[k];
+          error(where, "cycle in flow: " + (name == from ? from + " -> " + name : text));
+          continue;
+        }
+        next[from] = name;
+        prev[name] = from;
+      }
+    }
+
+    std::vector<std::vector<std::string>> chains;
+    for (const auto& name : flow_stages) {
+      const ResolvedStage* stage = find_top(name);
+      if (!mentioned.count(name)) {
+        error(stage->where, "stage '" + name + "' is not connected; add it to a flow line");
+        continue;
+      }
+      if (prev.count(name)) continue;  // not a chain head
+      if (stage->kind != StageKind::Source) {
+        error(mentioned[name], "stage '" + name + "' has no input; a flow starts with a source stage");
+        continue;
+      }
+      std::vector<std::string> chain = {name};
+      while (next.count(chain.back())) chain.push_back(next[chain.back()]);
+      chains.push_back(std::move(chain));
+    }
+    bool any_source = false;
+    for (const auto& stage : top_) any_source |= stage.kind == StageKind::Source && !stage.ops.empty();
+    if (!any_source && diagnostics_.empty()) error({spec_.file, 0, 0}, "the graph has no source stage");
+    return chains;
+  }
+
+  ResolvedStage* find_in(std::vector<ResolvedStage>& stages, const std::string& name) {
+    for (auto& stage : stages)
+      if (stage.name == name) return &stage;
+    return nullptr;
+  }
+
+  ResolvedPhase resolve_phase(const PhaseDecl& decl) {
+    ResolvedPhase phase;
+    phase.name = decl.name;
+    phase.where = decl.where;
+    Params settings = typed_params(phase_schema(), decl.settings, decl.where, "phase '" + decl.name + "'", graph_dir_);
+    phase.epochs = settings.get_int("epochs");
+    phase.stages = top_;
+    std::set<std::string> redeclared;
+    for (const auto& stage_decl : decl.stages) {
+      if (!redeclared.insert(stage_decl.name).second) {
+        error(stage_decl.where, "stage '" + stage_decl.name + "' is declared twice in phase '" + decl.name + "'");
+        continue;
+      }
+      ResolvedStage stage = resolve_stage(stage_decl, graph_dir_);
+      if (stage.ops.size() != stage_decl.ops.size()) continue;
+      ResolvedStage* existing = find_in(phase.stages, stage.name);
+      if (!existing) {
+        if (stage.kind != StageKind::Component)
+          error(stage_decl.where, "stage '" + stage.name + "' is not declared outside the phase; a phase may add "
+                                  "components but flow stages are declared at top level");
+        else
+          phase.stages.push_back(std::move(stage));
+        continue;
+      }
+      if (existing->kind != stage.kind) {
+        error(stage_decl.where, "stage '" + stage.name + "' is a " + to_string(existing->kind) +
+                                    " stage; phase '" + decl.name + "' cannot make it a " + to_string(stage.kind));
+        continue;
+      }
+      *existing = std::move(stage);
+    }
+    for (const auto& override_ : decl.overrides) apply_override(phase.stages, override_, graph_dir_);
+    return phase;
+  }
+
+  // Applies STAGE.PARAM=V or STAGE.OP.PARAM=V (path already stripped of any phase prefix).
+  void apply_override(std::vector<ResolvedStage>& stages, const ParamOverride& o, const std::string& base_dir,
+                      size_t first = 0) {
+    const auto& path = o.path;
+    const std::string& stage_name = path[first];
+    ResolvedStage* stage = find_in(stages, stage_name);
+    if (!stage) {
+      std::vector<std::string> known;
+      for (const auto& s : stages) known.push_back(s.name);
+      error(o.path_where[first], "no stage named '" + stage_name + "'" + did_you_mean(stage_name, known));
+      return;
+    }
+    if (stage->ops.empty()) return;  // its declaration already failed
+    size_t rest = path.size() - first;
+    if (rest != 2 && rest != 3) {
+      error(o.path_where[first], "expected STAGE.PARAM or STAGE.OP.PARAM");
+      return;
+    }
+    const std::string& param = path.back();
+    const Location& param_where = o.path_where.back();
+    // The engine's own parameter.
+    if (rest == 2 && param == "concurrency" && stage->kind == StageKind::Transform) {
+      Value value;
+      if (convert(engine_params(StageKind::Transform)[0], o.value, base_dir, value))
+        stage->concurrency = std::holds_alternative<Auto>(value) ? 0 : std::get<int64_t>(value);
+      return;
+    }
+    ResolvedOp* op = nullptr;
+    if (rest == 3) {
+      const std::string& selector = path[first + 1];
+      std::vector<std::string> op_types;
+      for (auto& candidate : stage->ops) op_types.push_back(candidate.type);
+      bool numeric = !selector.empty() && std::all_of(selector.begin(), selector.end(), ::isdigit);
+      if (numeric) {
+        size_t index = std::stoul(selector);
+        if (index < stage->ops.size()) op = &stage->ops[index];
+      } else {
+        int matches = 0;
+        for (auto& candidate : stage->ops)
+          if (candidate.type == selector) op = &candidate, ++matches;
+        if (matches > 1) {
+          error(o.path_where[first + 1], "stage '" + stage_name + "' has several '" + selector +
+                                             "' ops; select one by index (" + stage_name + ".0, ...)");
+          return;
+        }
+      }
+      if (!op) {
+        error(o.path_where[first + 1], "stage '" + stage_name + "' has no op '" + selector + "'" +
+                                           did_you_mean(selector, op_types) + " (ops: " + join_names(op_types) + ")");
+        return;
+      }
+    } else {
+      std::vector<ResolvedOp*> having;
+      for (auto& candidate : stage->ops)
+        if (candidate.stage_type->schema.find(param)) having.push_back(&candidate);
+      if (having.size() > 1) {
+        error(param_where, "parameter '" + param + "' of stage '" + stage_name +
+                               "' is ambiguous: several of its ops take it; write " + stage_name + ".OP." + param);
+        return;
+      }
+      op = having.empty() ? &stage->ops.front() : having.front();
+    }
+    const ParamSpec* spec = op->stage_type->schema.find(param);
+    if (!spec) {
+      std::vector<std::string> known = op->stage_type->schema.param_names();
+      error(param_where, "unknown parameter '" + param + "' for stage '" + stage_name + "' (" + op->type + ")" +
+                             did_you_mean(param, known) + " (parameters: " + join_names(known) + ")");
+      return;
+    }
+    Value value;
+    if (convert(*spec, o.value, base_dir, value)) op->params.set(param, value);
+  }
+
+  void apply_command_line(const std::vector<CommandLineOverride>& overrides, ResolvedGraph& graph, Params& run) {
+    std::string cwd = std::filesystem::current_path().string();
+    for (const auto& given : overrides) {
+      ParamOverride o;
+      if (!parse_override(given.text, given.origin, o, diagnostics_)) continue;
+      const std::string& head = o.path.front();
+      if (head == "run") {
+        apply_setting(run_schema(), o, run, "the run line");
+        continue;
+      }
+      ResolvedPhase* phase = nullptr;
+      for (auto& p : graph.phases)
+        if (p.name == head && !spec_.phases.empty()) phase = &p;
+      if (phase) {
+        if (o.path.size() == 2) {
+          Params settings;
+          settings.set("epochs", phase->epochs);
+          if (apply_setting(phase_schema(), o, settings, "phase '" + phase->name + "'"))
+            phase->epochs = settings.get_int("epochs");
+        } else {
+          apply_override(phase->stages, o, cwd, 1);
+        }
+        continue;
+      }
+      if (!find_top(head)) {
+        std::vector<std::string> known = top_names();
+        known.push_back("run");
+        for (const auto& p : spec_.phases) known.push_back(p.name);
+        error(o.path_where[0], "no stage or phase named '" + head + "'" + did_you_mean(head, known));
+        continue;
+      }
+      // STAGE.PARAM on the command line applies in every phase.
+      for (auto& p : graph.phases) {
+        size_t before = diagnostics_.size();
+        apply_override(p.stages, o, cwd);
+        if (diagnostics_.size() != before) break;  // same error in every phase: report once
+      }
+    }
+    if (spec_.phases.empty()) graph.phases.front().epochs = run.get_int("epochs");
+  }
+
+  bool apply_setting(const Schema& schema, const ParamOverride& o, Params& params, const std::string& owner) {
+    if (o.path.size() != 2) {
+      error(o.path_where[0], "expected " + o.path[0] + ".SETTING=VALUE");
+      return false;
+    }
+    const ParamSpec* spec = schema.find(o.path[1]);
+    if (!spec) {
+      error(o.path_where[1], "unknown setting '" + o.path[1] + "' for " + owner +
+                                 did_you_mean(o.path[1], schema.param_names()) + " (settings: " +
+                                 join_names(schema.param_names()) + ")");
+      return false;
+    }
+    Value value;
+    if (!convert(*spec, o.value, ".", value)) return false;
+    params.set(spec->name, value);
+    return true;
+  }
+
+  const GraphSpec& spec_;
+  const Registry& registry_;
+  Diagnostics& diagnostics_;
+  std::string graph_dir_;
+  std::vector<ResolvedStage> top_;
+};
+
+std::string format_op(const ResolvedOp& op) {
+  std::string text = op.type;
+  for (const auto& [name, value] : op.params.values()) text += " " + name + "=" + format_value(value);
+  return text;
+}
+
+std::string format_stage(const ResolvedStage& stage) {
+  std::string text = stage.name + " = ";
+  for (size_t i = 0; i < stage.ops.size(); ++i) {
+    text += (i ? " | " : "") + format_op(stage.ops[i]);
+    if (i == 0 && stage.kind == StageKind::Transform)
+      text += " concurrency=" + (stage.concurrency ? std::to_string(stage.concurrency) : std::string("auto"));
+  }
+  return text;
+}
+
+}  // namespace
+
+ResolvedGraph resolve_graph(const GraphSpec& spec, const Registry& registry,
+                            const std::vector<CommandLineOverride>& overrides) {
+  Diagnostics diagnostics;
+  Resolver resolver(spec, registry, diagnostics);
+  ResolvedGraph graph = resolver.resolve(overrides);
+  if (!diagnostics.empty()) throw GraphError(std::move(diagnostics));
+  return graph;
+}
+
+std::string ResolvedGraph::format() const {
+  std::ostringstream out;
+  out << "# resolved from " << file << "\n";
+  out << "run seed=" << run.seed << " in_flight=" << run.in_flight << " epochs=" << run.epochs
+      << " threads=" << (run.threads ? std::to_string(run.threads) : std::string("auto")) << "\n";
+  for (const auto& plugin : plugins) out << "plugin " << format_value(plugin) << "\n";
+  const ResolvedPhase& first = phases.front();
+  // Top level: the first phase's view of every stage declared outside phases.
+  std::set<std::string> in_flow;
+  for (const auto& chain : chains) in_flow.insert(chain.begin(), chain.end());
+  std::vector<const ResolvedStage*> base;
+  for (const auto& stage : first.stages)
+    if (in_flow.count(stage.name) || implicit_phase) base.push_back(&stage);
+  for (const auto* stage : base) out << format_stage(*stage) << "\n";
+  for (const auto& chain : chains) {
+    out << "flow";
+    for (size_t i = 0; i < chain.size(); ++i) out << (i ? " -> " : " ") << chain[i];
+    out << "\n";
+  }
+  // Each phase spells out every stage that is not a flow stage, and redeclares
+  // flow stages whose configuration differs from the top level.
+  for (const auto& phase : phases) {
+    if (implicit_phase) break;
+    out << "phase " << phase.name << " epochs=" << phase.epochs << " {\n";
+    for (const auto& stage : phase.stages) {
+      const ResolvedStage* top = nullptr;
+      for (const auto* b : base)
+        if (b->name == stage.name) top = b;
+      if (top && top->same_config(stage)) continue;
+      out << "  " << format_stage(stage) << "\n";
+    }
+    out << "}\n";
+  }
+  return out.str();
+}
+
+}  // namespace flowrun

@@ -1,0 +1,31 @@
+#include "pipeline/interrupt.h"
+
+#include <atomic>
+#include <csignal>
+#include <unistd.h>
+
+namespace flowrun {
+namespace {
+std::atomic<bool> g_stop{false};
+
+void on_signal(int signal) {
+  if (g_stop.exchange(true)) _exit(128 + signal);  // second signal: stop now
+  static const char message[] = "\nflowrun: stopping at the next safe point (signal again to quit now)\n";
+  ssize_t ignored = write(STDERR_FILENO, message, sizeof(message) - 1);
+  (void)ignored;
+}
+}  // namespace
+
+void install_stop_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+bool stop_requested() { return g_stop.load(std::memory_order_relaxed); }
+void request_stop() { g_stop.store(true); }
+void clear_stop_request() { g_stop.store(false); }
+
+}  // namespace flowrun

@@ -1,0 +1,53 @@
+// What flows between stages: one value of any type, plus the engine's
+// bookkeeping. Copies are cheap (the value is shared), so TBB may copy items.
+#pragma once
+
+#include <any>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <typeinfo>
+
+namespace flowrun {
+
+std::string demangle(const char* name);
+
+class Item {
+ public:
+  template <class T>
+  void set(T value) { data_ = std::make_shared<std::any>(std::move(value)); }
+
+  template <class T>
+  bool holds() const { return data_ && data_->type() == typeid(T); }
+
+  // The value as T; throws when the item holds something else (a graph wired
+  // with stages that do not fit: the message names both types).
+  template <class T>
+  T& get() {
+    if (T* value = data_ ? std::any_cast<T>(data_.get()) : nullptr) return *value;
+    throw std::runtime_error("expected an item of type " + demangle(typeid(T).name()) + " but got " +
+                             (data_ ? demangle(data_->type().name()) : std::string("nothing")));
+  }
+  template <class T>
+  const T& get() const { return const_cast<Item*>(this)->get<T>(); }
+
+  // A dropped item keeps its place in the stream (so order can be restored)
+  // but later stages skip it.
+  void drop() { data_.reset(); }
+  bool dropped() const { return !data_; }
+
+  // Position in this epoch's stream, set by the engine.
+  uint64_t seq = 0;
+
+  // Engine bookkeeping: how many source items this item accounts for, which
+  // stage made it and when (for queue-wait counters).
+  uint32_t tokens = 1;
+  uint32_t producer = 0;
+  int64_t ready_ns = 0;
+
+ private:
+  std::shared_ptr<std::any> data_;
+};
+
+}  // namespace flowrun

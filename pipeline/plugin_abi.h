@@ -1,0 +1,32 @@
+// The one C entry point a plugin exports. Its first field is the plugin API
+// version, read before anything else, so a plugin built for another flowrun
+// is refused with a clear message instead of crashing. Plugins are C++ code
+// that derives from flowrun's stage classes, so the C++ ABI must match too.
+#pragma once
+
+#include <cstdint>
+
+#define FLOWRUN_PLUGIN_API_VERSION 1u
+#define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"
+
+#define FLOWRUN_STRINGIFY_INNER(x) #x
+#define FLOWRUN_STRINGIFY(x) FLOWRUN_STRINGIFY_INNER(x)
+#if defined(_GLIBCXX_USE_CXX11_ABI)
+#define FLOWRUN_CXX_ABI "libstdc++ cxx11abi=" FLOWRUN_STRINGIFY(_GLIBCXX_USE_CXX11_ABI)
+#else
+#define FLOWRUN_CXX_ABI "other"
+#endif
+
+namespace flowrun {
+class Registry;
+}
+
+extern "C" {
+struct flowrun_plugin_info {
+  uint32_t api_version;   // FLOWRUN_PLUGIN_API_VERSION the plugin was built with
+  const char* cxx_abi;    // FLOWRUN_CXX_ABI the plugin was built with
+  const char* name;       // shown by --list-stages
+  void (*register_stages)(flowrun::Registry& registry);
+};
+typedef const flowrun_plugin_info* (*flowrun_plugin_entry_fn)(void);
+}

@@ -1,0 +1,107 @@
+// A stage's contract: its type name, one-line doc, kind and typed parameters
+// (with defaults, ranges, choices). Validation, `--list-stages` and the docs
+// all come from this one declaration, written next to the stage.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pipeline/value.h"
+
+namespace flowrun {
+
+// How a stage sits in the flow; set from the stage's base class.
+enum class StageKind {
+  Source,     // produces items, no input
+  Transform,  // one item in, the same item out; may run on several threads
+  Serial,     // sees items in order on one thread, emits zero or more
+  Component,  // not in the flow: a service other stages use (optimizer...)
+};
+const char* to_string(StageKind kind);
+
+struct ParamSpec {
+  std::string name;
+  ValueType type = ValueType::Int;
+  std::string doc;
+  std::optional<Value> default_value;  // none: the parameter is required
+  std::optional<double> min, max;      // inclusive bounds for numbers (each list element too)
+  std::vector<std::string> choices;    // allowed words for strings
+  bool allow_auto = false;             // accepts the keyword `auto`
+
+  ParamSpec& def(Value value) { default_value = std::move(value); return *this; }
+  ParamSpec& at_least(double lo) { min = lo; return *this; }
+  ParamSpec& at_most(double hi) { max = hi; return *this; }
+  ParamSpec& range(double lo, double hi) { min = lo; max = hi; return *this; }
+  ParamSpec& one_of(std::vector<std::string> words) { choices = std::move(words); return *this; }
+  ParamSpec& or_auto() { allow_auto = true; return *this; }
+  bool required() const { return !default_value.has_value(); }
+};
+
+// Shorthands for the common parameter types.
+ParamSpec Int(std::string name, std::string doc);
+ParamSpec Float(std::string name, std::string doc);
+ParamSpec String(std::string name, std::string doc);
+ParamSpec Bool(std::string name, std::string doc);
+ParamSpec Path(std::string name, std::string doc);
+ParamSpec IntList(std::string name, std::string doc);
+ParamSpec FloatList(std::string name, std::string doc);
+ParamSpec StringList(std::string name, std::string doc);
+
+class Schema {
+ public:
+  Schema(std::string type, std::string doc) : type_(std::move(type)), doc_(std::move(doc)) {}
+
+  Schema& param(ParamSpec spec) { params_.push_back(std::move(spec)); return *this; }
+
+  const std::string& type() const { return type_; }
+  const std::string& doc() const { return doc_; }
+  StageKind kind() const { return kind_; }
+  void set_kind(StageKind kind) { kind_ = kind; }
+  const std::vector<ParamSpec>& params() const { return params_; }
+  const ParamSpec* find(const std::string& name) const;
+  std::vector<std::string> param_names() const;
+
+ private:
+  std::string type_;
+  std::string doc_;
+  StageKind kind_ = StageKind::Transform;
+  std::vector<ParamSpec> params_;
+};
+
+// Engine parameters every flow stage (not sources) accepts besides its own.
+// `concurrency`: how many items the stage may process at once (Transform only).
+const std::vector<ParamSpec>& engine_params(StageKind kind);
+
+// The validated parameter values of one stage instance: every schema
+// parameter has a value (given or default). Accessors throw std::logic_error
+// on a name or type the schema does not declare: a programming error.
+class Params {
+ public:
+  Params() = default;
+  explicit Params(std::map<std::string, Value> values) : values_(std::move(values)) {}
+
+  bool has(const std::string& name) const { return values_.count(name) != 0; }
+  bool is_auto(const std::string& name) const;
+  const Value& value(const std::string& name) const;
+  int64_t get_int(const std::string& name) const;
+  double get_float(const std::string& name) const;  // ints widen
+  const std::string& get_string(const std::string& name) const;  // also paths
+  bool get_bool(const std::string& name) const;
+  const std::vector<int64_t>& get_int_list(const std::string& name) const;
+  const std::vector<double>& get_float_list(const std::string& name) const;
+  const std::vector<std::string>& get_string_list(const std::string& name) const;
+  // An int parameter that may be `auto`: returns fallback for auto.
+  int64_t get_int_or(const std::string& name, int64_t fallback) const;
+
+  const std::map<std::string, Value>& values() const { return values_; }
+  void set(const std::string& name, Value value) { values_[name] = std::move(value); }
+  bool operator==(const Params& other) const { return values_ == other.values_; }
+  bool operator!=(const Params& other) const { return !(*this == other); }
+
+ private:
+  std::map<std::string, Value> values_;
+};
+
+}  // namespace flowrun

@@ -1,0 +1,116 @@
+// The stage contract (MediaPipe's calculator, simpler): a stage is built from
+// its validated parameters, sees epochs begin and end, and does its work in
+// one method whose shape depends on its kind. Exceptions thrown from any of
+// them stop the run with the stage's name in the message.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <typeindex>
+
+#include "pipeline/item.h"
+#include "pipeline/schema.h"
+
+namespace flowrun {
+
+// Facts about the whole run that stages may need.
+struct RunInfo {
+  uint64_t seed = 0;
+  int threads = 1;            // --threads: what `auto` concurrency means
+  std::string graph_dir;      // directory of the graph file (paths are already resolved)
+  std::string run_dir;        // where stages may write their outputs ("" = nowhere)
+};
+
+struct EpochInfo {
+  std::string phase;          // name of the current phase
+  int phase_index = 0;
+  int epoch = 0;              // counts across phases, from 0
+  int epoch_in_phase = 0;
+  int epochs_in_phase = 1;
+  uint64_t seed = 0;          // the run's seed; per-sample randomness = f(seed, epoch, index)
+};
+
+// Typed objects stages share (a model, an optimizer...), found by name.
+class Services {
+ public:
+  template <class T>
+  void provide(const std::string& key, std::shared_ptr<T> object) {
+    entries_[key] = {std::type_index(typeid(T)), std::move(object)};
+  }
+  template <class T>
+  std::shared_ptr<T> find(const std::string& key) const {
+    auto it = entries_.find(key);
+    if (it == entries_.end() || it->second.type != std::type_index(typeid(T))) return nullptr;
+    return std::static_pointer_cast<T>(it->second.object);
+  }
+
+ private:
+  struct Entry {
+    std::type_index type = std::type_index(typeid(void));
+    std::shared_ptr<void> object;
+  };
+  std::map<std::string, Entry> entries_;
+};
+
+// Named figures a stage adds to the run summary (`--summary-json`).
+class Report {
+ public:
+  void set(const std::string& key, double value) { figures_[key] = value; }
+  const std::map<std::string, double>& figures() const { return figures_; }
+
+ private:
+  std::map<std::string, double> figures_;
+};
+
+// Everything a stage is built from.
+struct StageInit {
+  const std::string& name;    // the stage's name in the graph
+  const Params& params;       // validated: every schema parameter has a value
+  const RunInfo& run;
+  Services& services;
+};
+
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  // A phase changed this stage's parameters. Return false to have the engine
+  // build a fresh instance instead (the default: fine for stateless stages).
+  virtual bool update_params(const Params& params) { return false; }
+  virtual void begin_epoch(const EpochInfo& epoch) {}
+  virtual void end_epoch(const EpochInfo& epoch) {}
+  // The run is ending (interrupted says why): the last chance to save state.
+  virtual void on_stop(bool interrupted) {}
+  // Figures for the summary JSON, asked for at the end of the run.
+  virtual void report(Report& report) const {}
+};
+
+// Produces an epoch's items, one call each, on one thread. Return false when
+// the epoch has no more items.
+class SourceStage : public Stage {
+ public:
+  virtual bool next(Item& item) = 0;
+};
+
+// Works on one item in place; may run on several threads at once, so it must
+// not touch shared mutable state. item.drop() removes it from the stream.
+class TransformStage : public Stage {
+ public:
+  virtual void process(Item& item) = 0;
+};
+
+// Sees items on one thread in stream order and emits zero or more items
+// (a batcher, a trainer, a sink). flush() runs at the end of each epoch.
+class SerialStage : public Stage {
+ public:
+  using Emit = std::function<void(Item)>;
+  virtual void process(Item& item, const Emit& emit) = 0;
+  virtual void flush(const Emit& emit) {}
+};
+
+// Not in the flow: a service that other stages look up.
+class ComponentStage : public Stage {};
+
+}  // namespace flowrun
