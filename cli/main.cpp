@@ -104,8 +104,8 @@ int main(int argc, char** argv) {
     for (const auto& plugin : spec.plugins) {
       try {
         load_plugin(plugin.path, registry);
-      } catch (const std::exception& e) {
-        diagnostics.error(plugin.where, e.what());
+      } catch (const PluginError& e) {
+        diagnostics.error(plugin.where, "plugin " + e.path() + " " + e.reason());
       }
     }
   }

@@ -11,9 +11,9 @@ namespace {
 std::string describe_param(const ParamSpec& spec) {
   std::string text = spec.doc;
   std::vector<std::string> notes;
-  if (spec.min && spec.max) notes.push_back(format_value(*spec.min) + " .. " + format_value(*spec.max));
-  else if (spec.min) notes.push_back(">= " + format_value(*spec.min));
-  else if (spec.max) notes.push_back("<= " + format_value(*spec.max));
+  if (spec.min && spec.max) notes.push_back(spec.format_bound(*spec.min) + " .. " + spec.format_bound(*spec.max));
+  else if (spec.min) notes.push_back(">= " + spec.format_bound(*spec.min));
+  else if (spec.max) notes.push_back("<= " + spec.format_bound(*spec.max));
   if (!spec.choices.empty()) notes.push_back("one of " + join_names(spec.choices, 100));
   if (spec.allow_auto) notes.push_back("or auto");
   if (!notes.empty()) {

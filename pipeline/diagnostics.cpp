@@ -1,6 +1,7 @@
 #include "pipeline/diagnostics.h"
 
 #include <algorithm>
+#include <cctype>
 #include <tuple>
 
 namespace flowrun {
@@ -22,19 +23,19 @@ std::string Diagnostics::format() const {
 }
 
 namespace {
+// Edits (insert, delete, substitute, swap two neighbours) from a to b, case-blind.
 size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
+  auto same = [](char x, char y) { return std::tolower(x) == std::tolower(y); };
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i)
     for (size_t j = 1; j <= b.size(); ++j) {
-      size_t substitution = diagonal + (std::tolower(a[i - 1]) != std::tolower(b[j - 1]));
-      diagonal = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, substitution});
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + !same(a[i - 1], b[j - 1])});
+      if (i > 1 && j > 1 && same(a[i - 1], b[j - 2]) && same(a[i - 2], b[j - 1]))
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
-  }
-  return row[b.size()];
+  return d[a.size()][b.size()];
 }
 }  // namespace
 
@@ -48,8 +49,9 @@ std::string did_you_mean(const std::string& word, const std::vector<std::string>
       best_distance = distance;
     }
   }
-  // Close enough: at most a third of the word's letters differ (and at least one may).
-  if (!best || best_distance > std::max<size_t>(1, word.size() / 3)) return "";
+  // Close enough: a typo or two, never a word that shares nothing with it.
+  size_t allowed = word.size() <= 3 ? 1 : word.size() <= 6 ? 2 : 3;
+  if (!best || best_distance > allowed || best_distance >= word.size()) return "";
   return "; did you mean '" + *best + "'?";
 }
 

@@ -20,7 +20,9 @@ namespace flow = tbb::flow;
 
 struct Counters {
   std::atomic<uint64_t> items_in{0}, items_out{0}, dropped{0};
-  std::atomic<int64_t> busy_ns{0}, wait_output_ns{0};
+  std::atomic<int64_t> busy_ns{0};
+  std::atomic<int64_t> wait_output_ns{0};  // source: held back by the in-flight bound
+  std::atomic<int64_t> queued_ns{0};       // outputs waiting for the next stage, summed over items
 };
 
 // One named stage of the graph, alive across epochs (and phases, unless a
@@ -190,7 +192,7 @@ class Runner {
   // The item waited in a queue between its producer and this stage.
   void count_queue_wait(const Item& item, int64_t start) {
     if (item.producer < slots_.size() && item.ready_ns)
-      slots_[item.producer]->counters.wait_output_ns.fetch_add(start - item.ready_ns, std::memory_order_relaxed);
+      slots_[item.producer]->counters.queued_ns.fetch_add(start - item.ready_ns, std::memory_order_relaxed);
   }
 
   static void release(ChainRun& chain, uint32_t tokens) {
@@ -268,8 +270,10 @@ class Runner {
               Item item = input;
               int64_t begin = now_ns();
               count_queue_wait(item, begin);
-              chain.pending[i] += item.tokens;
-              if (!item.dropped()) {
+              if (item.dropped()) {
+                release(chain, item.tokens);  // a dropped item holds nothing: free its slot now
+              } else {
+                chain.pending[i] += item.tokens;
                 slot.counters.items_in.fetch_add(1, std::memory_order_relaxed);
                 SerialStage::Emit emit = [this, &chain, i](Item out) { forward(chain, i, std::move(out)); };
                 call_stage(slot, [&] { static_cast<SerialStage&>(*slot.ops.front()).process(item, emit); });
@@ -376,9 +380,9 @@ class Runner {
     for (size_t i = 0; i < chain.stages.size(); ++i)
       if (chain.pending.size() > i && chain.pending[i])
         holders += (holders.empty() ? "" : ", ") + chain.stages[i]->config.name + " holds " + std::to_string(chain.pending[i]);
-    throw std::runtime_error("the flow from '" + chain.stages[0]->config.name + "' stalled: all " +
-                             std::to_string(graph_.run.in_flight) + " in-flight items are held by stages (" + holders +
-                             "); raise run.in_flight above what they hold");
+    throw std::runtime_error("the flow from '" + chain.stages[0]->config.name + "' stalled: its stages hold every " +
+                             "admitted item (" + holders + ") and wait for more than run.in_flight=" +
+                             std::to_string(graph_.run.in_flight) + " allows; raise run.in_flight");
   }
 
   void collect(RunResult& result) {
@@ -397,9 +401,9 @@ class Runner {
         stats.dropped = slot.counters.dropped;
         stats.busy_s = slot.counters.busy_ns / 1e9;
         stats.wait_output_s = slot.counters.wait_output_ns / 1e9;
+        stats.output_queue_ms = stats.items_out ? slot.counters.queued_ns / 1e6 / stats.items_out : 0;
         double capacity = elapsed * std::min<int64_t>(stats.concurrency, run_info_.threads);
-        double blocked_self = stats.kind == StageKind::Source ? stats.wait_output_s : 0;
-        stats.wait_input_s = std::max(0.0, capacity - stats.busy_s - blocked_self);
+        stats.wait_input_s = std::max(0.0, capacity - stats.busy_s - stats.wait_output_s);
         stats.utilization = std::min(1.0, stats.busy_s / capacity);
         Report report;
         for (const auto& op : slot.ops) op->report(report);
@@ -447,16 +451,17 @@ RunResult run_graph(const ResolvedGraph& graph, const RunOptions& options) {
 std::string format_stage_table(const RunResult& result) {
   std::ostringstream out;
   char line[256];
-  std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4s %10s %10s %8s %9s %9s %9s %6s\n", "stage", "type", "kind",
-                "conc", "items_in", "items_out", "dropped", "busy_s", "wait_in_s", "wait_out_s", "busy%");
+  std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4s %10s %10s %8s %9s %9s %10s %8s %6s\n", "stage", "type",
+                "kind", "conc", "items_in", "items_out", "dropped", "busy_s", "wait_in_s", "wait_out_s", "queue_ms",
+                "busy%");
   out << line;
   for (const auto& s : result.stages) {
     std::string type = s.type.size() > 22 ? s.type.substr(0, 21) + "~" : s.type;
-    std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4lld %10llu %10llu %8llu %9.3f %9.3f %9.3f %5.1f%%\n",
+    std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4lld %10llu %10llu %8llu %9.3f %9.3f %10.3f %8.3f %5.1f%%\n",
                   s.name.c_str(), type.c_str(), to_string(s.kind), static_cast<long long>(s.concurrency),
                   static_cast<unsigned long long>(s.items_in), static_cast<unsigned long long>(s.items_out),
                   static_cast<unsigned long long>(s.dropped), s.busy_s, s.wait_input_s, s.wait_output_s,
-                  100 * s.utilization);
+                  s.output_queue_ms, 100 * s.utilization);
     out << line;
   }
   if (!result.bottleneck.empty()) {

@@ -44,7 +44,8 @@ struct StageStats {
   uint64_t dropped = 0;       // items this stage dropped
   double busy_s = 0;          // time inside the stage's code, summed over threads
   double wait_input_s = 0;    // idle capacity: no item to work on
-  double wait_output_s = 0;   // source: held back by the in-flight bound; others: outputs queued downstream
+  double wait_output_s = 0;   // held back by the in-flight bound (sources; other stages hand on without blocking)
+  double output_queue_ms = 0; // mean time an output waited for the next stage: downstream pressure
   double utilization = 0;     // busy / (elapsed x concurrency)
   std::map<std::string, double> figures;  // from Stage::report
 };

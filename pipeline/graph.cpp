@@ -125,8 +125,8 @@ class Resolver {
     auto in_range = [&](double v, const RawValue& at) {
       if ((spec.min && v < *spec.min) || (spec.max && v > *spec.max)) {
         std::ostringstream bounds;
-        bounds << "[" << (spec.min ? format_value(*spec.min) : "-inf") << ", "
-               << (spec.max ? format_value(*spec.max) : "inf") << "]";
+        bounds << "[" << (spec.min ? spec.format_bound(*spec.min) : "-inf") << ", "
+               << (spec.max ? spec.format_bound(*spec.max) : "inf") << "]";
         error(at.where, "parameter '" + spec.name + "' = " + at.text + " is out of range " + bounds.str());
         return false;
       }
@@ -251,7 +251,11 @@ class Resolver {
       (is_extra && extra_out ? *extra_out : values)[assign.name] = value;
     }
     for (const auto& spec : schema.params()) {
-      if (values.count(spec.name) || seen.count(spec.name)) continue;
+      if (values.count(spec.name)) continue;
+      if (seen.count(spec.name)) {  // given but invalid (reported): keep going with the default
+        if (spec.default_value) values[spec.name] = *spec.default_value;
+        continue;
+      }
       if (spec.required()) {
         error(owner_where, "missing required parameter '" + spec.name + "' (" + to_string(spec.type) + ") for " + owner);
         continue;
@@ -314,6 +318,7 @@ class Resolver {
 
     std::map<std::string, std::string> next, prev;
     std::map<std::string, Location> mentioned;
+    std::set<std::string> reported;  // in a link already reported: no follow-up errors
     if (spec_.flows.empty()) {
       // No flow lines: the flow stages form one chain in the order written.
       for (size_t i = 1; i < flow_stages.size(); ++i) {
@@ -329,6 +334,7 @@ class Resolver {
         const ResolvedStage* stage = find_top(name);
         if (!stage) {
           error(where, "dangling connection: no stage named '" + name + "'" + did_you_mean(name, top_names()));
+          if (i + 1 < flow.names.size()) reported.insert(flow.names[i + 1]);
           continue;
         }
         if (stage->kind == StageKind::Component) {
@@ -343,12 +349,19 @@ class Resolver {
           error(where, "source stage '" + name + "' cannot take input (from '" + from + "')");
           continue;
         }
+        if (name == from) {
+          error(where, "cycle in flow: " + from + " -> " + name);
+          reported.insert(name);
+          continue;
+        }
         if (next.count(from) && next[from] != name) {
           error(where, "stage '" + from + "' already feeds '" + next[from] + "'; a stage feeds at most one stage");
+          reported.insert(name);
           continue;
         }
         if (prev.count(name) && prev[name] != from) {
           error(where, "stage '" + name + "' already takes input from '" + prev[name] + "'; a stage has at most one input");
+          reported.insert(from);
           continue;
         }
         // Would from -> name close a loop?
@@ -360,10 +373,11 @@ class Resolver {
           path.push_back(walk);
           if (walk == from) { cycle = true; break; }
         }
-        if (cycle || name == from) {
+        if (cycle) {
           std::string text;
           for (size_t k = 0; k < path.size(); ++k) text += (k ? " -> " : "") + path[k];
-          error(where, "cycle in flow: " + (name == from ? from + " -> " + name : text));
+          error(where, "cycle in flow: " + text);
+          reported.insert(path.begin(), path.end());
           continue;
         }
         next[from] = name;
@@ -378,7 +392,7 @@ class Resolver {
         error(stage->where, "stage '" + name + "' is not connected; add it to a flow line");
         continue;
       }
-      if (prev.count(name)) continue;  // not a chain head
+      if (prev.count(name) || reported.count(name)) continue;  // not a chain head
       if (stage->kind != StageKind::Source) {
         error(mentioned[name], "stage '" + name + "' has no input; a flow starts with a source stage");
         continue;

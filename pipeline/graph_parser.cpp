@@ -231,7 +231,7 @@ class Parser {
   bool parse_override_line(ParamOverride& out) {
     bool ok = parse_override(out);
     if (ok && !at(Tok::End)) {
-      error(current(), std::string("unexpected ") + describe(current().kind) + " after the value");
+      error(current(), std::string("expected end of input after the value but found ") + describe(current().kind));
       ok = false;
     }
     return ok;
@@ -260,7 +260,7 @@ class Parser {
   }
   bool expect_statement_end(bool in_phase) {
     if (at(Tok::Newline) || at(Tok::Semi) || at(Tok::End) || (in_phase && at(Tok::RBrace))) return true;
-    error(current(), std::string("unexpected ") + describe(current().kind) + "; expected end of statement");
+    error(current(), std::string("expected end of statement but found ") + describe(current().kind));
     return false;
   }
 
@@ -493,9 +493,11 @@ GraphSpec parse_graph(const std::string& text, const std::string& file, Diagnost
   Lexer lexer(text, file, diagnostics);
   Parser parser(lexer.run(), diagnostics);
   parser.parse_file(graph);
-  // Plugin paths are relative to the graph file.
+  // Plugin paths are relative to the graph file; bare file names are looked
+  // up on the plugin search path by the loader.
   for (auto& plugin : graph.plugins)
-    if (!plugin.path.empty() && plugin.path[0] != '/') plugin.path = directory_of(file) + "/" + plugin.path;
+    if (plugin.path.find('/') != std::string::npos && plugin.path[0] != '/')
+      plugin.path = directory_of(file) + "/" + plugin.path;
   return graph;
 }
 
@@ -513,12 +515,26 @@ GraphSpec parse_graph_file(const std::string& path, Diagnostics& diagnostics) {
 }
 
 bool parse_override(const std::string& text, const std::string& origin, ParamOverride& out, Diagnostics& diagnostics) {
+  out = ParamOverride{};
   size_t before = diagnostics.size();
   if (text.find('\n') != std::string::npos) {
     diagnostics.error({origin, 1, static_cast<int>(text.find('\n')) + 1}, "a --set value is one line");
     return false;
   }
-  Lexer lexer(text, origin, diagnostics);
+  // On the command line an unquoted value that is not one number or word is
+  // taken as it stands, so `--set source.root=/data/train` needs no quotes.
+  size_t eq = text.find('=');
+  bool raw_value = false;
+  if (eq != std::string::npos && eq + 1 < text.size() && text[eq + 1] != '"' && text[eq + 1] != '[') {
+    Diagnostics scratch;
+    std::string value_text = text.substr(eq + 1);
+    std::vector<Token> value_tokens = Lexer(value_text, origin, scratch).run();
+    Tok kind = value_tokens.front().kind;
+    raw_value = !scratch.empty() || value_tokens.size() != 2 ||
+                (kind != Tok::Int && kind != Tok::Float && kind != Tok::Ident);
+  }
+  std::string parsed_text = raw_value ? text.substr(0, eq) + "=0" : text;
+  Lexer lexer(parsed_text, origin, diagnostics);
   std::vector<Token> tokens = lexer.run();
   if (diagnostics.size() != before) return false;
   if (tokens.front().kind != Tok::Ident) {
@@ -526,7 +542,14 @@ bool parse_override(const std::string& text, const std::string& origin, ParamOve
     return false;
   }
   Parser parser(std::move(tokens), diagnostics);
-  return parser.parse_override_line(out) && diagnostics.size() == before;
+  if (!parser.parse_override_line(out) || diagnostics.size() != before) return false;
+  if (raw_value) {
+    out.value = RawValue{};
+    out.value.kind = RawValue::Kind::Word;
+    out.value.text = text.substr(eq + 1);
+    out.value.where = {origin, 1, static_cast<int>(eq) + 2};
+  }
+  return true;
 }
 
 }  // namespace flowrun

@@ -2,7 +2,9 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <vector>
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -12,14 +14,42 @@
 
 namespace flowrun {
 
-void load_plugin(const std::string& path, Registry& registry) {
+std::string find_plugin(const std::string& path) {
+  if (path.find('/') != std::string::npos) return path;
+  std::vector<std::filesystem::path> directories;
+  if (const char* env = std::getenv("FLOWRUN_PLUGIN_PATH")) {
+    std::string list = env;
+    size_t start = 0;
+    while (start <= list.size()) {
+      size_t end = list.find(':', start);
+      if (end == std::string::npos) end = list.size();
+      if (end > start) directories.emplace_back(list.substr(start, end - start));
+      start = end + 1;
+    }
+  }
+  std::error_code ec;
+  std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    directories.push_back(exe.parent_path() / "plugins");
+    directories.push_back(exe.parent_path() / ".." / "lib" / "flowrun" / "plugins");
+  }
+  for (const auto& directory : directories)
+    if (std::filesystem::exists(directory / path, ec)) return (directory / path).string();
+  return path;
+}
+
+void load_plugin(const std::string& requested, Registry& registry) {
+  const std::string path = find_plugin(requested);
   static std::mutex mutex;
   static std::set<std::string> loaded;
   std::lock_guard<std::mutex> lock(mutex);
 
-  auto fail = [&](const std::string& why) { throw std::runtime_error(path + ": error: plugin " + why); };
+  auto fail = [&](const std::string& why) { throw PluginError(path, why); };
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) fail("file not found");
+  if (!std::filesystem::exists(path, ec))
+    fail(path == requested && path.find('/') == std::string::npos
+             ? "does not exist (searched $FLOWRUN_PLUGIN_PATH and the plugins/ folder beside flowrun)"
+             : "does not exist");
   if (!std::filesystem::is_regular_file(path, ec)) fail("is not a regular file");
   std::string canonical = std::filesystem::canonical(path, ec).string();
   if (ec) fail("cannot be resolved: " + ec.message());

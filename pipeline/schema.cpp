@@ -33,6 +33,11 @@ ParamSpec IntList(std::string name, std::string doc) { return make(std::move(nam
 ParamSpec FloatList(std::string name, std::string doc) { return make(std::move(name), ValueType::FloatList, std::move(doc)); }
 ParamSpec StringList(std::string name, std::string doc) { return make(std::move(name), ValueType::StringList, std::move(doc)); }
 
+std::string ParamSpec::format_bound(double bound) const {
+  bool integral = type == ValueType::Int || type == ValueType::IntList;
+  return integral ? std::to_string(static_cast<int64_t>(bound)) : format_value(bound);
+}
+
 const ParamSpec* Schema::find(const std::string& name) const {
   for (const auto& spec : params_)
     if (spec.name == name) return &spec;

@@ -37,6 +37,8 @@ struct ParamSpec {
   ParamSpec& one_of(std::vector<std::string> words) { choices = std::move(words); return *this; }
   ParamSpec& or_auto() { allow_auto = true; return *this; }
   bool required() const { return !default_value.has_value(); }
+  // A bound written as this parameter's type writes it (3, not 3.0, for ints).
+  std::string format_bound(double bound) const;
 };
 
 // Shorthands for the common parameter types.

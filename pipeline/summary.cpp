@@ -25,6 +25,7 @@ nlohmann::json summary_json(const RunResult& result) {
     entry["busy_s"] = s.busy_s;
     entry["wait_input_s"] = s.wait_input_s;
     entry["wait_output_s"] = s.wait_output_s;
+    entry["output_queue_ms"] = s.output_queue_ms;
     entry["utilization"] = s.utilization;
     entry["figures"] = s.figures;
   }

@@ -1,0 +1,211 @@
+// The executor: bounded in-flight items, order, accumulation, phases, errors,
+// cancellation, counters and traces.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "pipeline/executor.h"
+#include "pipeline/interrupt.h"
+#include "pipeline/summary.h"
+#include "test_stages.h"
+#include "test_support.h"
+
+using namespace flowrun;
+using flowrun::test::resolve_text;
+
+namespace {
+
+RunResult run_text(const std::string& text, int threads = 2, const std::vector<std::string>& sets = {},
+                   const std::string& profile = "") {
+  ResolvedGraph graph = resolve_text(text, sets);
+  RunOptions options;
+  options.threads = threads;
+  options.profile_path = profile;
+  return run_graph(graph, options);
+}
+
+const StageStats& stats_of(const RunResult& result, const std::string& name) {
+  for (const auto& s : result.stages)
+    if (s.name == name) return s;
+  throw std::runtime_error("no stage " + name);
+}
+
+}  // namespace
+
+// A million items into a slow sink: never more than in_flight alive at once,
+// however far ahead the source could run.
+TEST(Executor, MillionItemsNeverExceedTheInFlightBound) {
+  RunResult result = run_text(
+      "run in_flight=64\nsource = count count=1000000\nwork = sleep concurrency=2\nsink = sink\n", 2);
+  ASSERT_EQ(result.max_in_flight.size(), 1u);
+  EXPECT_LE(result.max_in_flight[0], 64);
+  EXPECT_GE(result.max_in_flight[0], 32);  // the sink is the slow end: the bound is reached, not idle
+  const StageStats& sink = stats_of(result, "sink");
+  EXPECT_EQ(sink.figures.at("items"), 1000000.0);
+  EXPECT_EQ(sink.figures.at("sum"), 499999500000.0);
+  EXPECT_EQ(sink.figures.at("ordered"), 1.0);
+}
+
+TEST(Executor, SlowSinkHoldsTheSourceBack) {
+  RunResult result = run_text("run in_flight=8\nsource = count count=400\nsink = sink us=500\n", 2);
+  EXPECT_LE(result.max_in_flight[0], 8);
+  EXPECT_EQ(stats_of(result, "sink").figures.at("items"), 400.0);
+  // The source spent most of the run waiting for room, and the table names the sink.
+  EXPECT_GT(stats_of(result, "source").wait_output_s, 0.5 * result.elapsed_s);
+  EXPECT_EQ(result.bottleneck, "sink");
+}
+
+TEST(Executor, ConcurrentTransformsKeepStreamOrderForSerialStages) {
+  for (int threads : {1, 2, 4}) {
+    RunResult result = run_text(
+        "run in_flight=32\nsource = count count=2000\nwork = sleep us=20 concurrency=4\ng = group size=7\n"
+        "out = group_sink\n",
+        threads);
+    const auto& figures = stats_of(result, "out").figures;
+    EXPECT_EQ(figures.at("groups"), 286.0) << threads;  // 2000 / 7, rounded up: the flush emits the last 5
+    EXPECT_EQ(figures.at("last_size"), 5.0);
+    EXPECT_EQ(figures.at("total"), 1999000.0);
+    // In order: the position-weighted sum of 0..1999 is sum(i * (i+1)).
+    EXPECT_EQ(figures.at("checksum"), 2666666000.0) << threads;
+    EXPECT_LE(result.max_in_flight[0], 32);
+  }
+}
+
+TEST(Executor, DroppedItemsKeepTheirPlaceAndReleaseTheirSlots) {
+  RunResult result = run_text(
+      "run in_flight=8\nsource = count count=1000\nwork = sleep drop_every=3 concurrency=2\ng = group size=5 "
+      "drop_last=true\nout = group_sink\n",
+      2);
+  // 1000 items, 334 multiples of 3 dropped: 666 kept, 133 full groups, 1 left over and dropped.
+  EXPECT_EQ(stats_of(result, "work").dropped, 334u);
+  EXPECT_EQ(stats_of(result, "g").items_in, 666u);
+  EXPECT_EQ(stats_of(result, "out").figures.at("groups"), 133.0);
+  EXPECT_EQ(stats_of(result, "out").figures.at("last_size"), 5.0);
+}
+
+TEST(Executor, StalledFlowIsAnErrorNotAHang) {
+  try {
+    run_text("run in_flight=4\nsource = count count=100\ng = group size=10\nout = group_sink\n", 2);
+    FAIL() << "expected a stall error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(),
+                 "the flow from 'source' stalled: its stages hold every admitted item (g holds 3) and wait for more "
+                 "than run.in_flight=4 allows; raise run.in_flight");
+  }
+}
+
+TEST(Executor, StageErrorStopsTheRunAndNamesTheStage) {
+  try {
+    run_text("run in_flight=16\nsource = count count=1000000\nbad = fails_at at=500\nsink = sink\n", 2);
+    FAIL() << "expected a StageError";
+  } catch (const StageError& e) {
+    EXPECT_EQ(e.stage(), "bad");
+    EXPECT_STREQ(e.what(), "stage 'bad' (fails_at): bad value 500");
+  }
+}
+
+TEST(Executor, WrongItemTypeNamesBothTypes) {
+  try {
+    run_text("source = count count=10\ng = group size=2\nagain = group size=2\nout = group_sink\n", 1);
+    FAIL() << "expected a StageError";
+  } catch (const StageError& e) {
+    EXPECT_EQ(e.stage(), "again");
+    EXPECT_NE(std::string(e.what()).find("expected an item of type long but got std::vector<long"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Executor, PhasesRunInOrderAndStagesAdaptOrAreRebuilt) {
+  test::Probe::reset();
+  RunResult result = run_text(
+      "source = count count=10\nsink = sink\n"
+      "phase head epochs=2 { opt = probe lr=0.5 }\n"
+      "phase full epochs=1 { opt = probe lr=0.25 }\n"
+      "phase last epochs=1 { opt = probe lr=0.125 adapts=false }\n",
+      2);
+  EXPECT_EQ(result.epochs_run, 4);
+  EXPECT_EQ(stats_of(result, "sink").figures.at("items"), 40.0);
+  EXPECT_EQ(test::Probe::epochs_seen,
+            (std::vector<std::string>{"head:0:0:lr=0.500000", "head:1:1:lr=0.500000", "full:2:0:lr=0.250000",
+                                      "last:3:0:lr=0.125000"}));
+  EXPECT_EQ(test::Probe::constructed, 2);  // built once, rebuilt when it would not adapt
+  EXPECT_EQ(test::Probe::updated, 1);
+  EXPECT_EQ(test::Probe::stopped_normally, 1);
+  EXPECT_EQ(test::Probe::stopped_interrupted, 0);
+}
+
+TEST(Executor, StopRequestEndsTheRunAndLetsStagesSave) {
+  test::Probe::reset();
+  clear_stop_request();
+  install_stop_signal_handlers();
+  std::thread signaller([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::raise(SIGINT);
+  });
+  RunResult result =
+      run_text("run in_flight=16\nsource = count count=100000000\nsink = sink us=10\np = probe\n", 2);
+  signaller.join();
+  clear_stop_request();
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  EXPECT_TRUE(result.interrupted);
+  EXPECT_EQ(result.epochs_run, 0);
+  double items = stats_of(result, "sink").figures.at("items");
+  EXPECT_GT(items, 0);
+  EXPECT_LT(items, 1e8);
+  // Everything the source made was drained: what went in came out.
+  EXPECT_EQ(static_cast<double>(stats_of(result, "source").items_out), items);
+  EXPECT_EQ(test::Probe::stopped_interrupted, 1);
+}
+
+TEST(Executor, SameSeedSameResultWhateverTheThreads) {
+  std::vector<double> checksums;
+  for (int threads : {1, 2, 3}) {
+    RunResult result = run_text(
+        "source = count count=3000\nwork = sleep drop_every=5 concurrency=3\ng = group size=9\nout = group_sink\n",
+        threads);
+    checksums.push_back(stats_of(result, "out").figures.at("checksum"));
+  }
+  EXPECT_EQ(checksums[0], checksums[1]);
+  EXPECT_EQ(checksums[0], checksums[2]);
+}
+
+TEST(Executor, CountersAndSummary) {
+  RunResult result = run_text("source = count count=200\nwork = sleep us=200 concurrency=1\nsink = sink\n", 2);
+  const StageStats& work = stats_of(result, "work");
+  EXPECT_EQ(work.items_in, 200u);
+  EXPECT_EQ(work.items_out, 200u);
+  EXPECT_GE(work.busy_s, 200 * 200e-6);
+  EXPECT_EQ(result.bottleneck, "work");
+  nlohmann::json summary = summary_json(result);
+  EXPECT_EQ(summary["stages"]["work"]["items_in"], 200);
+  EXPECT_EQ(summary["items"], 200.0);
+  EXPECT_GT(summary["elapsed_s"].get<double>(), 0.0);
+  EXPECT_EQ(summary["bottleneck"], "work");
+  std::string table = format_stage_table(result);
+  EXPECT_NE(table.find("bottleneck: work"), std::string::npos) << table;
+}
+
+TEST(Executor, ProfileWritesAChromeTrace) {
+  std::string path = test::temp_dir() + "/trace.json";
+  run_text("source = count count=50\nwork = sleep us=10\nsink = sink\n", 2, {}, path);
+  std::ifstream in(path);
+  nlohmann::json trace = nlohmann::json::parse(in);
+  int work_events = 0;
+  for (const auto& event : trace["traceEvents"])
+    if (event["ph"] == "X" && event["name"] == "work") {
+      ++work_events;
+      EXPECT_GE(event["dur"].get<double>(), 10.0);
+    }
+  EXPECT_EQ(work_events, 50);
+}
+
+TEST(Executor, SourceOnlyChainAndZeroEpochs) {
+  RunResult result = run_text("source = count count=10\n", 1);
+  EXPECT_EQ(stats_of(result, "source").items_out, 10u);
+  result = run_text("source = count count=10\nsink = sink\n", 1, {"run.epochs=0"});
+  EXPECT_EQ(result.epochs_run, 0);
+}

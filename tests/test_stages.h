@@ -1,0 +1,71 @@
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "pipeline/stage.h"
+
+namespace flowrun::test {
+
+class Kitchen : public TransformStage {
+ public:
+  static Schema schema();
+  explicit Kitchen(const StageInit&) {}
+  void process(Item&) override {}
+};
+
+class FailsAt : public TransformStage {
+ public:
+  static Schema schema();
+  explicit FailsAt(const StageInit& init) : at_(init.params.get_int("at")) {}
+  void process(Item& item) override;
+
+ private:
+  int64_t at_;
+};
+
+class Group : public SerialStage {
+ public:
+  static Schema schema();
+  explicit Group(const StageInit& init)
+      : size_(init.params.get_int("size")), drop_last_(init.params.get_bool("drop_last")) {}
+  void process(Item& item, const Emit& emit) override;
+  void flush(const Emit& emit) override;
+
+ private:
+  void flush_group(const Emit& emit);
+  int64_t size_;
+  bool drop_last_;
+  std::vector<int64_t> current_;
+};
+
+class GroupSink : public SerialStage {
+ public:
+  static Schema schema();
+  explicit GroupSink(const StageInit&) {}
+  void process(Item& item, const Emit& emit) override;
+  void report(Report& report) const override;
+
+ private:
+  std::vector<std::vector<int64_t>> groups_;
+};
+
+class Probe : public ComponentStage {
+ public:
+  static Schema schema();
+  explicit Probe(const StageInit& init);
+  bool update_params(const Params& params) override;
+  void begin_epoch(const EpochInfo& epoch) override;
+  void on_stop(bool interrupted) override;
+  static void reset();
+
+  static std::atomic<int> constructed, updated, stopped_interrupted, stopped_normally;
+  static std::vector<std::string> epochs_seen;
+
+ private:
+  bool adapts_;
+  double lr_;
+};
+
+}  // namespace flowrun::test

@@ -1,0 +1,69 @@
+#include "test_support.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+extern char** environ;
+
+namespace flowrun::test {
+
+ResolvedGraph resolve_text(const std::string& text, const std::vector<std::string>& sets, const std::string& file) {
+  Diagnostics diagnostics;
+  GraphSpec spec = parse_graph(text, file, diagnostics);
+  if (!diagnostics.empty()) throw GraphError(diagnostics);
+  std::vector<CommandLineOverride> overrides;
+  for (size_t i = 0; i < sets.size(); ++i) overrides.push_back({sets[i], "--set #" + std::to_string(i + 1)});
+  return resolve_graph(spec, Registry::global(), overrides);
+}
+
+std::string errors_of(const std::string& text, const std::vector<std::string>& sets, const std::string& file) {
+  try {
+    resolve_text(text, sets, file);
+    return "";
+  } catch (const GraphError& e) {
+    return e.what();
+  }
+}
+
+std::string temp_dir() {
+  static std::atomic<int> counter{0};
+  auto dir = std::filesystem::temp_directory_path() /
+             ("flowrun-test-" + std::to_string(getpid()) + "-" + std::to_string(counter++));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+CommandResult run_flowrun(const std::vector<std::string>& args, const std::string& cwd) {
+  std::string dir = temp_dir();
+  std::string out_path = dir + "/stdout", err_path = dir + "/stderr";
+  std::string script = "cd '" + (cwd.empty() ? std::string(FLOWRUN_SOURCE_DIR) : cwd) + "' && exec '" FLOWRUN_BINARY "'";
+  for (const auto& arg : args) script += " '" + arg + "'";
+  script += " >'" + out_path + "' 2>'" + err_path + "'";
+  const char* argv[] = {"/bin/sh", "-c", script.c_str(), nullptr};
+  pid_t pid = 0;
+  CommandResult result;
+  if (posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) != 0) return result;
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  auto slurp = [](const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  result.out = slurp(out_path);
+  result.err = slurp(err_path);
+  std::filesystem::remove_all(dir);
+  return result;
+}
+
+}  // namespace flowrun::test

@@ -1,0 +1,29 @@
+// Helpers shared by the engine tests.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "pipeline/graph.h"
+
+namespace flowrun::test {
+
+// Parses and resolves graph text (as if read from `file`); throws GraphError.
+ResolvedGraph resolve_text(const std::string& text, const std::vector<std::string>& sets = {},
+                           const std::string& file = "test.graph");
+
+// The formatted errors of graph text that must not validate ("" if it does).
+std::string errors_of(const std::string& text, const std::vector<std::string>& sets = {},
+                      const std::string& file = "test.graph");
+
+// A fresh empty directory under the system temp dir.
+std::string temp_dir();
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+// Runs the flowrun binary with `args`, capturing stdout and stderr.
+CommandResult run_flowrun(const std::vector<std::string>& args, const std::string& cwd = "");
+
+}  // namespace flowrun::test

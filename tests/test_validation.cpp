@@ -1,0 +1,246 @@
+// Validation of a parsed graph against the stage schemas, --set, phases, and
+// the resolved graph printed back by --check.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "test_support.h"
+
+using namespace flowrun;
+using flowrun::test::errors_of;
+using flowrun::test::resolve_text;
+
+namespace {
+const std::string kChain = "source = count count=10\nwork = sleep\nsink = sink\n";
+
+const ResolvedStage& stage_of(const ResolvedGraph& graph, const std::string& name, size_t phase = 0) {
+  const ResolvedStage* stage = graph.phases.at(phase).find(name);
+  if (!stage) throw std::runtime_error("no stage " + name);
+  return *stage;
+}
+}  // namespace
+
+TEST(Validation, DefaultsFillMissingParameters) {
+  ResolvedGraph graph = resolve_text("source = count\nk = kitchen size=3\nsink = sink\n");
+  const Params& params = stage_of(graph, "k").ops[0].params;
+  EXPECT_EQ(params.get_int("size"), 3);
+  EXPECT_DOUBLE_EQ(params.get_float("p"), 0.5);
+  EXPECT_EQ(params.get_string("mode"), "reflect");
+  EXPECT_EQ(params.get_float_list("mean"), std::vector<double>{0.5});
+  EXPECT_EQ(graph.chains, (std::vector<std::vector<std::string>>{{"source", "k", "sink"}}));
+  EXPECT_EQ(graph.run.in_flight, 256);
+  ASSERT_EQ(graph.phases.size(), 1u);
+  EXPECT_EQ(graph.phases[0].name, "main");
+}
+
+TEST(Validation, TypedValues) {
+  ResolvedGraph graph = resolve_text(
+      "source = count\nk = kitchen size=3 p=1 mode=edge flag=true mean=[0.1, 0.2, 1] names=[\"a\", b] sizes=[]\n"
+      "sink = sink\n");
+  const Params& params = stage_of(graph, "k").ops[0].params;
+  EXPECT_DOUBLE_EQ(params.get_float("p"), 1.0);  // an int is a fine float
+  EXPECT_EQ(params.get_string("mode"), "edge");
+  EXPECT_TRUE(params.get_bool("flag"));
+  EXPECT_EQ(params.get_float_list("mean"), (std::vector<double>{0.1, 0.2, 1.0}));
+  EXPECT_EQ(params.get_string_list("names"), (std::vector<std::string>{"a", "b"}));
+  EXPECT_TRUE(params.get_int_list("sizes").empty());
+}
+
+TEST(Validation, UnknownStageTypeSuggestsTheClosest) {
+  EXPECT_EQ(errors_of("source = count\nwork = slep us=3\nsink = sink\n"),
+            "test.graph:2:8: error: unknown stage type 'slep'; did you mean 'sleep'? (types: count, fails_at, group, "
+            "group_sink, kitchen, probe, sink, sleep; see --list-stages)\n");
+}
+
+TEST(Validation, UnknownParameterSuggestsTheClosest) {
+  EXPECT_EQ(errors_of("source = count cuont=3\nsink = sink\n"),
+            "test.graph:1:16: error: unknown parameter 'cuont' for stage 'source' (count); did you mean 'count'? "
+            "(parameters: count, start)\n");
+}
+
+TEST(Validation, WrongTypes) {
+  std::string errors = errors_of(
+      "source = count count=1.5\n"
+      "k = kitchen size=\"3\" p=yes mode=3 flag=1 mean=0.5 names=[1]\n"
+      "sink = sink\n");
+  EXPECT_EQ(errors,
+            "test.graph:1:22: error: parameter 'count' expects an int but got a float '1.5'\n"
+            "test.graph:2:18: error: parameter 'size' expects an int but got a string '3'\n"
+            "test.graph:2:24: error: parameter 'p' expects a float but got a word 'yes'\n"
+            "test.graph:2:33: error: parameter 'mode' expects a string but got an int '3'\n"
+            "test.graph:2:40: error: parameter 'flag' expects a bool (true or false) but got an int '1'\n"
+            "test.graph:2:47: error: parameter 'mean' expects a list of floats but got a float '0.5'\n"
+            "test.graph:2:58: error: parameter 'names' expects a list of strings but an item is an int '1'\n");
+}
+
+TEST(Validation, OutOfRangeAndChoices) {
+  std::string errors = errors_of("source = count count=-1\nk = kitchen size=5000 p=1.5 mode=reflcet mean=[0.5, 2]\nsink = sink\n");
+  EXPECT_EQ(errors,
+            "test.graph:1:22: error: parameter 'count' = -1 is out of range [0, inf]\n"
+            "test.graph:2:18: error: parameter 'size' = 5000 is out of range [1, 4096]\n"
+            "test.graph:2:25: error: parameter 'p' = 1.5 is out of range [0.0, 1.0]\n"
+            "test.graph:2:34: error: parameter 'mode' cannot be 'reflcet'; did you mean 'reflect'? (choices: reflect, "
+            "constant, edge)\n"
+            "test.graph:2:53: error: parameter 'mean' = 2 is out of range [0.0, 1.0]\n");
+}
+
+TEST(Validation, MissingRequiredAndDuplicates) {
+  std::string errors = errors_of("source = count count=1 count=2\nk = kitchen\nk = sink\nsink = sink\n");
+  EXPECT_EQ(errors,
+            "test.graph:1:24: error: parameter 'count' given twice for stage 'source' (count) (first at 1:16)\n"
+            "test.graph:2:5: error: missing required parameter 'size' (int) for stage 'k' (kitchen)\n"
+            "test.graph:3:1: error: duplicate stage name 'k' (first declared at 2:1)\n");
+}
+
+TEST(Validation, AutoOnlyWhereAllowed) {
+  EXPECT_NO_THROW(resolve_text("source = count\nwork = sleep concurrency=auto\nsink = sink\n"));
+  EXPECT_EQ(errors_of("source = count count=auto\nsink = sink\n"),
+            "test.graph:1:22: error: parameter 'count' expects int (auto is not allowed here) but got a word 'auto'\n");
+  ResolvedGraph graph = resolve_text("source = count\nwork = sleep concurrency=3\nsink = sink\n");
+  EXPECT_EQ(stage_of(graph, "work").concurrency, 3);
+}
+
+TEST(Validation, FlowErrors) {
+  std::string base = "a = count\nb = sleep\nc = sleep\nd = sink\n";
+  EXPECT_EQ(errors_of(base + "flow a -> b -> x -> d\nflow b -> c\n"),
+            "test.graph:5:16: error: dangling connection: no stage named 'x'\n");
+  EXPECT_EQ(errors_of(base + "flow a -> b -> d\nflow b -> c\n"),
+            "test.graph:6:11: error: stage 'b' already feeds 'd'; a stage feeds at most one stage\n");
+  EXPECT_EQ(errors_of(base + "flow a -> b -> d\n"),
+            "test.graph:3:1: error: stage 'c' is not connected; add it to a flow line\n");
+  EXPECT_EQ(errors_of(base + "flow a -> b -> c -> d\nflow a -> dd\n"),
+            "test.graph:6:11: error: dangling connection: no stage named 'dd'; did you mean 'd'?\n");
+}
+
+TEST(Validation, CycleIsReported) {
+  EXPECT_EQ(errors_of("a = count\nb = sleep\nc = sleep\nd = sink\nflow a -> b -> c -> d\nflow c -> b\n"),
+            "test.graph:6:11: error: stage 'c' already feeds 'd'; a stage feeds at most one stage\n");
+  EXPECT_EQ(errors_of("a = count\nb = sleep\nc = sleep\nflow b -> c -> b\nflow a -> d\nd = sink\n"),
+            "test.graph:4:16: error: cycle in flow: c -> b -> c\n");
+  EXPECT_EQ(errors_of("a = count\nb = sleep\nflow a -> b -> b\n"), "test.graph:3:16: error: cycle in flow: b -> b\n");
+}
+
+TEST(Validation, SourcesTakeNoInputAndFlowsStartWithOne) {
+  EXPECT_EQ(errors_of("a = count\nb = count\nflow a -> b\n"),
+            "test.graph:3:11: error: source stage 'b' cannot take input (from 'a')\n");
+  EXPECT_EQ(errors_of("a = sleep\nb = sink\n"),
+            "test.graph:1:1: error: stage 'a' has no input; a flow starts with a source stage\n");
+  EXPECT_EQ(errors_of("p = probe\n"), "test.graph: error: the graph has no source stage\n");
+}
+
+TEST(Validation, ExplicitFlowsMakeSeveralChains) {
+  ResolvedGraph graph = resolve_text("a = count\nb = count\nx = sink\ny = sink\nflow a -> x\nflow b -> y\n");
+  EXPECT_EQ(graph.chains, (std::vector<std::vector<std::string>>{{"a", "x"}, {"b", "y"}}));
+}
+
+TEST(Validation, PathsResolveRelativeToTheGraphFile) {
+  ResolvedGraph graph = resolve_text("source = count\nk = kitchen size=1 file=\"data/x.bin\"\nsink = sink\n", {},
+                                     "/some/where/g.graph");
+  EXPECT_EQ(stage_of(graph, "k").ops[0].params.get_string("file"), "/some/where/data/x.bin");
+  graph = resolve_text("source = count\nk = kitchen size=1 file=\"/abs/x.bin\"\nsink = sink\n", {}, "/some/where/g.graph");
+  EXPECT_EQ(stage_of(graph, "k").ops[0].params.get_string("file"), "/abs/x.bin");
+  // On the command line a relative path is relative to the working directory.
+  graph = resolve_text("source = count\nk = kitchen size=1\nsink = sink\n", {"k.file=rel/y.bin"}, "/some/where/g.graph");
+  EXPECT_EQ(stage_of(graph, "k").ops[0].params.get_string("file"),
+            (std::filesystem::current_path() / "rel/y.bin").string());
+}
+
+TEST(Validation, PhasesOverrideAndAddComponents) {
+  ResolvedGraph graph = resolve_text(kChain +
+                                     "phase warm epochs=2 { work.us = 5; opt = probe lr=0.5 }\n"
+                                     "phase main epochs=3 { opt = probe lr=0.01; sink = sink us=1 }\n");
+  ASSERT_EQ(graph.phases.size(), 2u);
+  EXPECT_EQ(graph.phases[0].epochs, 2);
+  EXPECT_EQ(stage_of(graph, "work", 0).ops[0].params.get_int("us"), 5);
+  EXPECT_EQ(stage_of(graph, "work", 1).ops[0].params.get_int("us"), 0);
+  EXPECT_DOUBLE_EQ(stage_of(graph, "opt", 0).ops[0].params.get_float("lr"), 0.5);
+  EXPECT_DOUBLE_EQ(stage_of(graph, "opt", 1).ops[0].params.get_float("lr"), 0.01);
+  EXPECT_EQ(stage_of(graph, "sink", 1).ops[0].params.get_int("us"), 1);
+}
+
+TEST(Validation, PhaseErrors) {
+  std::string errors = errors_of(kChain +
+                                 "phase work epochs=-1 { extra = sleep; work.uss = 3; sink = count; nope.x = 1 }\n");
+  EXPECT_EQ(errors,
+            "test.graph:4:7: error: phase name 'work' is already used (at 2:1)\n"
+            "test.graph:4:19: error: parameter 'epochs' = -1 is out of range [0, 1000000]\n"
+            "test.graph:4:24: error: stage 'extra' is not declared outside the phase; a phase may add components but "
+            "flow stages are declared at top level\n"
+            "test.graph:4:44: error: unknown parameter 'uss' for stage 'work' (sleep); did you mean 'us'? (parameters: "
+            "us, spin, drop_every)\n"
+            "test.graph:4:53: error: stage 'sink' is a serial stage; phase 'work' cannot make it a source\n"
+            "test.graph:4:67: error: no stage named 'nope'\n");
+}
+
+TEST(Validation, PipedStagesFuseTransforms) {
+  ResolvedGraph graph = resolve_text("source = count\naug = sleep us=1 | kitchen size=2 | sleep us=3\nsink = sink\n",
+                                     {"aug.kitchen.p=0.25", "aug.2.us=7", "aug.size=9"});
+  const ResolvedStage& aug = stage_of(graph, "aug");
+  ASSERT_EQ(aug.ops.size(), 3u);
+  EXPECT_EQ(aug.kind, StageKind::Transform);
+  EXPECT_DOUBLE_EQ(aug.ops[1].params.get_float("p"), 0.25);
+  EXPECT_EQ(aug.ops[1].params.get_int("size"), 9);
+  EXPECT_EQ(aug.ops[2].params.get_int("us"), 7);
+  EXPECT_EQ(aug.ops[0].params.get_int("us"), 1);
+  EXPECT_EQ(errors_of("source = count\naug = sleep | sink\nsink = sink\n"),
+            "test.graph:2:15: error: 'sink' is a serial stage; only transforms can be piped with '|'\n");
+  EXPECT_EQ(errors_of("source = count\naug = sleep us=1 | sleep us=3\nsink = sink\n", {"aug.us=2"}),
+            "--set #1:1:5: error: parameter 'us' of stage 'aug' is ambiguous: several of its ops take it; write "
+            "aug.OP.us\n");
+}
+
+TEST(Validation, CommandLineOverrides) {
+  std::string graph_text = kChain + "phase a epochs=1 { work.us = 5 }\nphase b epochs=2 { }\n";
+  ResolvedGraph graph = resolve_text(graph_text, {"work.us=9", "b.epochs=4", "a.sink.us=2", "run.seed=11",
+                                                  "work.concurrency=2"});
+  EXPECT_EQ(stage_of(graph, "work", 0).ops[0].params.get_int("us"), 9);  // the command line wins in every phase
+  EXPECT_EQ(stage_of(graph, "work", 1).ops[0].params.get_int("us"), 9);
+  EXPECT_EQ(stage_of(graph, "work", 1).concurrency, 2);
+  EXPECT_EQ(graph.phases[1].epochs, 4);
+  EXPECT_EQ(stage_of(graph, "sink", 0).ops[0].params.get_int("us"), 2);
+  EXPECT_EQ(stage_of(graph, "sink", 1).ops[0].params.get_int("us"), 0);
+  EXPECT_EQ(graph.run.seed, 11u);
+  // run.epochs sets the epochs of a graph without phases.
+  EXPECT_EQ(resolve_text(kChain, {"run.epochs=3"}).phases[0].epochs, 3);
+}
+
+TEST(Validation, CommandLineOverrideErrors) {
+  std::string errors = errors_of(kChain, {"wrk.us=1", "work.sz=1", "work.us=x", "run.sed=1", "work.us"});
+  EXPECT_EQ(errors,
+            "--set #1:1:1: error: no stage or phase named 'wrk'; did you mean 'work'?\n"
+            "--set #2:1:6: error: unknown parameter 'sz' for stage 'work' (sleep) (parameters: us, spin, drop_every)\n"
+            "--set #3:1:9: error: parameter 'us' expects an int but got a word 'x'\n"
+            "--set #4:1:5: error: unknown setting 'sed' for the run line; did you mean 'seed'? (settings: seed, "
+            "in_flight, epochs, threads)\n"
+            "--set #5:1:8: error: expected '=' after 'work.us' but found end of file\n");
+}
+
+TEST(Validation, ResolvedGraphPrintsBackToTheSameGraph) {
+  std::string text = "plugin \"/x/liby.so\"\nrun seed=4 in_flight=16\nsource = count count=5\n"
+                     "aug = sleep us=2 | kitchen size=3 names=[\"a b\", c] mean=[0.25]\nsink = sink\n"
+                     "phase one epochs=2 { aug.kitchen.p = 0.75; opt = probe }\nphase two epochs=1 { opt = probe lr=2 }\n";
+  Diagnostics diagnostics;
+  GraphSpec spec = parse_graph(text, "g.graph", diagnostics);
+  spec.plugins.clear();  // not loadable here; the printed line is checked below
+  ResolvedGraph graph = resolve_graph(spec, Registry::global());
+  graph.plugins = {"/x/liby.so"};
+  std::string printed = graph.format();
+  EXPECT_NE(printed.find("plugin \"/x/liby.so\"\n"), std::string::npos) << printed;
+  EXPECT_NE(printed.find("aug = sleep drop_every=0 spin=false us=2 concurrency=auto | kitchen file=\"\" flag=false "
+                         "mean=[0.25] mode=\"reflect\" names=[\"a b\", \"c\"] p=0.5 size=3 sizes=[]\n"),
+            std::string::npos)
+      << printed;
+  GraphSpec again = parse_graph(printed, "g.graph", diagnostics);
+  ASSERT_TRUE(diagnostics.empty()) << diagnostics.format() << printed;
+  again.plugins.clear();
+  ResolvedGraph reparsed = resolve_graph(again, Registry::global());
+  reparsed.plugins = graph.plugins;
+  EXPECT_EQ(reparsed.format().substr(printed.find('\n')), printed.substr(printed.find('\n')));
+  ASSERT_EQ(reparsed.phases.size(), 2u);
+  for (size_t p = 0; p < 2; ++p) {
+    ASSERT_EQ(reparsed.phases[p].stages.size(), graph.phases[p].stages.size());
+    for (size_t s = 0; s < graph.phases[p].stages.size(); ++s)
+      EXPECT_TRUE(reparsed.phases[p].stages[s].same_config(graph.phases[p].stages[s]))
+          << graph.phases[p].stages[s].name;
+  }
+}
