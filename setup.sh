@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets flowrun up on Debian 12: installs the Debian packages it needs (when
+# missing), then configures and builds everything into build/.
+#   ./setup.sh                 # Release-with-debug-info build in build/
+#   BUILD_DIR=b ./setup.sh     # elsewhere
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PACKAGES=(
+  cmake ninja-build g++ ccache pkg-config
+  libtorch-dev libtbb-dev libturbojpeg0-dev libpng-dev zlib1g-dev libcairo2-dev
+  libboost-program-options-dev libspdlog-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3-torch python3-torchvision dataset-fashion-mnist
+)
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+BUILD_DIR="${BUILD_DIR:-build}"
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}"
+cmake --build "$BUILD_DIR"
+echo "setup: built $BUILD_DIR/flowrun"
