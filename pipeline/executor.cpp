@@ -59,7 +59,7 @@ std::string type_of(const ResolvedStage& stage) {
   return text;
 }
 
-class Runner {
+class Runner : public StageDirectory {
  public:
   Runner(const ResolvedGraph& graph, const RunOptions& options) : graph_(graph), options_(options) {
     run_info_.seed = graph.run.seed;
@@ -131,6 +131,14 @@ class Runner {
     }
   }
 
+  std::vector<Stage*> find(const std::string& name) const override {
+    std::vector<Stage*> ops;
+    for (const auto& slot : slots_)
+      if (slot->in_phase && slot->config.name == name)
+        for (const auto& op : slot->ops) ops.push_back(op.get());
+    return ops;
+  }
+
   StageSlot* find_slot(const std::string& name) {
     for (auto& slot : slots_)
       if (slot->config.name == name) return slot.get();
@@ -139,7 +147,9 @@ class Runner {
 
   std::unique_ptr<Stage> make_op(const StageSlot& slot, const ResolvedOp& op) {
     std::unique_ptr<Stage> stage;
-    call_stage(slot, [&] { stage = op.stage_type->make(StageInit{slot.config.name, op.params, run_info_, services_}); });
+    call_stage(slot, [&] {
+      stage = op.stage_type->make(StageInit{slot.config.name, op.params, run_info_, services_, *this});
+    });
     return stage;
   }
 
@@ -338,41 +348,36 @@ class Runner {
     flow::make_edge(*chain.source, *chain.limiter);
   }
 
-  // One epoch of every chain; false when a stop request cut it short.
+  // One epoch: the flows run one after another, in the order written (a
+  // training flow, then its evaluation). False when a stop request cut it short.
   bool run_epoch_flow() {
-    flow::graph g;
-    std::vector<std::unique_ptr<ChainRun>> chains;
-    for (size_t c = 0; c < graph_.chains.size(); ++c) {
-      auto chain = std::make_unique<ChainRun>();
-      for (const auto& name : graph_.chains[c]) chain->stages.push_back(find_slot(name));
-      chain->max_alive = &max_alive_[c];
-      build_chain(g, *chain);
-      chains.push_back(std::move(chain));
-    }
-    for (auto& chain : chains) chain->source->activate();
-    g.wait_for_all();
+    for (size_t c = 0; c < graph_.chains.size(); ++c)
+      if (!run_chain(c)) return false;
+    return true;
+  }
 
-    bool interrupted = false;
-    for (auto& chain : chains) {
-      if (chain->stopped) {
-        interrupted = true;
-        continue;
-      }
-      if (!chain->exhausted) throw_stalled(*chain);
-      // End of the epoch: serial stages hand over what they hold, in chain order.
-      for (size_t i = 1; i < chain->stages.size(); ++i) {
-        StageSlot& slot = *chain->stages[i];
-        if (slot.config.kind != StageKind::Serial) continue;
-        ChainRun& run = *chain;
-        SerialStage::Emit emit = [this, &run, i](Item out) { forward(run, i, std::move(out)); };
-        call_stage(slot, [&] { static_cast<SerialStage&>(*slot.ops.front()).flush(emit); });
-        g.wait_for_all();
-        release(run, run.pending[i]);
-        run.pending[i] = 0;
-      }
+  bool run_chain(size_t c) {
+    flow::graph g;
+    ChainRun chain;
+    for (const auto& name : graph_.chains[c]) chain.stages.push_back(find_slot(name));
+    chain.max_alive = &max_alive_[c];
+    build_chain(g, chain);
+    chain.source->activate();
+    g.wait_for_all();
+    if (chain.stopped) return false;
+    if (!chain.exhausted) throw_stalled(chain);
+    // End of the epoch: serial stages hand over what they hold, in flow order.
+    for (size_t i = 1; i < chain.stages.size(); ++i) {
+      StageSlot& slot = *chain.stages[i];
+      if (slot.config.kind != StageKind::Serial) continue;
+      SerialStage::Emit emit = [this, &chain, i](Item out) { forward(chain, i, std::move(out)); };
+      call_stage(slot, [&] { static_cast<SerialStage&>(*slot.ops.front()).flush(emit); });
+      g.wait_for_all();
+      release(chain, chain.pending[i]);
+      chain.pending[i] = 0;
     }
     g.wait_for_all();
-    return !interrupted;
+    return true;
   }
 
   [[noreturn]] void throw_stalled(const ChainRun& chain) {

@@ -1,5 +1,6 @@
 // Runs a resolved graph on a oneTBB flow graph: phases, then epochs, each
-// epoch pushing every source's items through its chain. Per chain a
+// epoch pushing every source's items through its chain (flows one after
+// another, in the order written). Per chain a
 // limiter_node bounds the source items alive at once (run.in_flight), so
 // memory never grows with the dataset; transforms run concurrently up to their
 // `concurrency`, and a sequencer restores stream order before every serial

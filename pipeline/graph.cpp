@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <tuple>
 #include <sstream>
 
 namespace flowrun {
@@ -401,6 +402,12 @@ class Resolver {
       while (next.count(chain.back())) chain.push_back(next[chain.back()]);
       chains.push_back(std::move(chain));
     }
+    // Flows run in the order they are written (by where their source is first named).
+    std::stable_sort(chains.begin(), chains.end(), [&](const auto& a, const auto& b) {
+      const Location& la = mentioned[a.front()];
+      const Location& lb = mentioned[b.front()];
+      return std::tie(la.line, la.col) < std::tie(lb.line, lb.col);
+    });
     bool any_source = false;
     for (const auto& stage : top_) any_source |= stage.kind == StageKind::Source && !stage.ops.empty();
     if (!any_source && diagnostics_.empty()) error({spec_.file, 0, 0}, "the graph has no source stage");

@@ -10,11 +10,14 @@
 #include <memory>
 #include <string>
 #include <typeindex>
+#include <vector>
 
 #include "pipeline/item.h"
 #include "pipeline/schema.h"
 
 namespace flowrun {
+
+class Stage;
 
 // Facts about the whole run that stages may need.
 struct RunInfo {
@@ -65,12 +68,24 @@ class Report {
   std::map<std::string, double> figures_;
 };
 
+// The stages of the current phase by name, for stages that work with another
+// named stage (a source asks its sampler for the epoch's order). Look up at
+// begin_epoch, not in the constructor: a phase may rebuild a stage.
+class StageDirectory {
+ public:
+  virtual ~StageDirectory() = default;
+  // The ops of stage `name` (one, or several for a piped stage); empty when
+  // the current phase has no such stage.
+  virtual std::vector<Stage*> find(const std::string& name) const = 0;
+};
+
 // Everything a stage is built from.
 struct StageInit {
   const std::string& name;    // the stage's name in the graph
   const Params& params;       // validated: every schema parameter has a value
   const RunInfo& run;
   Services& services;
+  const StageDirectory& stages;
 };
 
 class Stage {

@@ -203,6 +203,15 @@ TEST(Executor, ProfileWritesAChromeTrace) {
   EXPECT_EQ(work_events, 50);
 }
 
+TEST(Executor, FlowsRunOneAfterAnotherInTheOrderWritten) {
+  test::OrderLog::log.clear();
+  run_text("b = count count=3 start=10\ny = order_log\na = count count=3\nx = order_log\nflow a -> x\nflow b -> y\n"
+           "run epochs=2\n",
+           2);
+  EXPECT_EQ(test::OrderLog::log, (std::vector<std::string>{"x:0", "x:1", "x:2", "y:10", "y:11", "y:12", "x:0", "x:1",
+                                                           "x:2", "y:10", "y:11", "y:12"}));
+}
+
 TEST(Executor, SourceOnlyChainAndZeroEpochs) {
   RunResult result = run_text("source = count count=10\n", 1);
   EXPECT_EQ(stats_of(result, "source").items_out, 10u);

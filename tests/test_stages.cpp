@@ -69,6 +69,13 @@ void GroupSink::report(Report& report) const {
   report.set("last_size", groups_.empty() ? 0 : static_cast<double>(groups_.back().size()));
 }
 
+std::vector<std::string> OrderLog::log;
+Schema OrderLog::schema() { return Schema("order_log", "logs NAME:VALUE of every item"); }
+void OrderLog::process(Item& item, const Emit& emit) {
+  log.push_back(name_ + ":" + std::to_string(item.get<int64_t>()));
+  emit(item);
+}
+
 Schema Probe::schema() {
   return Schema("probe", "a component that records how the engine treats it")
       .param(Float("lr", "a setting phases change").def(0.1))
@@ -98,5 +105,6 @@ FLOWRUN_REGISTER_STAGE(FailsAt);
 FLOWRUN_REGISTER_STAGE(Group);
 FLOWRUN_REGISTER_STAGE(GroupSink);
 FLOWRUN_REGISTER_STAGE(Probe);
+FLOWRUN_REGISTER_STAGE(OrderLog);
 
 }  // namespace flowrun::test

@@ -51,6 +51,18 @@ class GroupSink : public SerialStage {
   std::vector<std::vector<int64_t>> groups_;
 };
 
+// Appends "NAME:VALUE" for every item to one log shared by all instances.
+class OrderLog : public SerialStage {
+ public:
+  static Schema schema();
+  explicit OrderLog(const StageInit& init) : name_(init.name) {}
+  void process(Item& item, const Emit& emit) override;
+  static std::vector<std::string> log;
+
+ private:
+  std::string name_;
+};
+
 class Probe : public ComponentStage {
  public:
   static Schema schema();

@@ -49,7 +49,7 @@ TEST(Validation, TypedValues) {
 TEST(Validation, UnknownStageTypeSuggestsTheClosest) {
   EXPECT_EQ(errors_of("source = count\nwork = slep us=3\nsink = sink\n"),
             "test.graph:2:8: error: unknown stage type 'slep'; did you mean 'sleep'? (types: count, fails_at, group, "
-            "group_sink, kitchen, probe, sink, sleep; see --list-stages)\n");
+            "group_sink, kitchen, order_log, probe, sink, sleep; see --list-stages)\n");
 }
 
 TEST(Validation, UnknownParameterSuggestsTheClosest) {
