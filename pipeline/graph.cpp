@@ -279,9 +279,15 @@ class Resolver {
         continue;
       }
       StageKind kind = type->schema.kind();
-      if (decl.ops.size() > 1 && kind != StageKind::Transform) {
+      size_t errors_before = diagnostics_.size();
+      if (decl.ops.size() > 1 && kind != StageKind::Transform && kind != StageKind::Component) {
         error(op_decl.where, "'" + op_decl.type + "' is a " + to_string(kind) +
-                                 " stage; only transforms can be piped with '|'");
+                                 " stage; only transforms (or components) can be piped with '|'");
+        continue;
+      }
+      if (!stage.ops.empty() && kind != stage.kind) {
+        error(op_decl.where, "'" + op_decl.type + "' is a " + to_string(kind) + " stage but '" + stage.ops[0].type +
+                                 "' is a " + to_string(stage.kind) + "; a pipe joins stages of one kind");
         continue;
       }
       stage.kind = kind;
@@ -290,6 +296,9 @@ class Resolver {
       ResolvedOp op{op_decl.type, type,
                     typed_params(type->schema, op_decl.params, op_decl.where, owner, base_dir, engine_params(kind),
                                  &engine_values)};
+      if (diagnostics_.size() == errors_before)
+        for (const auto& rule : type->schema.checks())
+          if (std::string problem = rule(op.params); !problem.empty()) error(op_decl.where, owner + ": " + problem);
       auto concurrency = engine_values.find("concurrency");
       if (concurrency != engine_values.end()) {
         if (concurrency_set) error(op_decl.where, "'concurrency' is set twice in stage '" + decl.name + "'");

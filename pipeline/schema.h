@@ -3,6 +3,7 @@
 // all come from this one declaration, written next to the stage.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -51,31 +52,6 @@ ParamSpec IntList(std::string name, std::string doc);
 ParamSpec FloatList(std::string name, std::string doc);
 ParamSpec StringList(std::string name, std::string doc);
 
-class Schema {
- public:
-  Schema(std::string type, std::string doc) : type_(std::move(type)), doc_(std::move(doc)) {}
-
-  Schema& param(ParamSpec spec) { params_.push_back(std::move(spec)); return *this; }
-
-  const std::string& type() const { return type_; }
-  const std::string& doc() const { return doc_; }
-  StageKind kind() const { return kind_; }
-  void set_kind(StageKind kind) { kind_ = kind; }
-  const std::vector<ParamSpec>& params() const { return params_; }
-  const ParamSpec* find(const std::string& name) const;
-  std::vector<std::string> param_names() const;
-
- private:
-  std::string type_;
-  std::string doc_;
-  StageKind kind_ = StageKind::Transform;
-  std::vector<ParamSpec> params_;
-};
-
-// Engine parameters every flow stage (not sources) accepts besides its own.
-// `concurrency`: how many items the stage may process at once (Transform only).
-const std::vector<ParamSpec>& engine_params(StageKind kind);
-
 // The validated parameter values of one stage instance: every schema
 // parameter has a value (given or default). Accessors throw std::logic_error
 // on a name or type the schema does not declare: a programming error.
@@ -105,5 +81,36 @@ class Params {
  private:
   std::map<std::string, Value> values_;
 };
+
+class Schema {
+ public:
+  Schema(std::string type, std::string doc) : type_(std::move(type)), doc_(std::move(doc)) {}
+
+  Schema& param(ParamSpec spec) { params_.push_back(std::move(spec)); return *this; }
+  // A rule across parameters, checked with the rest of the graph before
+  // anything runs: returns "" when the values are fine, else the problem.
+  using Check = std::function<std::string(const Params&)>;
+  Schema& check(Check rule) { checks_.push_back(std::move(rule)); return *this; }
+  const std::vector<Check>& checks() const { return checks_; }
+
+  const std::string& type() const { return type_; }
+  const std::string& doc() const { return doc_; }
+  StageKind kind() const { return kind_; }
+  void set_kind(StageKind kind) { kind_ = kind; }
+  const std::vector<ParamSpec>& params() const { return params_; }
+  const ParamSpec* find(const std::string& name) const;
+  std::vector<std::string> param_names() const;
+
+ private:
+  std::string type_;
+  std::string doc_;
+  StageKind kind_ = StageKind::Transform;
+  std::vector<ParamSpec> params_;
+  std::vector<Check> checks_;
+};
+
+// Engine parameters every flow stage (not sources) accepts besides its own.
+// `concurrency`: how many items the stage may process at once (Transform only).
+const std::vector<ParamSpec>& engine_params(StageKind kind);
 
 }  // namespace flowrun

@@ -183,7 +183,10 @@ TEST(Validation, PipedStagesFuseTransforms) {
   EXPECT_EQ(aug.ops[2].params.get_int("us"), 7);
   EXPECT_EQ(aug.ops[0].params.get_int("us"), 1);
   EXPECT_EQ(errors_of("source = count\naug = sleep | sink\nsink = sink\n"),
-            "test.graph:2:15: error: 'sink' is a serial stage; only transforms can be piped with '|'\n");
+            "test.graph:2:15: error: 'sink' is a serial stage; only transforms (or components) can be piped with '|'\n");
+  EXPECT_EQ(errors_of("source = count\naug = sleep | probe\nsink = sink\n"),
+            "test.graph:2:15: error: 'probe' is a component stage but 'sleep' is a transform; a pipe joins stages of "
+            "one kind\n");
   EXPECT_EQ(errors_of("source = count\naug = sleep us=1 | sleep us=3\nsink = sink\n", {"aug.us=2"}),
             "--set #1:1:5: error: parameter 'us' of stage 'aug' is ambiguous: several of its ops take it; write "
             "aug.OP.us\n");

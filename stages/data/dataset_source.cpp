@@ -1,0 +1,45 @@
+#include "stages/data/dataset_source.h"
+
+namespace flowrun::stages {
+
+ParamSpec DatasetSource::sampler_param() {
+  return String("sampler", "name of the sampler stage that picks and orders each epoch's samples; \"\" = all, in order")
+      .def(std::string(""));
+}
+
+DatasetSource::DatasetSource(const StageInit& init, std::string dataset_name)
+    : stages_(init.stages), sampler_(init.params.get_string("sampler")), dataset_name_(std::move(dataset_name)) {}
+
+void DatasetSource::set_dataset(std::vector<int64_t> labels, std::vector<std::string> class_names) {
+  labels_ = std::move(labels);
+  class_names_ = std::move(class_names);
+}
+
+void DatasetSource::begin_epoch(const EpochInfo& epoch) {
+  epoch_ = sample_epoch(stages_, sampler_, labels_, class_names_, epoch.epoch);
+  auto info = std::make_shared<DatasetInfo>();
+  info->name = dataset_name_;
+  info->class_names = epoch_.class_names;
+  info_ = std::move(info);
+  position_ = 0;
+}
+
+bool DatasetSource::next(Item& item) {
+  if (position_ >= epoch_.indices.size()) return false;
+  Sample sample;
+  sample.index = epoch_.indices[position_++];
+  sample.label = epoch_.labels[sample.index];
+  sample.dataset = info_;
+  fill(sample, sample.index);
+  item.set(std::move(sample));
+  ++visited_;
+  return true;
+}
+
+void DatasetSource::report(Report& report) const {
+  report.set("dataset_size", static_cast<double>(labels_.size()));
+  report.set("classes", static_cast<double>(class_names_.size()));
+  report.set("samples_visited", static_cast<double>(visited_));
+}
+
+}  // namespace flowrun::stages

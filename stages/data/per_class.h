@@ -1,0 +1,18 @@
+// `per_class`: k samples of every class (few-shot), chosen once from the seed.
+#pragma once
+
+#include "stages/data/sampler.h"
+
+namespace flowrun::stages {
+
+class PerClass : public SamplerOp {
+ public:
+  static Schema schema();
+  explicit PerClass(const StageInit& init);
+  void apply(SampleSet& set, int epoch) const override;
+
+ private:
+  int64_t k_;
+};
+
+}  // namespace flowrun::stages

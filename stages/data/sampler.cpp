@@ -1,0 +1,52 @@
+#include "stages/data/sampler.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "stages/common/random.h"
+
+namespace flowrun::stages {
+
+ParamSpec sampler_seed_param() {
+  return Int("seed", "seed of this op's choices; auto = the run's seed").def(Auto{}).or_auto().at_least(0);
+}
+
+SamplerOp::SamplerOp(const StageInit& init, const std::string& op_type)
+    : seed_(static_cast<uint64_t>(init.params.get_int_or("seed", static_cast<int64_t>(init.run.seed)))),
+      stream_(hash_name(op_type)) {}
+
+SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler, std::vector<int64_t> labels,
+                       std::vector<std::string> class_names, int epoch) {
+  SampleSet set;
+  set.indices.resize(labels.size());
+  for (size_t i = 0; i < labels.size(); ++i) set.indices[i] = static_cast<int64_t>(i);
+  set.labels = std::move(labels);
+  set.class_names = std::move(class_names);
+  if (sampler.empty()) return set;
+  std::vector<Stage*> ops = stages.find(sampler);
+  if (ops.empty()) throw std::runtime_error("no stage named '" + sampler + "' to sample with");
+  for (Stage* op : ops) {
+    auto* sampler_op = dynamic_cast<SamplerOp*>(op);
+    if (!sampler_op) throw std::runtime_error("stage '" + sampler + "' is not a sampler");
+    sampler_op->apply(set, epoch);
+  }
+  return set;
+}
+
+std::vector<int64_t> keep_in_order(const std::vector<int64_t>& indices, std::vector<int64_t> keep) {
+  std::unordered_map<int64_t, int64_t> wanted;
+  for (int64_t index : keep) ++wanted[index];
+  std::vector<int64_t> kept;
+  kept.reserve(keep.size());
+  for (int64_t index : indices) {
+    auto it = wanted.find(index);
+    if (it != wanted.end() && it->second > 0) {
+      kept.push_back(index);
+      --it->second;
+    }
+  }
+  return kept;
+}
+
+}  // namespace flowrun::stages

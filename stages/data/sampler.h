@@ -1,0 +1,45 @@
+// Samplers decide which samples of a source an epoch visits, and in what
+// order. Each sampler op is a component; ops pipe left to right
+// (`sampler = subset fraction=0.04 | split val_fraction=0.2 part=train | shuffle`)
+// and a source names its sampler stage (`source = imagefolder ... sampler=sampler`).
+// Every choice is a function of (seed, epoch): the same graph and seed give
+// the same order whatever the threads.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "pipeline/stage.h"
+
+namespace flowrun::stages {
+
+struct SampleSet {
+  std::vector<int64_t> indices;          // dataset indices in epoch order (may repeat)
+  std::vector<int64_t> labels;           // label of every dataset index; -1 = not in use
+  std::vector<std::string> class_names;  // after any relabelling
+};
+
+class SamplerOp : public ComponentStage {
+ public:
+  explicit SamplerOp(const StageInit& init, const std::string& op_type);
+  virtual void apply(SampleSet& set, int epoch) const = 0;
+
+ protected:
+  uint64_t seed_;    // the op's `seed`, or the run's when auto
+  uint64_t stream_;  // the op type: ops with one seed still draw independent streams
+};
+
+// The `seed` parameter every sampler op has.
+ParamSpec sampler_seed_param();
+
+// The samples of one epoch: all of them in order when `sampler` is "",
+// else what the named sampler stage's ops leave. Throws when `sampler`
+// names no sampler stage.
+SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler, std::vector<int64_t> labels,
+                       std::vector<std::string> class_names, int epoch);
+
+// Keeps `keep` (a subset of `indices`, any order) in the order of `indices`.
+std::vector<int64_t> keep_in_order(const std::vector<int64_t>& indices, std::vector<int64_t> keep);
+
+}  // namespace flowrun::stages

@@ -1,0 +1,80 @@
+#include "stages/image/normalize.h"
+
+#include <stdexcept>
+
+#include "pipeline/registry.h"
+#include "stages/data/sample.h"
+
+namespace flowrun::stages {
+
+namespace {
+const std::array<double, 3> kImagenetMean = {0.485, 0.456, 0.406}, kImagenetStd = {0.229, 0.224, 0.225};
+const std::array<double, 3> kCifarMean = {0.4914, 0.4822, 0.4465}, kCifarStd = {0.2023, 0.1994, 0.2010};
+}  // namespace
+
+Schema Normalize::schema() {
+  return Schema("normalize", "to float CHW, (x/255 - mean) / std per channel (ToTensor + Normalize)")
+      .param(String("stats", "imagenet, cifar, or custom (then mean= and std=)").def(std::string("imagenet"))
+                 .one_of({"imagenet", "cifar", "custom"}))
+      .param(FloatList("mean", "per-channel means for stats=custom (1 or 3 values)").def(std::vector<double>{}))
+      .param(FloatList("std", "per-channel deviations for stats=custom (1 or 3 values)").def(std::vector<double>{})
+                 .at_least(1e-12))
+      .check([](const Params& p) -> std::string {
+        bool custom = p.get_string("stats") == "custom";
+        size_t m = p.get_float_list("mean").size(), s = p.get_float_list("std").size();
+        if (!custom) return m || s ? "mean= and std= need stats=custom" : "";
+        if ((m != 1 && m != 3) || (s != 1 && s != 3)) return "stats=custom needs mean= and std= of 1 or 3 values";
+        return "";
+      });
+}
+
+Normalize::Normalize(const StageInit& init) {
+  const std::string stats = init.params.get_string("stats");
+  std::array<double, 3> mean = kImagenetMean, std = kImagenetStd;
+  if (stats == "cifar") {
+    mean = kCifarMean;
+    std = kCifarStd;
+  } else if (stats == "custom") {
+    const auto& m = init.params.get_float_list("mean");
+    const auto& s = init.params.get_float_list("std");
+    for (int c = 0; c < 3; ++c) {
+      mean[c] = m[m.size() == 1 ? 0 : c];
+      std[c] = s[s.size() == 1 ? 0 : c];
+    }
+  }
+  for (int c = 0; c < 3; ++c) {
+    mean_[c] = static_cast<float>(mean[c]);
+    std_[c] = static_cast<float>(std[c]);
+    // The same float operations as torchvision: (x / 255 - mean) / std in float32.
+    for (int v = 0; v < 256; ++v) table_[c][v] = (static_cast<float>(v) / 255.0f - mean_[c]) / std_[c];
+  }
+}
+
+void Normalize::process(Item& item) {
+  Sample& sample = item.get<Sample>();
+  const Image& image = sample.image;
+  if (image.empty()) throw std::runtime_error("normalize: " + sample.describe() + " has no pixels (put decode before it)");
+  const int channels = image.channels;
+  if (channels != 1 && channels != 3) throw std::runtime_error("normalize: " + sample.describe() + " has " +
+                                                               std::to_string(channels) + " channels");
+  FloatImage& out = sample.tensor;
+  out.channels = channels;
+  out.height = image.height;
+  out.width = image.width;
+  out.data.resize(static_cast<size_t>(channels) * image.height * image.width);
+  const size_t plane = static_cast<size_t>(image.height) * image.width;
+  const uint8_t* src = image.pixels.data();
+  for (int c = 0; c < channels; ++c) {
+    const float* table = table_[c].data();
+    float* dst = out.data.data() + c * plane;
+    for (size_t i = 0; i < plane; ++i) dst[i] = table[src[i * channels + c]];
+  }
+  sample.mean = mean_;
+  sample.std = std_;
+  // The 8-bit pixels are no longer needed downstream.
+  sample.image = Image();
+}
+
+FLOWRUN_REGISTER_STAGE(Normalize);
+
+}  // namespace flowrun::stages

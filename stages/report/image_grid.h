@@ -1,0 +1,23 @@
+// Labelled image grids drawn with Cairo and written as PNG, atomically:
+// show_batch's batch preview and predict's results use the same drawing.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "stages/image/image.h"
+
+namespace flowrun::stages {
+
+struct GridTile {
+  Image image;        // 8-bit RGB or gray
+  std::string title;  // drawn under the image
+  bool highlight = false;  // title in red (a wrong prediction)
+};
+
+// Draws the tiles row by row, `columns` per row, each scaled to `tile_px`
+// (the longer side), and writes the PNG to `path` via a temporary file.
+// Throws std::runtime_error naming the file on failure.
+void write_image_grid(const std::string& path, const std::vector<GridTile>& tiles, int columns, int tile_px);
+
+}  // namespace flowrun::stages

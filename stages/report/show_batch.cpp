@@ -1,0 +1,70 @@
+#include "stages/report/show_batch.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "pipeline/registry.h"
+#include "stages/report/image_grid.h"
+#include "stages/tensor/batch_data.h"
+
+namespace flowrun::stages {
+
+Schema ShowBatch::schema() {
+  return Schema("show_batch", "writes one batch as a labelled image grid PNG (Cairo); batches pass through")
+      .param(Path("path", "the PNG to write"))
+      .param(Int("columns", "images per row").def(int64_t{8}).range(1, 64))
+      .param(Int("max_images", "at most this many images (8x8 as the recipe)").def(int64_t{64}).range(1, 4096))
+      .param(Int("epoch", "the epoch whose batch is shown").def(int64_t{0}).at_least(0))
+      .param(Int("batch", "which batch of that epoch").def(int64_t{0}).at_least(0))
+      .param(Int("tile", "pixels per image tile (0 = the image size, at least 96)").def(int64_t{0}).range(0, 1024));
+}
+
+ShowBatch::ShowBatch(const StageInit& init)
+    : path_(init.params.get_string("path")),
+      columns_(init.params.get_int("columns")),
+      max_images_(init.params.get_int("max_images")),
+      epoch_wanted_(init.params.get_int("epoch")),
+      batch_wanted_(init.params.get_int("batch")),
+      tile_px_(init.params.get_int("tile")) {}
+
+void ShowBatch::process(Item& item, const Emit& emit) {
+  const Batch& batch = item.get<Batch>();
+  if (epoch_ == epoch_wanted_ && batch.number == batch_wanted_) {
+    at::Tensor images = batch.images.to(at::kCPU).to(at::kFloat);
+    const int64_t n = std::min<int64_t>(images.size(0), max_images_);
+    const int channels = static_cast<int>(images.size(1)), height = static_cast<int>(images.size(2)),
+              width = static_cast<int>(images.size(3));
+    at::Tensor labels = batch.labels.to(at::kCPU);
+    std::vector<GridTile> tiles;
+    for (int64_t i = 0; i < n; ++i) {
+      at::Tensor chw = images[i].contiguous();
+      const float* data = chw.data_ptr<float>();
+      GridTile tile;
+      tile.image = Image(width, height, channels == 1 ? 1 : 3);
+      for (int y = 0; y < height; ++y)
+        for (int x = 0; x < width; ++x)
+          for (int c = 0; c < tile.image.channels; ++c) {
+            float v = data[(static_cast<size_t>(c) * height + y) * width + x] * batch.std[c] + batch.mean[c];
+            tile.image.row(y)[x * tile.image.channels + c] =
+                static_cast<uint8_t>(std::clamp(std::lround(v * 255.0f), 0L, 255L));
+          }
+      int64_t label = labels[i].item<int64_t>();
+      const auto* names = batch.dataset ? &batch.dataset->class_names : nullptr;
+      tile.title = names && label >= 0 && label < static_cast<int64_t>(names->size()) ? (*names)[label]
+                                                                                      : std::to_string(label);
+      tiles.push_back(std::move(tile));
+    }
+    int tile_px = tile_px_ > 0 ? static_cast<int>(tile_px_) : std::max(96, std::max(width, height));
+    write_image_grid(path_, tiles, static_cast<int>(std::min<int64_t>(columns_, n)), tile_px);
+    written_ = true;
+  }
+  emit(item);
+}
+
+void ShowBatch::report(Report& report) const { report.set("show_batch_written", written_ ? 1 : 0); }
+
+FLOWRUN_REGISTER_STAGE(ShowBatch);
+
+}  // namespace flowrun::stages

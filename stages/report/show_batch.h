@@ -1,0 +1,24 @@
+// `show_batch`: writes one batch as a labelled image grid PNG (the recipe's
+// show_batch), undoing the normalization for display. Batches pass through.
+#pragma once
+
+#include "pipeline/stage.h"
+
+namespace flowrun::stages {
+
+class ShowBatch : public SerialStage {
+ public:
+  static Schema schema();
+  explicit ShowBatch(const StageInit& init);
+  void begin_epoch(const EpochInfo& epoch) override { epoch_ = epoch.epoch; }
+  void process(Item& item, const Emit& emit) override;
+  void report(Report& report) const override;
+
+ private:
+  std::string path_;
+  int64_t columns_, max_images_, epoch_wanted_, batch_wanted_, tile_px_;
+  int epoch_ = 0;
+  bool written_ = false;
+};
+
+}  // namespace flowrun::stages

@@ -1,0 +1,27 @@
+// A batch of samples as tensors: what the batch stage emits and the model,
+// to_device and show_batch stages take.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "stages/data/sample.h"
+
+namespace flowrun::stages {
+
+struct Batch {
+  at::Tensor images;                 // [N, C, H, W] float32 (pinned when CUDA is available)
+  at::Tensor labels;                 // [N] int64
+  std::vector<int64_t> indices;      // dataset index of every sample
+  std::vector<std::string> paths;    // file of every sample ("" for in-memory sources)
+  std::shared_ptr<const DatasetInfo> dataset;
+  std::array<float, 3> mean{0, 0, 0}, std{1, 1, 1};  // the normalization applied
+  int64_t number = 0;                // position of the batch in its epoch
+  int64_t size() const { return images.defined() ? images.size(0) : 0; }
+};
+
+}  // namespace flowrun::stages
