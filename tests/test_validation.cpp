@@ -47,9 +47,11 @@ TEST(Validation, TypedValues) {
 }
 
 TEST(Validation, UnknownStageTypeSuggestsTheClosest) {
-  EXPECT_EQ(errors_of("source = count\nwork = slep us=3\nsink = sink\n"),
-            "test.graph:2:8: error: unknown stage type 'slep'; did you mean 'sleep'? (types: count, fails_at, group, "
-            "group_sink, kitchen, order_log, probe, sink, sleep; see --list-stages)\n");
+  std::string errors = errors_of("source = count\nwork = slep us=3\nsink = sink\n");
+  const std::string start = "test.graph:2:8: error: unknown stage type 'slep'; did you mean 'sleep'? (types: ";
+  EXPECT_EQ(errors.substr(0, start.size()), start) << errors;
+  const std::string end = "; see --list-stages)\n";
+  EXPECT_EQ(errors.substr(errors.size() - end.size()), end) << errors;
 }
 
 TEST(Validation, UnknownParameterSuggestsTheClosest) {

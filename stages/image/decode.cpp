@@ -16,20 +16,28 @@ namespace flowrun::stages {
 
 namespace {
 
-// One TurboJPEG handle per thread: handles are not thread-safe.
+// One TurboJPEG handle per thread (handles are not thread-safe), replaced
+// after any failure: a handle that saw a broken stream can stay broken.
+struct JpegHandle {
+  tjhandle h = nullptr;
+  ~JpegHandle() { reset(); }
+  void reset() {
+    if (h) tjDestroy(h);
+    h = nullptr;
+  }
+};
+thread_local JpegHandle t_jpeg;
+
 tjhandle jpeg_handle() {
-  struct Handle {
-    tjhandle h = tjInitDecompress();
-    ~Handle() {
-      if (h) tjDestroy(h);
-    }
-  };
-  thread_local Handle handle;
-  if (!handle.h) throw std::runtime_error("cannot create a TurboJPEG decompressor");
-  return handle.h;
+  if (!t_jpeg.h) t_jpeg.h = tjInitDecompress();
+  if (!t_jpeg.h) throw std::runtime_error("cannot create a TurboJPEG decompressor");
+  return t_jpeg.h;
 }
 
-std::string jpeg_error(tjhandle h) { return std::string("corrupt JPEG: ") + tjGetErrorStr2(h); }
+[[noreturn]] void jpeg_fail(const std::string& message) {
+  t_jpeg.reset();
+  throw std::runtime_error("corrupt JPEG: " + message);
+}
 
 void check_size(int64_t width, int64_t height, int64_t max_pixels, const char* what) {
   if (width <= 0 || height <= 0) throw std::runtime_error(std::string(what) + " with an empty size");
@@ -43,7 +51,8 @@ Image decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels, int min_
   int width = 0, height = 0, subsampling = 0, colorspace = 0;
   if (size > std::numeric_limits<unsigned long>::max() ||
       tjDecompressHeader3(h, data, static_cast<unsigned long>(size), &width, &height, &subsampling, &colorspace) != 0)
-    throw std::runtime_error(jpeg_error(h));
+    jpeg_fail(tjGetErrorStr2(h));
+  if (width <= 0 || height <= 0) jpeg_fail("no image dimensions");
   check_size(width, height, max_pixels, "JPEG");
   // The smallest DCT scale whose shorter side still reaches min_short_side.
   int out_w = width, out_h = height;
@@ -68,8 +77,7 @@ Image decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels, int min_
     // Warnings (stray bytes between markers...) still give a full image, as
     // PIL accepts; a truncated file gives a partly grey one and is an error.
     std::string message = tjGetErrorStr2(h);
-    if (tjGetErrorCode(h) != TJERR_WARNING || message.find("Premature end") != std::string::npos)
-      throw std::runtime_error("corrupt JPEG: " + message);
+    if (tjGetErrorCode(h) != TJERR_WARNING || message.find("Premature end") != std::string::npos) jpeg_fail(message);
   }
   if (cmyk) {
     // Adobe JPEGs store inverted CMYK; libjpeg hands it back as stored.
@@ -112,8 +120,14 @@ Image decode_png(const uint8_t* data, size_t size, int64_t max_pixels) {
 
 Image decode_image(const uint8_t* data, size_t size, int64_t max_pixels, int min_short_side, bool fast) {
   if (size == 0) throw std::runtime_error("empty file");
-  if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF)
-    return decode_jpeg(data, size, max_pixels, min_short_side, fast);
+  if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) {
+    try {
+      return decode_jpeg(data, size, max_pixels, min_short_side, fast);
+    } catch (...) {
+      t_jpeg.reset();
+      throw;
+    }
+  }
   static const uint8_t png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
   if (size >= 8 && std::memcmp(data, png_magic, 8) == 0) return decode_png(data, size, max_pixels);
   throw std::runtime_error("not a JPEG or PNG image");

@@ -1,0 +1,208 @@
+// The data path end to end: sources, the whole augmentation chain, batches,
+// reproducibility across thread counts, show_batch, IDX files.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "data_support.h"
+#include "pipeline/executor.h"
+#include "pipeline/registry.h"
+#include "stages/data/idx.h"
+#include "stages/data/imagefolder.h"
+#include "stages/tensor/batch_data.h"
+#include "test_support.h"
+
+using namespace flowrun;
+
+namespace {
+
+// Hashes every batch's images and labels, in order (the order matters).
+class BatchDigest : public SerialStage {
+ public:
+  static Schema schema() { return Schema("batch_digest", "digest of every batch, for reproducibility tests"); }
+  explicit BatchDigest(const StageInit&) {}
+  void process(Item& item, const Emit& emit) override {
+    const auto& batch = item.get<stages::Batch>();
+    at::Tensor images = batch.images.contiguous();
+    const float* p = images.data_ptr<float>();
+    for (int64_t i = 0; i < images.numel(); ++i) digest_ = digest_ * 1000003.0 + p[i] * (1 + (i % 7)), digest_ = std::fmod(digest_, 1e12);
+    for (int64_t i = 0; i < batch.size(); ++i) digest_ = std::fmod(digest_ * 31 + batch.labels[i].item<int64_t>(), 1e12);
+    shapes_.push_back(images.sizes().vec());
+    emit(item);
+  }
+  void report(Report& report) const override {
+    report.set("digest", digest_);
+    report.set("batches", static_cast<double>(shapes_.size()));
+    if (!shapes_.empty()) {
+      report.set("first_n", static_cast<double>(shapes_.front()[0]));
+      report.set("last_n", static_cast<double>(shapes_.back()[0]));
+      report.set("c", static_cast<double>(shapes_.front()[1]));
+      report.set("h", static_cast<double>(shapes_.front()[2]));
+      report.set("w", static_cast<double>(shapes_.front()[3]));
+    }
+  }
+
+ private:
+  double digest_ = 0;
+  std::vector<std::vector<int64_t>> shapes_;
+};
+FLOWRUN_REGISTER_STAGE(BatchDigest);
+
+std::map<std::string, double> run_figures(const std::string& text, int threads, const std::vector<std::string>& sets = {}) {
+  ResolvedGraph graph = test::resolve_text(text, sets);
+  RunOptions options;
+  options.threads = threads;
+  RunResult result = run_graph(graph, options);
+  std::map<std::string, double> figures;
+  for (const auto& stage : result.stages)
+    for (const auto& [key, value] : stage.figures) figures[stage.name + "." + key] = value;
+  return figures;
+}
+
+std::string recipe_graph(const std::string& root, int epochs = 2) {
+  return "run in_flight=64 epochs=" + std::to_string(epochs) + "\n"
+         "source = imagefolder root=\"" + root + "\" sampler=sampler\n"
+         "sampler = shuffle\n"
+         "decode = decode\n"
+         "augment = random_crop size=24 padding=4 mode=reflect | hflip | color_jitter brightness=0.2 contrast=0.2 "
+         "saturation=0.2 | random_resized_crop size=20\n"
+         "normalize = normalize stats=cifar\n"
+         "batch = batch size=8\n"
+         "out = batch_digest\n";
+}
+
+}  // namespace
+
+TEST(ImageFolder, ListsClassesSortedAndFilesBelowThem) {
+  std::string root = test::temp_dir() + "/root";
+  auto jpeg = test::encode_jpeg(test::pattern_image(8, 8), 90);
+  for (const char* path : {"zebra/1.jpg", "ant/b.JPEG", "ant/a.png", "ant/nested/deeper/c.Jpg", "ant/notes.txt",
+                           "Bee/x.jpeg"})
+    test::write_file(root + "/" + path, jpeg);
+  std::filesystem::create_symlink(root + "/ant", root + "/ant/nested/loop");  // a loop ends, not hangs
+  stages::FolderListing listing = stages::list_image_folder(root);
+  EXPECT_EQ(listing.class_names, (std::vector<std::string>{"Bee", "ant", "zebra"}));  // byte order, as sorted()
+  std::vector<std::string> relative;
+  for (const auto& path : listing.paths) relative.push_back(path.substr(root.size() + 1));
+  EXPECT_EQ(relative, (std::vector<std::string>{"Bee/x.jpeg", "ant/a.png", "ant/b.JPEG", "ant/nested/deeper/c.Jpg",
+                                                "zebra/1.jpg"}));
+  EXPECT_EQ(listing.labels, (std::vector<int64_t>{0, 1, 1, 1, 2}));
+}
+
+TEST(ImageFolder, EmptyOrMissingIsAClearError) {
+  auto error_of = [](const std::string& root) {
+    try {
+      stages::list_image_folder(root);
+      return std::string();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+  };
+  std::string root = test::temp_dir();
+  EXPECT_EQ(error_of(root), root + ": no class folders (expected one subfolder per class)");
+  EXPECT_EQ(error_of(root + "/missing"), root + "/missing: not a folder (expected one subfolder per class)");
+  test::write_file(root + "/cats/a.jpg", test::encode_jpeg(test::pattern_image(8, 8)));
+  test::write_file(root + "/dogs/readme.txt", {'x'});
+  EXPECT_EQ(error_of(root), root + "/dogs: class folder has no images (.jpg, .jpeg, .png)");
+  // Through a run: exit with the stage named.
+  try {
+    run_figures("source = imagefolder root=\"" + root + "\"\nsink = sink\n", 1);
+    FAIL();
+  } catch (const StageError& e) {
+    EXPECT_EQ(std::string(e.what()), "stage 'source' (imagefolder): " + root + "/dogs: class folder has no images (.jpg, .jpeg, .png)");
+  }
+}
+
+TEST(DataPipeline, RecipeTransformsMakeBatchesOfTheRightShape) {
+  std::string root = test::make_jpeg_folder({"a", "b", "c"}, 7, 40, 30);
+  auto figures = run_figures(recipe_graph(root), 2);
+  EXPECT_EQ(figures["out.batches"], 6.0);  // 21 images: 8 + 8 + 5, twice
+  EXPECT_EQ(figures["out.first_n"], 8.0);
+  EXPECT_EQ(figures["out.last_n"], 5.0);
+  EXPECT_EQ(figures["out.c"], 3.0);
+  EXPECT_EQ(figures["out.h"], 20.0);
+  EXPECT_EQ(figures["out.w"], 20.0);
+  EXPECT_EQ(figures["batch.images"], 42.0);
+  EXPECT_GT(figures["batch.images_per_s"], 0.0);
+  auto dropped = run_figures(recipe_graph(root), 2, {"batch.drop_last=true"});
+  EXPECT_EQ(dropped["out.batches"], 4.0);
+}
+
+TEST(DataPipeline, SameSeedSameBatchesWhateverTheThreads) {
+  std::string root = test::make_jpeg_folder({"a", "b"}, 10, 36, 28);
+  double one = run_figures(recipe_graph(root), 1)["out.digest"];
+  double two = run_figures(recipe_graph(root), 2)["out.digest"];
+  double four = run_figures(recipe_graph(root), 4, {"decode.concurrency=4", "augment.concurrency=3"})["out.digest"];
+  EXPECT_EQ(one, two);
+  EXPECT_EQ(one, four);
+  double other_seed = run_figures(recipe_graph(root), 2, {"run.seed=1"})["out.digest"];
+  EXPECT_NE(one, other_seed);
+}
+
+TEST(DataPipeline, MismatchedSizesNameTheSample) {
+  std::string root = test::make_jpeg_folder({"a"}, 3, 30, 20);  // widths 30, 38, 46
+  try {
+    run_figures("source = imagefolder root=\"" + root + "\"\ndecode = decode\nnorm = normalize\nbatch = batch size=4\n"
+                "sink = sink\n", 1);
+    FAIL();
+  } catch (const StageError& e) {
+    EXPECT_EQ(std::string(e.what()), "stage 'batch' (batch): " + root + "/a/a_1.jpg is 3x20x38 but the batch is 3x20x30 "
+                                     "(add resize/center_crop so all samples match)");
+  }
+}
+
+TEST(DataPipeline, ShowBatchWritesALabelledGrid) {
+  std::string root = test::make_jpeg_folder({"cat", "dog"}, 5, 32, 32);
+  std::string png = test::temp_dir() + "/batch.png";
+  auto figures = run_figures("source = imagefolder root=\"" + root + "\" sampler=s\ns = shuffle\ndecode = decode\ncrop = center_crop size=32\n"
+                             "norm = normalize\nbatch = batch size=6\nshow = show_batch path=\"" + png +
+                             "\" columns=3\nsink = sink\n", 2);
+  EXPECT_EQ(figures["show.show_batch_written"], 1.0);
+  std::ifstream in(png, std::ios::binary);
+  unsigned char header[24] = {};
+  in.read(reinterpret_cast<char*>(header), 24);
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(header) + 1, 3), "PNG");
+  uint32_t width = (header[16] << 24) | (header[17] << 16) | (header[18] << 8) | header[19];
+  uint32_t height = (header[20] << 24) | (header[21] << 16) | (header[22] << 8) | header[23];
+  EXPECT_EQ(width, 3u * (96 + 8));  // 3 tiles of 96 px (the minimum) with 4 px margins
+  EXPECT_EQ(height, 2u * (96 + 12 + 8));
+  EXPECT_EQ(figures["sink.items"], 2.0);  // batches pass through
+}
+
+TEST(Idx, ReadsFashionMnistAndItsClassNames) {
+  std::string cache = test::temp_dir();
+  auto figures = run_figures("source = idx part=test cache=\"" + cache + "\" sampler=s\ns = subset count=100\n"
+                             "norm = normalize stats=custom mean=[0.5] std=[0.5]\nbatch = batch size=50\nout = batch_digest\n", 2);
+  EXPECT_EQ(figures["source.dataset_size"], 10000.0);
+  EXPECT_EQ(figures["source.classes"], 10.0);
+  EXPECT_EQ(figures["out.batches"], 2.0);
+  EXPECT_EQ(figures["out.c"], 3.0);
+  EXPECT_EQ(figures["out.h"], 28.0);
+  // The gzip was unpacked once into the cache and is reused.
+  int cached = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(cache)) cached += entry.is_regular_file();
+  EXPECT_EQ(cached, 2);
+}
+
+TEST(Idx, BadFilesAreClearErrors) {
+  std::string dir = test::temp_dir();
+  auto error_of = [&](const std::string& name) {
+    try {
+      stages::open_idx(dir + "/" + name, dir + "/cache");
+      return std::string();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+  };
+  EXPECT_EQ(error_of("missing"), dir + "/missing[.gz]: no such file");
+  test::write_file(dir + "/magic", {1, 2, 3, 4, 5, 6, 7, 8});
+  EXPECT_EQ(error_of("magic"), dir + "/magic: not an IDX file (bad magic)");
+  test::write_file(dir + "/short", {0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2, 3});
+  EXPECT_EQ(error_of("short"), dir + "/short: truncated IDX file (19 bytes)");
+  test::write_file(dir + "/broken.gz", {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4, 5});
+  EXPECT_NE(error_of("broken.gz").find("broken.gz"), std::string::npos);
+}

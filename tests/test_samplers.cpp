@@ -1,0 +1,156 @@
+// Samplers: which samples an epoch visits and in what order.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "data_support.h"
+#include "stages/data/sampler.h"
+#include "test_support.h"
+
+using namespace flowrun;
+using flowrun::stages::SampleSet;
+
+namespace {
+
+// 1,000 samples in 10 classes of 100 (label = index % 10).
+std::vector<int64_t> labels_1000() {
+  std::vector<int64_t> labels(1000);
+  for (int i = 0; i < 1000; ++i) labels[i] = i % 10;
+  return labels;
+}
+std::vector<std::string> names_10() {
+  std::vector<std::string> names;
+  for (int i = 0; i < 10; ++i) names.push_back("c" + std::to_string(i));
+  return names;
+}
+
+SampleSet sample(const std::string& sampler_line, int epoch = 0, uint64_t seed = 0,
+                 std::vector<int64_t> labels = labels_1000()) {
+  test::StageBench bench("source = count\nsampler = " + sampler_line + "\n", seed);
+  return stages::sample_epoch(bench, "sampler", std::move(labels), names_10(), epoch);
+}
+
+std::set<int64_t> as_set(const std::vector<int64_t>& v) { return {v.begin(), v.end()}; }
+
+}  // namespace
+
+TEST(Samplers, NoSamplerVisitsAllInOrder) {
+  test::StageBench bench("source = count\n");
+  SampleSet set = stages::sample_epoch(bench, "", labels_1000(), names_10(), 3);
+  ASSERT_EQ(set.indices.size(), 1000u);
+  EXPECT_TRUE(std::is_sorted(set.indices.begin(), set.indices.end()));
+  EXPECT_THROW(stages::sample_epoch(bench, "nope", labels_1000(), names_10(), 0), std::runtime_error);
+}
+
+TEST(Samplers, ShuffleIsAPermutationPerEpochAndSeed) {
+  SampleSet a = sample("shuffle", 0), b = sample("shuffle", 0), c = sample("shuffle", 1), d = sample("shuffle", 0, 7);
+  EXPECT_EQ(a.indices, b.indices);  // same seed, same epoch
+  EXPECT_NE(a.indices, c.indices);  // a new order each epoch
+  EXPECT_NE(a.indices, d.indices);  // and per seed
+  EXPECT_EQ(as_set(a.indices).size(), 1000u);
+  EXPECT_FALSE(std::is_sorted(a.indices.begin(), a.indices.end()));
+  EXPECT_NE(sample("shuffle seed=5", 0, 0).indices, a.indices);  // its own seed wins over the run's
+  EXPECT_EQ(sample("shuffle seed=5", 0, 0).indices, sample("shuffle seed=5", 0, 99).indices);
+}
+
+TEST(Samplers, SubsetIsFixedAcrossEpochsAndKeepsOrder) {
+  SampleSet a = sample("subset fraction=0.04", 0), b = sample("subset fraction=0.04", 5);
+  EXPECT_EQ(a.indices.size(), 40u);
+  EXPECT_EQ(a.indices, b.indices);
+  EXPECT_TRUE(std::is_sorted(a.indices.begin(), a.indices.end()));
+  EXPECT_EQ(sample("subset count=7 fraction=0.5").indices.size(), 7u);
+  EXPECT_NE(sample("subset fraction=0.04", 0, 1).indices, a.indices);
+}
+
+TEST(Samplers, SplitPartsAreDisjointAndComplete) {
+  SampleSet train = sample("subset fraction=0.04 | split val_fraction=0.2 part=train");
+  SampleSet val = sample("subset fraction=0.04 | split val_fraction=0.2 part=val");
+  SampleSet subset = sample("subset fraction=0.04");
+  EXPECT_EQ(train.indices.size(), 32u);
+  EXPECT_EQ(val.indices.size(), 8u);
+  std::set<int64_t> t = as_set(train.indices), v = as_set(val.indices), all = as_set(subset.indices);
+  for (int64_t i : v) EXPECT_FALSE(t.count(i)) << i;
+  std::set<int64_t> joined = t;
+  joined.insert(v.begin(), v.end());
+  EXPECT_EQ(joined, all);
+  // The same split every epoch, even with a shuffle after it.
+  SampleSet later = sample("subset fraction=0.04 | split val_fraction=0.2 part=train | shuffle", 4);
+  EXPECT_EQ(as_set(later.indices), t);
+}
+
+TEST(Samplers, StratifiedSplitKeepsClassShares) {
+  SampleSet val = sample("split val_fraction=0.1 part=val stratified=true");
+  std::map<int64_t, int> per_class;
+  for (int64_t i : val.indices) ++per_class[val.labels[i]];
+  ASSERT_EQ(per_class.size(), 10u);
+  for (const auto& [label, count] : per_class) EXPECT_EQ(count, 10) << label;
+}
+
+TEST(Samplers, PerClassTakesKOfEveryClass) {
+  SampleSet set = sample("per_class k=5");
+  std::map<int64_t, int> per_class;
+  for (int64_t i : set.indices) ++per_class[set.labels[i]];
+  ASSERT_EQ(per_class.size(), 10u);
+  for (const auto& [label, count] : per_class) EXPECT_EQ(count, 5);
+  EXPECT_EQ(set.indices, sample("per_class k=5", 3).indices);  // fixed across epochs
+  // A class with fewer than k samples gives all it has.
+  std::vector<int64_t> labels = labels_1000();
+  for (auto& label : labels)
+    if (label == 3) label = 4;
+  labels[3] = 3;
+  SampleSet few = sample("per_class k=5", 0, 0, labels);
+  EXPECT_EQ(std::count_if(few.indices.begin(), few.indices.end(), [&](int64_t i) { return few.labels[i] == 3; }), 1);
+}
+
+TEST(Samplers, ClassesKeepsAndRelabels) {
+  SampleSet set = sample("classes names=[c7, c2]");
+  EXPECT_EQ(set.class_names, (std::vector<std::string>{"c7", "c2"}));
+  EXPECT_EQ(set.indices.size(), 200u);
+  for (int64_t i : set.indices) EXPECT_EQ(set.labels[i], i % 10 == 7 ? 0 : 1);
+  SampleSet by_id = sample("classes ids=[7, 2]");
+  EXPECT_EQ(by_id.indices, set.indices);
+  EXPECT_THROW(sample("classes names=[c11]"), std::runtime_error);
+  EXPECT_THROW(sample("classes ids=[3, 3]"), std::runtime_error);
+  EXPECT_EQ(test::errors_of("source = count\ns = classes\n"),
+            "test.graph:2:5: error: stage 's' (classes): give exactly one of names=[...] or ids=[...]\n");
+}
+
+TEST(Samplers, BalancedEqualisesClasses) {
+  std::vector<int64_t> labels(300);
+  for (int i = 0; i < 300; ++i) labels[i] = i < 200 ? 0 : i < 290 ? 1 : 2;  // 200, 90, 10
+  for (const char* mode : {"over", "under"}) {
+    SampleSet set = sample(std::string("balanced mode=") + mode, 0, 0, labels);
+    std::map<int64_t, int> per_class;
+    for (int64_t i : set.indices) ++per_class[set.labels[i]];
+    int expected = std::string(mode) == "over" ? 200 : 10;
+    for (const auto& [label, count] : per_class) EXPECT_EQ(count, expected) << mode << " " << label;
+  }
+  EXPECT_NE(sample("balanced", 0, 0, labels).indices, sample("balanced", 1, 0, labels).indices);
+}
+
+TEST(Samplers, ShardsPartitionLikeDistributedSampler) {
+  std::vector<int64_t> labels(10, 0);
+  std::vector<int64_t> all;
+  for (int rank = 0; rank < 3; ++rank) {
+    SampleSet set = sample("shard rank=" + std::to_string(rank) + " world=3", 0, 0, labels);
+    EXPECT_EQ(set.indices.size(), 4u);  // 10 padded to 12
+    all.insert(all.end(), set.indices.begin(), set.indices.end());
+  }
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(all, (std::vector<int64_t>{0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(test::errors_of("source = count\ns = shard rank=3 world=3\n"),
+            "test.graph:2:5: error: stage 's' (shard): rank must be below world\n");
+}
+
+TEST(Samplers, SameSeedSameOrderWhateverTheThreadThatAsks) {
+  // Order is a pure function of (seed, epoch): ask from several threads at once.
+  std::vector<std::vector<int64_t>> results(4);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] { results[t] = sample("subset fraction=0.5 | shuffle", 2, 11).indices; });
+  for (auto& thread : threads) thread.join();
+  for (int t = 1; t < 4; ++t) EXPECT_EQ(results[t], results[0]);
+}
