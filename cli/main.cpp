@@ -4,6 +4,8 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <malloc.h>
+
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <iostream>
@@ -58,6 +60,11 @@ po::options_description describe_options(Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Stages allocate and free buffers of hundreds of KB per item. glibc would
+  // serve each from a fresh mmap (page faults on every touch); keep them in
+  // the heap instead. Peak memory is still bounded by run.in_flight.
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   Options o;
   po::options_description visible = describe_options(o);
   po::options_description all;

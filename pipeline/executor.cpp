@@ -4,6 +4,8 @@
 #include <oneapi/tbb/task_arena.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -428,6 +430,8 @@ class Runner : public StageDirectory {
     }
     for (const auto& max : max_alive_) result.max_in_flight.push_back(max.load());
     if (tracer_) result.trace_events_dropped = tracer_->dropped();
+    struct rusage usage {};
+    if (getrusage(RUSAGE_SELF, &usage) == 0) result.peak_rss_mb = usage.ru_maxrss / 1024.0;
   }
 
   void write_trace() {

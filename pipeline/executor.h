@@ -60,6 +60,7 @@ struct RunResult {
   std::vector<int64_t> max_in_flight;  // per chain: most source items alive at once
   std::string bottleneck;              // the busiest flow stage
   size_t trace_events_dropped = 0;
+  double peak_rss_mb = 0;              // the process's peak resident memory
 };
 
 // Runs every phase and epoch. Throws StageError when a stage fails (the run

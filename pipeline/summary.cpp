@@ -9,6 +9,7 @@ nlohmann::json summary_json(const RunResult& result) {
   summary["epochs"] = result.epochs_run;
   summary["bottleneck"] = result.bottleneck;
   summary["max_in_flight"] = result.max_in_flight;
+  summary["peak_rss_mb"] = result.peak_rss_mb;
   nlohmann::json stages = nlohmann::json::object();
   auto lift = [&](const std::map<std::string, double>& figures) {
     for (const auto& [key, value] : figures)

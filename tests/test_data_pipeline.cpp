@@ -143,6 +143,13 @@ TEST(DataPipeline, SameSeedSameBatchesWhateverTheThreads) {
   EXPECT_NE(one, other_seed);
 }
 
+TEST(DataPipeline, NormalizingHereOrInTheBatchGivesTheSameBatches) {
+  std::string root = test::make_jpeg_folder({"a", "b"}, 6, 36, 28);
+  double in_batch = run_figures(recipe_graph(root), 2)["out.digest"];
+  double here = run_figures(recipe_graph(root), 2, {"normalize.in_batch=false"})["out.digest"];
+  EXPECT_EQ(in_batch, here);
+}
+
 TEST(DataPipeline, MismatchedSizesNameTheSample) {
   std::string root = test::make_jpeg_folder({"a"}, 3, 30, 20);  // widths 30, 38, 46
   try {

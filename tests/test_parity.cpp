@@ -68,7 +68,7 @@ TEST(Parity, EvalTransformsMatchTorchvision) {
     const Case& c = cases[i];
     std::string graph = "source = count\ndecode = decode\nresize = " + c.resize_line + "\n" +
                         (c.center_crop ? "crop = center_crop size=" + std::to_string(c.center_crop) + "\n" : "") +
-                        "norm = normalize stats=imagenet\n";
+                        "norm = normalize stats=imagenet in_batch=false\n";
     test::StageBench bench(graph);
     Item item;
     stages::Sample sample;

@@ -13,6 +13,16 @@
 
 namespace flowrun::stages {
 
+// What normalize decided for a sample: value = table[channel][byte]. When the
+// conversion is left to the batch stage, the batch writes these values
+// straight into its tensor (one pass instead of two).
+struct Normalization {
+  std::array<float, 3> mean{0, 0, 0}, std{1, 1, 1};
+  std::array<std::array<float, 256>, 3> table{};
+  // Writes image (HWC, 1 or 3 channels) as normalized CHW floats to out.
+  void apply(const Image& image, float* out) const;
+};
+
 // What a source knows of its dataset, shared by all its samples.
 struct DatasetInfo {
   std::string name;                      // the root folder or file set, for messages
@@ -25,8 +35,8 @@ struct Sample {
   std::string path;    // the file, for file sources ("" otherwise)
   std::shared_ptr<const DatasetInfo> dataset;
   Image image;         // 8-bit RGB once decoded
-  FloatImage tensor;   // normalized CHW float, once normalized
-  std::array<float, 3> mean{0, 0, 0}, std{1, 1, 1};  // what normalize used (to undo it for display)
+  FloatImage tensor;   // normalized CHW float, once normalized (unless left to the batch)
+  std::shared_ptr<const Normalization> normalization;  // set by normalize
 
   // "path" or "sample #index", for messages.
   std::string describe() const { return path.empty() ? "sample #" + std::to_string(index) : path; }

@@ -161,7 +161,8 @@ void Decode::process(Item& item) {
     std::streamoff size = in.tellg();
     if (size < 0) throw std::runtime_error("cannot read");
     if (size > max_bytes_) throw std::runtime_error("file of " + std::to_string(size) + " bytes exceeds max_bytes");
-    std::vector<uint8_t> bytes(static_cast<size_t>(size));
+    thread_local PixelBuffer<uint8_t> bytes;  // reused: no allocation per file
+    bytes.resize(static_cast<size_t>(size));
     in.seekg(0);
     if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size)) throw std::runtime_error("read failed");
     sample.image = decode_image(bytes.data(), bytes.size(), max_pixels_, min_size_, fast_);

@@ -192,11 +192,20 @@ Image crop(const Image& in, int top, int left, int height, int width) {
 }
 
 void flip_horizontal(Image& image) {
-  const int ch = image.channels;
+  const int ch = image.channels, w = image.width;
   for (int y = 0; y < image.height; ++y) {
     uint8_t* row = image.row(y);
-    for (int a = 0, b = image.width - 1; a < b; ++a, --b)
-      for (int c = 0; c < ch; ++c) std::swap(row[a * ch + c], row[b * ch + c]);
+    uint8_t *a = row, *b = row + (w - 1) * ch;
+    if (ch == 3) {
+      for (; a < b; a += 3, b -= 3) {
+        uint8_t t0 = a[0], t1 = a[1], t2 = a[2];
+        a[0] = b[0], a[1] = b[1], a[2] = b[2];
+        b[0] = t0, b[1] = t1, b[2] = t2;
+      }
+    } else {
+      for (; a < b; a += ch, b -= ch)
+        for (int c = 0; c < ch; ++c) std::swap(a[c], b[c]);
+    }
   }
 }
 

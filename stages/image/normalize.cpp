@@ -19,6 +19,7 @@ Schema Normalize::schema() {
       .param(FloatList("mean", "per-channel means for stats=custom (1 or 3 values)").def(std::vector<double>{}))
       .param(FloatList("std", "per-channel deviations for stats=custom (1 or 3 values)").def(std::vector<double>{})
                  .at_least(1e-12))
+      .param(Bool("in_batch", "leave the conversion to the batch stage (one pass into the batch tensor)").def(true))
       .check([](const Params& p) -> std::string {
         bool custom = p.get_string("stats") == "custom";
         size_t m = p.get_float_list("mean").size(), s = p.get_float_list("std").size();
@@ -28,7 +29,8 @@ Schema Normalize::schema() {
       });
 }
 
-Normalize::Normalize(const StageInit& init) {
+Normalize::Normalize(const StageInit& init)
+    : normalization_(std::make_shared<Normalization>()), in_batch_(init.params.get_bool("in_batch")) {
   const std::string stats = init.params.get_string("stats");
   std::array<double, 3> mean = kImagenetMean, std = kImagenetStd;
   if (stats == "cifar") {
@@ -42,11 +44,29 @@ Normalize::Normalize(const StageInit& init) {
       std[c] = s[s.size() == 1 ? 0 : c];
     }
   }
+  Normalization& n = *normalization_;
   for (int c = 0; c < 3; ++c) {
-    mean_[c] = static_cast<float>(mean[c]);
-    std_[c] = static_cast<float>(std[c]);
+    n.mean[c] = static_cast<float>(mean[c]);
+    n.std[c] = static_cast<float>(std[c]);
     // The same float operations as torchvision: (x / 255 - mean) / std in float32.
-    for (int v = 0; v < 256; ++v) table_[c][v] = (static_cast<float>(v) / 255.0f - mean_[c]) / std_[c];
+    for (int v = 0; v < 256; ++v) n.table[c][v] = (static_cast<float>(v) / 255.0f - n.mean[c]) / n.std[c];
+  }
+}
+
+void Normalization::apply(const Image& image, float* dst) const {
+  const size_t plane = static_cast<size_t>(image.height) * image.width;
+  const uint8_t* src = image.pixels.data();
+  if (image.channels == 3) {
+    const float *t0 = table[0].data(), *t1 = table[1].data(), *t2 = table[2].data();
+    float *d0 = dst, *d1 = dst + plane, *d2 = dst + 2 * plane;
+    for (size_t i = 0; i < plane; ++i, src += 3) {
+      d0[i] = t0[src[0]];
+      d1[i] = t1[src[1]];
+      d2[i] = t2[src[2]];
+    }
+  } else {
+    const float* t0 = table[0].data();
+    for (size_t i = 0; i < plane; ++i) dst[i] = t0[src[i]];
   }
 }
 
@@ -54,25 +74,17 @@ void Normalize::process(Item& item) {
   Sample& sample = item.get<Sample>();
   const Image& image = sample.image;
   if (image.empty()) throw std::runtime_error("normalize: " + sample.describe() + " has no pixels (put decode before it)");
-  const int channels = image.channels;
-  if (channels != 1 && channels != 3) throw std::runtime_error("normalize: " + sample.describe() + " has " +
-                                                               std::to_string(channels) + " channels");
+  if (image.channels != 1 && image.channels != 3)
+    throw std::runtime_error("normalize: " + sample.describe() + " has " + std::to_string(image.channels) + " channels");
+  sample.normalization = normalization_;
+  if (in_batch_) return;
   FloatImage& out = sample.tensor;
-  out.channels = channels;
+  out.channels = image.channels;
   out.height = image.height;
   out.width = image.width;
-  out.data.resize(static_cast<size_t>(channels) * image.height * image.width);
-  const size_t plane = static_cast<size_t>(image.height) * image.width;
-  const uint8_t* src = image.pixels.data();
-  for (int c = 0; c < channels; ++c) {
-    const float* table = table_[c].data();
-    float* dst = out.data.data() + c * plane;
-    for (size_t i = 0; i < plane; ++i) dst[i] = table[src[i * channels + c]];
-  }
-  sample.mean = mean_;
-  sample.std = std_;
-  // The 8-bit pixels are no longer needed downstream.
-  sample.image = Image();
+  out.data.resize(static_cast<size_t>(image.channels) * image.height * image.width);
+  normalization_->apply(image, out.data.data());
+  sample.image = Image();  // the 8-bit pixels are not needed downstream
 }
 
 FLOWRUN_REGISTER_STAGE(Normalize);

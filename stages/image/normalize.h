@@ -1,10 +1,15 @@
 // `normalize`: 8-bit RGB to float CHW, (x/255 - mean) / std per channel
-// (ToTensor + Normalize), through a 256-entry table per channel.
+// (ToTensor + Normalize), through a 256-entry table per channel. By default
+// (in_batch=true) the conversion itself happens in the batch stage, straight
+// into the batch tensor; in_batch=false fills sample.tensor here, for stages
+// that want the float image.
 #pragma once
 
 #include <array>
+#include <memory>
 
 #include "pipeline/stage.h"
+#include "stages/data/sample.h"
 
 namespace flowrun::stages {
 
@@ -15,8 +20,8 @@ class Normalize : public TransformStage {
   void process(Item& item) override;
 
  private:
-  std::array<float, 3> mean_{}, std_{};
-  std::array<std::array<float, 256>, 3> table_{};
+  std::shared_ptr<Normalization> normalization_;
+  bool in_batch_;
 };
 
 }  // namespace flowrun::stages

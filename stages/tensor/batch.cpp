@@ -1,5 +1,7 @@
 #include "stages/tensor/batch.h"
 
+#include <oneapi/tbb/parallel_for.h>
+
 #include <cstring>
 #include <stdexcept>
 
@@ -14,11 +16,14 @@ Schema BatchStage::schema() {
       .param(Int("size", "samples per batch").def(int64_t{32}).range(1, 1 << 20))
       .param(Bool("drop_last", "drop the last, smaller batch of an epoch").def(false))
       .param(String("pin", "pin host memory: auto = when CUDA is available").def(std::string("auto"))
-                 .one_of({"auto", "yes", "no"}));
+                 .one_of({"auto", "yes", "no"}))
+      .param(Int("pool", "batch buffers kept for reuse (unpinned memory)").def(int64_t{8}).range(0, 1024));
 }
 
 BatchStage::BatchStage(const StageInit& init)
-    : size_(init.params.get_int("size")), drop_last_(init.params.get_bool("drop_last")) {
+    : size_(init.params.get_int("size")),
+      drop_last_(init.params.get_bool("drop_last")),
+      pool_size_(static_cast<size_t>(init.params.get_int("pool"))) {
   const std::string pin = init.params.get_string("pin");
   pin_ = pin == "yes" || (pin == "auto" && cuda_available());
   if (pin_ && !cuda_available()) throw std::runtime_error("pin=yes needs CUDA, which this machine or build lacks");
@@ -29,20 +34,27 @@ void BatchStage::begin_epoch(const EpochInfo&) { number_ = 0; }
 
 void BatchStage::end_epoch(const EpochInfo&) { last_ns_ = now_ns(); }
 
+namespace {
+struct Shape {
+  int c = 0, h = 0, w = 0;
+  bool operator!=(const Shape& o) const { return c != o.c || h != o.h || w != o.w; }
+  std::string text() const { return std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w); }
+};
+// The float tensor a sample will occupy in the batch.
+Shape shape_of(const Sample& s) {
+  if (!s.tensor.empty()) return {s.tensor.channels, s.tensor.height, s.tensor.width};
+  return {s.image.channels, s.image.height, s.image.width};
+}
+}  // namespace
+
 void BatchStage::process(Item& item, const Emit& emit) {
   if (!first_ns_) first_ns_ = now_ns();
   Sample& sample = item.get<Sample>();
-  if (sample.tensor.empty())
+  if (!sample.normalization || (sample.tensor.empty() && sample.image.empty()))
     throw std::runtime_error(sample.describe() + " is not normalized (put normalize before batch)");
-  if (!pending_.empty()) {
-    const FloatImage& a = pending_.front().tensor;
-    const FloatImage& b = sample.tensor;
-    if (a.channels != b.channels || a.height != b.height || a.width != b.width)
-      throw std::runtime_error(sample.describe() + " is " + std::to_string(b.channels) + "x" + std::to_string(b.height) +
-                               "x" + std::to_string(b.width) + " but the batch is " + std::to_string(a.channels) +
-                               "x" + std::to_string(a.height) + "x" + std::to_string(a.width) +
-                               " (add resize/center_crop so all samples match)");
-  }
+  if (!pending_.empty() && shape_of(sample) != shape_of(pending_.front()))
+    throw std::runtime_error(sample.describe() + " is " + shape_of(sample).text() + " but the batch is " +
+                             shape_of(pending_.front()).text() + " (add resize/center_crop so all samples match)");
   pending_.push_back(std::move(sample));
   if (static_cast<int64_t>(pending_.size()) == size_) emit_batch(emit);
 }
@@ -53,25 +65,31 @@ void BatchStage::flush(const Emit& emit) {
 }
 
 void BatchStage::emit_batch(const Emit& emit) {
-  const FloatImage& first = pending_.front().tensor;
+  const Shape shape = shape_of(pending_.front());
   const int64_t n = static_cast<int64_t>(pending_.size());
-  auto options = at::TensorOptions().dtype(at::kFloat).pinned_memory(pin_);
   Batch batch;
-  batch.images = at::empty({n, first.channels, first.height, first.width}, options);
+  batch.images = pin_ ? at::empty({n, shape.c, shape.h, shape.w}, at::TensorOptions().dtype(at::kFloat).pinned_memory(true))
+                      : images_tensor(n, shape.c, shape.h, shape.w);
   batch.labels = at::empty({n}, at::TensorOptions().dtype(at::kLong).pinned_memory(pin_));
   float* images = batch.images.data_ptr<float>();
   int64_t* labels = batch.labels.data_ptr<int64_t>();
-  const size_t per_sample = first.data.size();
+  const size_t per_sample = static_cast<size_t>(shape.c) * shape.h * shape.w;
+  // Samples are written in parallel: other threads help this serial stage.
+  tbb::parallel_for(int64_t{0}, n, [&](int64_t i) {
+    const Sample& s = pending_[i];
+    float* out = images + i * per_sample;
+    if (!s.tensor.empty()) std::memcpy(out, s.tensor.data.data(), per_sample * sizeof(float));
+    else s.normalization->apply(s.image, out);
+  });
   for (int64_t i = 0; i < n; ++i) {
     const Sample& s = pending_[i];
-    std::memcpy(images + i * per_sample, s.tensor.data.data(), per_sample * sizeof(float));
     labels[i] = s.label;
     batch.indices.push_back(s.index);
     batch.paths.push_back(s.path);
   }
   batch.dataset = pending_.front().dataset;
-  batch.mean = pending_.front().mean;
-  batch.std = pending_.front().std;
+  batch.mean = pending_.front().normalization->mean;
+  batch.std = pending_.front().normalization->std;
   batch.number = number_++;
   pending_.clear();
   images_ += n;
@@ -79,6 +97,16 @@ void BatchStage::emit_batch(const Emit& emit) {
   Item out;
   out.set(std::move(batch));
   emit(out);
+}
+
+at::Tensor BatchStage::images_tensor(int64_t n, int64_t c, int64_t h, int64_t w) {
+  for (auto& tensor : pool_)
+    if (tensor.use_count() == 1 && tensor.storage().use_count() == 1 && tensor.size(0) == n && tensor.size(1) == c &&
+        tensor.size(2) == h && tensor.size(3) == w)
+      return tensor;
+  at::Tensor fresh = at::empty({n, c, h, w}, at::TensorOptions().dtype(at::kFloat));
+  if (pool_.size() < pool_size_) pool_.push_back(fresh);
+  return fresh;
 }
 
 void BatchStage::report(Report& report) const {
