@@ -21,11 +21,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def run_flowrun(binary, data, threads, epochs):
+def run_flowrun(binary, data, threads, epochs, extra=()):
     with tempfile.NamedTemporaryFile(suffix=".json") as summary:
         subprocess.run([binary, os.path.join(HERE, "data.graph"), "--set", "source.root=" + data, "--set",
-                        "run.epochs=%d" % epochs, "--threads", str(threads), "--summary-json", summary.name],
-                       check=True, stderr=subprocess.DEVNULL)
+                        "run.epochs=%d" % epochs, "--threads", str(threads), "--summary-json", summary.name,
+                        *extra], check=True, stderr=subprocess.DEVNULL)
         with open(summary.name) as f:
             return json.load(f)
 
@@ -60,6 +60,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per figure; the median is shown")
     parser.add_argument("--images-per-class", type=int, default=100)
     parser.add_argument("--binary", default=os.path.join(ROOT, "build", "flowrun"))
     parser.add_argument("--data", default=os.path.join(ROOT, "build", "bench-data"))
@@ -70,16 +71,28 @@ def main():
     files = [os.path.join(d, f) for d, _, names in os.walk(args.data) for f in names if f.endswith(".JPEG")]
     count = len(files)
     mean_kb = sum(os.path.getsize(f) for f in files) / max(1, count) / 1024
-    print("data: %s, %d JPEGs, %.1f KB each on average; %d epochs per measurement; %d cores" % (
-        args.data, count, mean_kb, args.epochs, os.cpu_count()))
-    print("%8s %14s %14s %14s %14s %8s" % ("threads", "flowrun img/s", "per core", "torchvision", "per core", "ratio"))
+    print("data: %s, %d JPEGs, %.1f KB each on average; %d epochs per measurement, median of %d; %d cores" % (
+        args.data, count, mean_kb, args.epochs, args.repeats, os.cpu_count()))
+    print("%-8s %-26s %12s %10s %12s %10s %8s" % ("threads", "flowrun", "img/s", "per core", "torchvision",
+                                                   "per core", "ratio"))
+    variants = [("accurate decode", ()), ("decode.fast=true", ("--set", "decode.fast=true"))]
+    def median(values):
+        return sorted(values)[len(values) // 2]
+
     for threads in args.threads:
-        ours = run_flowrun(args.binary, args.data, threads, args.epochs)
-        theirs = run_torchvision(args.data, threads, args.epochs)
-        print("%8d %14.0f %14.0f %14.0f %14.0f %7.2fx" % (threads, ours["images_per_s"], ours["images_per_s"] / threads,
-                                                         theirs, theirs / threads, ours["images_per_s"] / theirs))
-        if ours["skipped"]:
-            print("  flowrun skipped %d files" % ours["skipped"])
+        theirs = median([run_torchvision(args.data, threads, args.epochs) for _ in range(args.repeats)])
+        for name, extra in variants:
+            runs = [run_flowrun(args.binary, args.data, threads, args.epochs, extra) for _ in range(args.repeats)]
+            ours = sorted(runs, key=lambda r: r["images_per_s"])[len(runs) // 2]
+            print("%-8d %-26s %12.0f %10.0f %12.0f %10.0f %7.2fx" % (
+                threads, name, ours["images_per_s"], ours["images_per_s"] / threads, theirs, theirs / threads,
+                ours["images_per_s"] / theirs))
+            if ours["skipped"]:
+                print("  flowrun skipped %d files" % ours["skipped"])
+        busy = {k: v["busy_s"] for k, v in ours["stages"].items()}
+        images = ours["images"]
+        print("         where flowrun's time goes (decode.fast=true; us of stage time per image): " +
+              ", ".join("%s %.0f" % (k, 1e6 * v / images) for k, v in busy.items() if v / images > 1e-6))
     one = run_flowrun(args.binary, args.data, args.threads[-1], 1)["peak_rss_mb"]
     five = run_flowrun(args.binary, args.data, args.threads[-1], 5)["peak_rss_mb"]
     print("flowrun peak resident memory: %.0f MB after 1 epoch, %.0f MB after 5 epochs" % (one, five))

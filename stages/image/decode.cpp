@@ -1,11 +1,13 @@
 #include "stages/image/decode.h"
 
+#include <fcntl.h>
 #include <png.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <spdlog/spdlog.h>
 #include <turbojpeg.h>
 
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <stdexcept>
 
@@ -116,6 +118,35 @@ Image decode_png(const uint8_t* data, size_t size, int64_t max_pixels) {
   return image;
 }
 
+// Reads a whole file with plain POSIX calls (cheaper than a stream for many
+// small files); refuses files over max_bytes.
+void read_file(const std::string& path, int64_t max_bytes, PixelBuffer<uint8_t>& bytes) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw std::runtime_error("not a regular file");
+  }
+  if (st.st_size > max_bytes) {
+    ::close(fd);
+    throw std::runtime_error("file of " + std::to_string(st.st_size) + " bytes exceeds max_bytes");
+  }
+  bytes.resize(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int error = errno;
+      ::close(fd);
+      throw std::runtime_error(n == 0 ? "file shrank while being read" : std::string("read failed: ") + std::strerror(error));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+}
+
 }  // namespace
 
 Image decode_image(const uint8_t* data, size_t size, int64_t max_pixels, int min_short_side, bool fast) {
@@ -156,15 +187,8 @@ void Decode::process(Item& item) {
   Sample& sample = item.get<Sample>();
   if (!sample.image.empty()) return;  // pixels already (an in-memory source)
   try {
-    std::ifstream in(sample.path, std::ios::binary | std::ios::ate);
-    if (!in) throw std::runtime_error(std::string("cannot open: ") + std::strerror(errno));
-    std::streamoff size = in.tellg();
-    if (size < 0) throw std::runtime_error("cannot read");
-    if (size > max_bytes_) throw std::runtime_error("file of " + std::to_string(size) + " bytes exceeds max_bytes");
     thread_local PixelBuffer<uint8_t> bytes;  // reused: no allocation per file
-    bytes.resize(static_cast<size_t>(size));
-    in.seekg(0);
-    if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size)) throw std::runtime_error("read failed");
+    read_file(sample.path, max_bytes_, bytes);
     sample.image = decode_image(bytes.data(), bytes.size(), max_pixels_, min_size_, fast_);
     decoded_.fetch_add(1, std::memory_order_relaxed);
   } catch (const std::exception& e) {

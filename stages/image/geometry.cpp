@@ -155,8 +155,24 @@ Image padded_crop(const Image& in, int pad_y, int pad_x, PadMode mode, uint8_t f
                   int width) {
   const int ch = in.channels;
   Image out(width, height, ch);
-  std::vector<int> xs(width);
-  for (int x = 0; x < width; ++x) xs[x] = map_index(left + x - pad_x, in.width, mode);
+  // The columns are the same for every row: work them out once, as runs of
+  // consecutive source pixels (copied whole) and fill pixels (src = -1).
+  struct Run {
+    int dst, src, length;
+  };
+  std::vector<Run> runs;
+  for (int x = 0; x < width; ++x) {
+    int src = map_index(left + x - pad_x, in.width, mode);
+    if (!runs.empty()) {
+      Run& last = runs.back();
+      bool continues = src < 0 ? last.src < 0 : last.src >= 0 && src == last.src + last.length;
+      if (continues) {
+        ++last.length;
+        continue;
+      }
+    }
+    runs.push_back({x, src, 1});
+  }
   for (int y = 0; y < height; ++y) {
     int sy = map_index(top + y - pad_y, in.height, mode);
     uint8_t* dst = out.row(y);
@@ -165,18 +181,9 @@ Image padded_crop(const Image& in, int pad_y, int pad_x, PadMode mode, uint8_t f
       continue;
     }
     const uint8_t* src = in.row(sy);
-    int x = 0;
-    while (x < width) {
-      if (xs[x] < 0) {
-        std::memset(dst + x * ch, fill, ch);
-        ++x;
-        continue;
-      }
-      // Copy runs of consecutive source pixels at once.
-      int run = 1;
-      while (x + run < width && xs[x + run] == xs[x] + run) ++run;
-      std::memcpy(dst + x * ch, src + xs[x] * ch, static_cast<size_t>(run) * ch);
-      x += run;
+    for (const Run& run : runs) {
+      if (run.src < 0) std::memset(dst + run.dst * ch, fill, static_cast<size_t>(run.length) * ch);
+      else std::memcpy(dst + run.dst * ch, src + run.src * ch, static_cast<size_t>(run.length) * ch);
     }
   }
   return out;
