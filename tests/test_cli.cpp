@@ -37,7 +37,10 @@ TEST(Cli, EveryShippedGraphChecksAndListsStages) {
     EXPECT_EQ(list.exit_code, 0) << list.err;
     EXPECT_NE(list.out.find("sleep (transform, built-in)"), std::string::npos);
   }
-  EXPECT_GE(graphs, 2);
+  EXPECT_GE(graphs, 3);
+  auto bench = run_flowrun({"--check", "bench/data.graph", "--set", "source.root=/data/x"});
+  EXPECT_EQ(bench.exit_code, 0) << bench.err;
+  EXPECT_NE(bench.out.find("source = imagefolder root=\"/data/x\""), std::string::npos) << bench.out;
 }
 
 TEST(Cli, DemoGraphRunsThroughTheExamplePlugin) {
