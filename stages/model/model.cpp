@@ -1,0 +1,110 @@
+#include "stages/model/model.h"
+
+#include <spdlog/spdlog.h>
+
+#include <map>
+#include <stdexcept>
+
+#include "pipeline/registry.h"
+
+namespace flowrun::stages {
+
+namespace {
+std::string shape_text(at::IntArrayRef sizes) {
+  std::string text = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) text += (i ? ", " : "") + std::to_string(sizes[i]);
+  return text + "]";
+}
+bool is_head(const std::string& key) { return key.rfind("fc.", 0) == 0; }
+}  // namespace
+
+StateDict state_dict(const torch::nn::Module& model) {
+  StateDict out;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  for (const auto& item : model.named_buffers(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+LoadReport load_state_dict(torch::nn::Module& model, const StateDict& weights, bool allow_new_head,
+                           const std::string& source) {
+  std::map<std::string, at::Tensor> given;
+  for (const auto& [key, tensor] : weights) {
+    if (!given.emplace(key, tensor).second) throw std::runtime_error(source + ": key '" + key + "' appears twice");
+  }
+  StateDict own = state_dict(model);
+  std::map<std::string, at::Tensor> mine(own.begin(), own.end());
+  // Strict: report every problem at once.
+  std::vector<std::string> problems;
+  LoadReport report;
+  for (const auto& [key, tensor] : own) {
+    auto it = given.find(key);
+    if (it == given.end()) {
+      problems.push_back("missing key '" + key + "' (" + shape_text(tensor.sizes()) + ")");
+    } else if (it->second.sizes() != tensor.sizes()) {
+      if (allow_new_head && is_head(key)) report.reinitialised.push_back(key);
+      else problems.push_back("key '" + key + "' has shape " + shape_text(it->second.sizes()) + " but the model needs " +
+                              shape_text(tensor.sizes()));
+    }
+  }
+  for (const auto& [key, tensor] : weights)
+    if (!mine.count(key)) problems.push_back("unexpected key '" + key + "' (" + shape_text(tensor.sizes()) + ")");
+  if (!problems.empty()) {
+    std::string text = source + ": weights do not fit the model:";
+    for (size_t i = 0; i < problems.size() && i < 20; ++i) text += "\n  " + problems[i];
+    if (problems.size() > 20) text += "\n  ... and " + std::to_string(problems.size() - 20) + " more";
+    throw std::runtime_error(text);
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [key, tensor] : own) {
+    if (std::find(report.reinitialised.begin(), report.reinitialised.end(), key) != report.reinitialised.end()) continue;
+    const at::Tensor& value = given.at(key);
+    at::Tensor target = tensor;
+    target.copy_(value.to(target.scalar_type()));
+    ++report.loaded;
+  }
+  return report;
+}
+
+Schema ModelStage::schema() {
+  return Schema("resnet", "ResNet-18/34/50/101 with torchvision's keys; weights from .pth (torch.save) or safetensors")
+      .param(Int("depth", "18, 34, 50 or 101").def(int64_t{50}).range(18, 101))
+      .param(Int("classes", "outputs of the head (fc)").range(1, 1000000))
+      .param(Path("weights", "a torchvision .pth or a safetensors file; \"\" = random initialisation").def(std::string("")))
+      .check([](const Params& p) {
+        int64_t d = p.get_int("depth");
+        return d == 18 || d == 34 || d == 50 || d == 101 ? "" : "depth must be 18, 34, 50 or 101";
+      });
+}
+
+ModelStage::ModelStage(const StageInit& init)
+    : classes_(init.params.get_int("classes")), weights_(init.params.get_string("weights")) {
+  const int depth = static_cast<int>(init.params.get_int("depth"));
+  net_ = ResNet(depth, classes_);
+  if (!weights_.empty()) {
+    StateDict weights = read_weights(weights_);
+    load_ = load_state_dict(*net_, weights, /*allow_new_head=*/true, weights_);
+    if (!load_.reinitialised.empty())
+      spdlog::info("{}: head re-initialised for {} classes ({})", weights_, classes_, load_.reinitialised.front());
+  }
+}
+
+void ModelStage::report(Report& report) const {
+  report.set("parameters", static_cast<double>([&] {
+    int64_t n = 0;
+    for (const auto& p : net_->parameters()) n += p.numel();
+    return n;
+  }()));
+  report.set("weights_loaded", static_cast<double>(load_.loaded));
+  report.set("head_reinitialised", load_.reinitialised.empty() ? 0 : 1);
+}
+
+ModelStage& find_model(const StageDirectory& stages, const std::string& name) {
+  std::vector<Stage*> ops = stages.find(name);
+  auto* model = ops.empty() ? nullptr : dynamic_cast<ModelStage*>(ops.front());
+  if (!model) throw std::runtime_error("no model stage named '" + name + "'");
+  return *model;
+}
+
+FLOWRUN_REGISTER_STAGE(ModelStage);
+
+}  // namespace flowrun::stages

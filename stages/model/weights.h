@@ -1,0 +1,27 @@
+// Weight files: PyTorch's zip-format `torch.save` of a state dict (as
+// torchvision publishes its models), read with a small restricted unpickler
+// that interprets only what a state dict needs and never runs pickle code;
+// and safetensors, read and written. Every size and offset in a file is
+// checked against the file before anything is allocated.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace flowrun::stages {
+
+using StateDict = std::vector<std::pair<std::string, at::Tensor>>;  // in file order
+
+// By content: a zip archive is a torch.save file, anything else safetensors.
+// Throws std::runtime_error("PATH: what is wrong").
+StateDict read_weights(const std::string& path);
+StateDict read_torch_state_dict(const std::string& path);
+StateDict read_safetensors(const std::string& path);
+
+// Writes tensors (contiguous CPU copies) as safetensors, atomically.
+void write_safetensors(const std::string& path, const StateDict& tensors);
+
+}  // namespace flowrun::stages

@@ -1,0 +1,176 @@
+// The model: torchvision's ResNet keys, weight files (.pth through the
+// restricted unpickler, safetensors both ways), strict loading, head
+// replacement, and logits equal to torchvision's.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "stages/model/model.h"
+#include "test_support.h"
+
+using namespace flowrun;
+using namespace flowrun::stages;
+
+namespace {
+
+// The oracle's files: made by the model_oracle CTest fixture, or here when
+// the suite runs on its own.
+const std::string& oracle_dir() {
+  static const std::string dir = [] {
+    std::string d = MODEL_ORACLE_DIR;
+    if (std::filesystem::exists(d + "/complete")) return d;
+    std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_resnet.py' --make '" + d + "'";
+    if (std::system(command.c_str()) != 0) throw std::runtime_error("oracle failed: " + command);
+    return d;
+  }();
+  return dir;
+}
+
+at::Tensor read_f32(const std::string& path, std::vector<int64_t> shape) {
+  std::ifstream in(path, std::ios::binary);
+  at::Tensor t = at::empty(shape);
+  in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * 4));
+  return t;
+}
+
+std::vector<std::string> keys_of(const StateDict& state) {
+  std::vector<std::string> keys;
+  for (const auto& [key, tensor] : state) keys.push_back(key);
+  return keys;
+}
+
+std::string load_error(int depth, int64_t classes, const std::string& file) {
+  try {
+    ResNet net(depth, classes);
+    load_state_dict(*net, read_weights(file), true, file);
+    return "";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
+float max_difference(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<float>(); }
+
+}  // namespace
+
+TEST(Model, KeysAreTorchvisionsInOrder) {
+  for (int depth : {18, 50}) {
+    std::ifstream in(oracle_dir() + "/" + std::to_string(depth) + ".keys");
+    std::vector<std::string> expected;
+    for (std::string line; std::getline(in, line);) expected.push_back(line);
+    ResNet net(depth, 7);
+    std::vector<std::string> ours = keys_of(state_dict(*net));
+    std::sort(ours.begin(), ours.end());
+    std::vector<std::string> theirs = expected;
+    std::sort(theirs.begin(), theirs.end());
+    EXPECT_EQ(ours, theirs) << depth;
+    if (depth == 50) EXPECT_EQ(expected.size(), 320u);
+  }
+}
+
+TEST(Model, TorchvisionPthGivesTheSameLogits) {
+  for (int depth : {18, 50}) {
+    std::string base = oracle_dir() + "/" + std::to_string(depth);
+    StateDict weights = read_torch_state_dict(base + ".pth");
+    ResNet net(depth, 7);
+    LoadReport report = load_state_dict(*net, weights, false, base + ".pth");
+    EXPECT_EQ(report.loaded, weights.size());
+    net->eval();
+    torch::NoGradGuard no_grad;
+    at::Tensor logits = net->forward(read_f32(base + ".input.f32", {2, 3, 32, 32}));
+    EXPECT_LE(max_difference(logits, read_f32(base + ".logits.f32", {2, 7})), 1e-4f) << depth;
+  }
+}
+
+TEST(Model, SafetensorsBothWays) {
+  std::string base = oracle_dir() + "/50";
+  ResNet net(50, 7);
+  load_state_dict(*net, read_safetensors(base + ".safetensors"), false, base + ".safetensors");
+  net->eval();
+  torch::NoGradGuard no_grad;
+  at::Tensor input = read_f32(base + ".input.f32", {2, 3, 32, 32});
+  at::Tensor logits = net->forward(input);
+  EXPECT_LE(max_difference(logits, read_f32(base + ".logits.f32", {2, 7})), 1e-4f);
+  // Exported by flowrun, loaded by torchvision with load_state_dict(strict=True).
+  std::string exported = test::temp_dir() + "/exported.safetensors";
+  write_safetensors(exported, state_dict(*net));
+  std::string out = exported + ".logits";
+  std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_resnet.py' --check 50 '" +
+                        exported + "' '" + base + ".input.f32' '" + out + "'";
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  EXPECT_LE(max_difference(logits, read_f32(out, {2, 7})), 1e-4f);
+  // And read back by flowrun unchanged.
+  StateDict again = read_safetensors(exported);
+  StateDict original = state_dict(*net);
+  ASSERT_EQ(keys_of(again), keys_of(original));
+  for (size_t i = 0; i < again.size(); ++i) EXPECT_TRUE(again[i].second.equal(original[i].second)) << again[i].first;
+}
+
+TEST(Model, NewHeadIsReinitialisedAndReported) {
+  std::string file = oracle_dir() + "/18-1000.pth";
+  ResNet net(18, 7);
+  LoadReport report = load_state_dict(*net, read_weights(file), true, file);
+  EXPECT_EQ(report.reinitialised, (std::vector<std::string>{"fc.weight", "fc.bias"}));
+  EXPECT_EQ(report.loaded, 122u - 2u);
+  EXPECT_EQ(net->fc->weight.size(0), 7);
+  EXPECT_EQ(load_error(18, 7, file), "");
+  try {
+    ResNet strict(18, 7);
+    load_state_dict(*strict, read_weights(file), false, file);
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("key 'fc.weight' has shape [1000, 512] but the model needs [7, 512]"),
+              std::string::npos) << e.what();
+  }
+}
+
+TEST(Model, WrongKeysAreNamed) {
+  const std::string& d = oracle_dir();
+  EXPECT_EQ(load_error(18, 7, d + "/missing.pth"),
+            d + "/missing.pth: weights do not fit the model:\n  missing key 'layer2.0.bn1.running_var' ([128])");
+  EXPECT_EQ(load_error(18, 7, d + "/unexpected.pth"),
+            d + "/unexpected.pth: weights do not fit the model:\n  unexpected key 'layer9.weight' ([3])");
+  EXPECT_EQ(load_error(18, 7, d + "/misshaped.pth"),
+            d + "/misshaped.pth: weights do not fit the model:\n  key 'conv1.weight' has shape [64, 3, 3, 3] but the "
+                "model needs [64, 3, 7, 7]");
+  std::string wrong_depth = load_error(50, 7, d + "/18.pth");
+  EXPECT_NE(wrong_depth.find("missing key 'layer1.0.conv3.weight'"), std::string::npos);
+  EXPECT_NE(wrong_depth.find("... and "), std::string::npos);  // long lists are cut
+}
+
+TEST(Model, PickleCodeIsNeverRun) {
+  const std::string& d = oracle_dir();
+  std::string error = load_error(18, 7, d + "/evil.pth");
+  EXPECT_NE(error.find("refuses the pickle global 'posix.system'"), std::string::npos) << error;
+  EXPECT_FALSE(std::filesystem::exists(d + "/PWNED"));
+}
+
+TEST(Model, BadFilesAreClearErrors) {
+  std::string dir = test::temp_dir();
+  auto write = [&](const std::string& name, const std::string& bytes) {
+    std::ofstream(dir + "/" + name, std::ios::binary) << bytes;
+    return dir + "/" + name;
+  };
+  std::string empty = write("empty.safetensors", "");
+  EXPECT_EQ(load_error(18, 7, empty), empty + ": too short for safetensors");
+  std::string huge = write("huge.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}");
+  EXPECT_EQ(load_error(18, 7, huge), huge + ": safetensors header size is out of range");
+  std::string json = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1000000,1000000],\"data_offsets\":[0,4]}}";
+  std::string header(8, '\0');
+  header[0] = static_cast<char>(json.size());
+  std::string absurd = write("absurd.safetensors", header + json + "abcd");
+  EXPECT_EQ(load_error(18, 7, absurd), absurd + ": 'w' shape does not match its byte size");
+  std::string outside = write("outside.safetensors", header.substr(0, 0) + [&] {
+    std::string j = "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}";
+    std::string h(8, '\0');
+    h[0] = static_cast<char>(j.size());
+    return h + j + "abcd";
+  }());
+  EXPECT_EQ(load_error(18, 7, outside), outside + ": 'w' has data offsets outside the file");
+  std::string zip = write("fake.pth", "PK\x03\x04 not really a zip");
+  EXPECT_EQ(load_error(18, 7, zip).rfind(zip + ": not a readable torch.save zip archive", 0), 0u) << load_error(18, 7, zip);
+  EXPECT_EQ(load_error(18, 7, dir + "/none.pth"), dir + "/none.pth: cannot open weight file");
+}
