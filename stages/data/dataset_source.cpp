@@ -30,6 +30,7 @@ bool DatasetSource::next(Item& item) {
   sample.index = epoch_.indices[position_++];
   sample.label = epoch_.labels[sample.index];
   sample.dataset = info_;
+  sample.epoch_size = static_cast<int64_t>(epoch_.indices.size());
   fill(sample, sample.index);
   item.set(std::move(sample));
   ++visited_;

@@ -91,6 +91,8 @@ void BatchStage::emit_batch(const Emit& emit) {
   batch.mean = pending_.front().normalization->mean;
   batch.std = pending_.front().normalization->std;
   batch.number = number_++;
+  if (int64_t samples = pending_.front().epoch_size; samples > 0)
+    batch.batches_in_epoch = drop_last_ ? samples / size_ : (samples + size_ - 1) / size_;
   pending_.clear();
   images_ += n;
   ++batches_;

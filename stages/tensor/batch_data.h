@@ -21,6 +21,7 @@ struct Batch {
   std::shared_ptr<const DatasetInfo> dataset;
   std::array<float, 3> mean{0, 0, 0}, std{1, 1, 1};  // the normalization applied
   int64_t number = 0;                // position of the batch in its epoch
+  int64_t batches_in_epoch = 0;      // expected batches this epoch (0 = unknown), for schedules
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
 };
 

@@ -1,0 +1,84 @@
+#include "stages/train/evaluate.h"
+
+#include <cstdio>
+
+#include "pipeline/registry.h"
+#include "stages/model/model.h"
+#include "stages/tensor/batch_data.h"
+
+namespace flowrun::stages {
+
+Schema Evaluate::schema() {
+  return Schema("evaluate", "evaluates the model over the whole flow: loss, top-1, top-5, per class, confusion matrix")
+      .param(String("model", "the model stage").def(std::string("model")))
+      .param(String("prefix", "names of the reported figures: PREFIX_loss, PREFIX_top1, ...").def(std::string("val")));
+}
+
+Evaluate::Evaluate(const StageInit& init)
+    : stages_(init.stages), model_name_(init.params.get_string("model")), prefix_(init.params.get_string("prefix")) {}
+
+void Evaluate::begin_epoch(const EpochInfo&) {
+  ModelStage& model = find_model(stages_, model_name_);
+  const int64_t classes = model.classes();
+  loss_sum_ = torch::zeros({}, torch::kDouble);
+  top1_ = torch::zeros({}, torch::kLong);
+  top5_ = torch::zeros({}, torch::kLong);
+  confusion_ = torch::zeros({classes * classes}, torch::kLong);
+  seen_ = 0;
+}
+
+void Evaluate::process(Item& item, const Emit& emit) {
+  Batch& batch = item.get<Batch>();
+  ModelStage& model = find_model(stages_, model_name_);
+  ResNet& net = model.net();
+  net->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor logits = net->forward(batch.images).to(torch::kFloat);
+  torch::Tensor labels = batch.labels;
+  const int64_t classes = logits.size(1);
+  loss_sum_ += torch::nn::functional::cross_entropy(
+                   logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                   .to(torch::kDouble)
+                   .cpu();
+  const int64_t k = std::min<int64_t>(5, classes);
+  torch::Tensor topk = std::get<1>(logits.topk(k, 1));
+  torch::Tensor hits = topk.eq(labels.unsqueeze(1));
+  top1_ += hits.select(1, 0).sum().cpu();
+  top5_ += hits.any(1).sum().cpu();
+  torch::Tensor predicted = topk.select(1, 0);
+  confusion_ += torch::bincount((labels * classes + predicted).cpu(), {}, classes * classes);
+  seen_ += batch.size();
+  emit(item);
+}
+
+void Evaluate::end_epoch(const EpochInfo& epoch) {
+  if (!seen_) return;
+  EvaluationResult r;
+  r.samples = seen_;
+  r.loss = loss_sum_.item<double>() / seen_;
+  r.top1 = static_cast<double>(top1_.item<int64_t>()) / seen_;
+  r.top5 = static_cast<double>(top5_.item<int64_t>()) / seen_;
+  r.classes = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(confusion_.numel()))));
+  torch::Tensor confusion = confusion_.contiguous();
+  r.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
+  for (int64_t c = 0; c < r.classes; ++c) {
+    int64_t total = 0;
+    for (int64_t p = 0; p < r.classes; ++p) total += r.confusion[c * r.classes + p];
+    r.per_class.push_back(total ? static_cast<double>(r.confusion[c * r.classes + c]) / total : 0.0);
+  }
+  last_ = r;
+  std::fprintf(stderr, "epoch %d (%s %d/%d): %s_loss %.4f %s_top1 %.4f %s_top5 %.4f (%lld samples)\n", epoch.epoch + 1,
+               epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, prefix_.c_str(), r.loss,
+               prefix_.c_str(), r.top1, prefix_.c_str(), r.top5, static_cast<long long>(r.samples));
+}
+
+void Evaluate::report(Report& report) const {
+  report.set(prefix_ + "_loss", last_.loss);
+  report.set(prefix_ + "_top1", last_.top1);
+  report.set(prefix_ + "_top5", last_.top5);
+  report.set(prefix_ + "_samples", static_cast<double>(last_.samples));
+}
+
+FLOWRUN_REGISTER_STAGE(Evaluate);
+
+}  // namespace flowrun::stages

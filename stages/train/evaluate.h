@@ -1,0 +1,40 @@
+// `evaluate`: the end of a validation flow. Runs the model in eval mode over
+// every sample, counted per sample (never averaged per batch): loss, top-1,
+// top-5, per-class accuracy and the confusion matrix of each epoch. Reports
+// val_loss, val_top1 and val_top5 of the last epoch.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "pipeline/stage.h"
+
+namespace flowrun::stages {
+
+struct EvaluationResult {
+  int64_t samples = 0;
+  double loss = 0, top1 = 0, top5 = 0;
+  std::vector<double> per_class;        // accuracy per true class (NaN-free: 0 when a class has no samples)
+  std::vector<int64_t> confusion;       // classes x classes, [true][predicted], row-major
+  int64_t classes = 0;
+};
+
+class Evaluate : public SerialStage {
+ public:
+  static Schema schema();
+  explicit Evaluate(const StageInit& init);
+  void begin_epoch(const EpochInfo& epoch) override;
+  void end_epoch(const EpochInfo& epoch) override;
+  void process(Item& item, const Emit& emit) override;
+  void report(Report& report) const override;
+  const EvaluationResult& last() const { return last_; }
+
+ private:
+  const StageDirectory& stages_;
+  std::string model_name_;
+  std::string prefix_;
+  torch::Tensor loss_sum_, top1_, top5_, confusion_;
+  int64_t seen_ = 0;
+  EvaluationResult last_;
+};
+
+}  // namespace flowrun::stages

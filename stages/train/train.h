@@ -1,0 +1,51 @@
+// `train`: the end of the training flow. For each batch: forward, cross-
+// entropy on the raw logits (optional label smoothing), backward, clipping,
+// an optimizer step, and the schedule stepped per batch. It finds the model,
+// optimizer, schedule and freezer stages by name; a new phase (or a gradual
+// unfreeze) rebuilds the optimizer over what is trainable. Reports
+// train_loss and train_top1 of the last epoch.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "pipeline/stage.h"
+#include "stages/train/optimizer.h"
+
+namespace flowrun::stages {
+
+class ModelStage;
+class Freeze;
+class ScheduleStage;
+
+class Train : public SerialStage {
+ public:
+  static Schema schema();
+  explicit Train(const StageInit& init);
+  void begin_epoch(const EpochInfo& epoch) override;
+  void end_epoch(const EpochInfo& epoch) override;
+  void process(Item& item, const Emit& emit) override;
+  void report(Report& report) const override;
+
+ private:
+  void prepare(int64_t batches_in_epoch);
+
+  const StageDirectory& stages_;
+  std::string model_name_, optimizer_name_, schedule_name_, freezer_name_;
+  double label_smoothing_;
+  EpochInfo epoch_;
+  bool prepared_ = false;
+  int phase_ = -1;
+  std::vector<std::string> frozen_;
+  ModelStage* model_ = nullptr;
+  OptimizerStage* optimizer_stage_ = nullptr;
+  ScheduleStage* schedule_ = nullptr;
+  Freeze* freezer_ = nullptr;
+  Optimization optimization_;
+  int64_t step_ = 0, total_steps_ = 0;
+  torch::Tensor loss_sum_, correct_;
+  int64_t seen_ = 0;
+  double last_loss_ = 0, last_top1_ = 0, last_lr_ = 0;
+  int64_t steps_done_ = 0;
+};
+
+}  // namespace flowrun::stages
