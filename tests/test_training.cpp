@@ -1,0 +1,179 @@
+// Training: the one-cycle schedule against PyTorch's, optimizer groups,
+// freezing (frozen tensors bit-identical after steps), training steps that
+// lower the loss, and evaluation counted per sample.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "data_support.h"
+#include "stages/model/model.h"
+#include "stages/tensor/batch_data.h"
+#include "stages/train/evaluate.h"
+#include "stages/train/freeze.h"
+#include "stages/train/optimizer.h"
+#include "stages/train/schedule.h"
+#include "stages/train/train.h"
+#include "test_support.h"
+
+using namespace flowrun;
+using namespace flowrun::stages;
+
+namespace {
+
+std::string run_command(const std::string& command) {
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  while (pipe && fgets(buffer, sizeof buffer, pipe)) out += buffer;
+  if (pipe) pclose(pipe);
+  return out;
+}
+
+Item batch_item(int64_t n, int64_t classes, int64_t seed, int64_t batches_in_epoch = 4) {
+  torch::manual_seed(seed);
+  Batch batch;
+  batch.images = torch::randn({n, 3, 32, 32});
+  batch.labels = torch::randint(classes, {n}, torch::kLong);
+  batch.batches_in_epoch = batches_in_epoch;
+  Item item;
+  item.set(std::move(batch));
+  return item;
+}
+
+EpochInfo epoch_info(int epoch, int epochs = 2, const std::string& phase = "main") {
+  EpochInfo info;
+  info.phase = phase;
+  info.epoch = epoch;
+  info.epoch_in_phase = epoch;
+  info.epochs_in_phase = epochs;
+  return info;
+}
+
+const std::string kModel = "source = count\nmodel = resnet depth=18 classes=3\n";
+
+}  // namespace
+
+TEST(Schedule, OneCycleMatchesPyTorch) {
+  for (const char* anneal : {"cos", "linear"}) {
+    std::string out = run_command(std::string("/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/onecycle.py' 0.01 37 0.3 ") +
+                                  anneal + " 25 10000");
+    nlohmann::json expected = nlohmann::json::parse(out);
+    test::StageBench bench(std::string("source = count\nsched = onecycle anneal=") + anneal + "\n");
+    auto& schedule = static_cast<ScheduleStage&>(bench.stage("sched"));
+    for (int step = 0; step < 37; ++step) {
+      EXPECT_NEAR(0.01 * schedule.lr_factor(step, 37), expected["lr"][step].get<double>(), 1e-12) << anneal << step;
+      EXPECT_NEAR(*schedule.momentum(step, 37), expected["momentum"][step].get<double>(), 1e-12) << anneal << step;
+    }
+  }
+}
+
+TEST(Optimizer, GroupsGiveDiscriminativeRatesAndDecayExemptions) {
+  test::StageBench bench(kModel + "optim = adamw lr=0.01 wd=0.05 backbone_lr_factor=0.1\n");
+  ResNet& net = find_model(bench, "model").net();
+  Optimization o = find_optimizer(bench, "optim").build(*net);
+  ASSERT_EQ(o.optimizer->param_groups().size(), 4u);
+  std::vector<double> lrs, decays;
+  for (auto& group : o.optimizer->param_groups()) {
+    lrs.push_back(group.options().get_lr());
+    decays.push_back(static_cast<torch::optim::AdamWOptions&>(group.options()).weight_decay());
+  }
+  EXPECT_EQ(lrs, (std::vector<double>{0.01, 0.01, 0.001, 0.001}));  // head, head, backbone, backbone
+  EXPECT_EQ(decays, (std::vector<double>{0.05, 0.0, 0.05, 0.0}));   // biases and BatchNorm exempt
+  EXPECT_EQ(o.optimizer->param_groups()[0].params().size(), 1u);    // fc.weight
+}
+
+TEST(Freeze, FrozenTensorsStayBitIdenticalAndBatchNormKeepsItsStatistics) {
+  for (bool train_bn : {false, true}) {
+    test::StageBench bench(kModel + "optim = sgd lr=0.1\nfreezer = freeze mode=backbone train_bn=" +
+                           (train_bn ? "true" : "false") + "\ntrain = train scheduler=\"\"\n");
+    ResNet& net = find_model(bench, "model").net();
+    StateDict before;
+    for (const auto& [key, tensor] : state_dict(*net)) before.emplace_back(key, tensor.clone());
+    auto& train = static_cast<Train&>(bench.stage("train"));
+    train.begin_epoch(epoch_info(0));
+    for (int step = 0; step < 3; ++step) train.process(*std::make_unique<Item>(batch_item(8, 3, step)), [](Item) {});
+    StateDict after = state_dict(*net);
+    int changed_head = 0, changed_backbone = 0, changed_bn_stats = 0;
+    for (size_t i = 0; i < after.size(); ++i) {
+      bool same = after[i].second.equal(before[i].second);
+      const std::string& key = after[i].first;
+      if (key.rfind("fc.", 0) == 0) changed_head += !same;
+      else if (key.find("running_") != std::string::npos || key.find("num_batches") != std::string::npos) changed_bn_stats += !same;
+      else changed_backbone += !same;
+    }
+    EXPECT_EQ(changed_head, 2) << train_bn;
+    EXPECT_EQ(changed_backbone, 0) << train_bn;  // no gradient, no update
+    if (train_bn) EXPECT_GT(changed_bn_stats, 0);
+    else EXPECT_EQ(changed_bn_stats, 0);  // frozen BatchNorm stays in eval mode
+  }
+}
+
+TEST(Freeze, UntilAndGradualUnfreezing) {
+  test::StageBench bench(kModel + "freezer = freeze mode=until until=layer2 unfreeze_every=1\n");
+  ResNet& net = find_model(bench, "model").net();
+  auto& freezer = static_cast<Freeze&>(bench.stage("freezer"));
+  EXPECT_EQ(freezer.apply(*net, 0), (std::vector<std::string>{"stem", "layer1", "layer2"}));
+  EXPECT_FALSE(net->layer2->parameters().front().requires_grad());
+  EXPECT_TRUE(net->layer3->parameters().front().requires_grad());
+  EXPECT_EQ(freezer.apply(*net, 1), (std::vector<std::string>{"stem", "layer1"}));
+  EXPECT_TRUE(net->layer2->parameters().front().requires_grad());
+  EXPECT_EQ(freezer.apply(*net, 5), std::vector<std::string>{});
+}
+
+TEST(Train, StepsLowerTheLossOnABatch) {
+  test::StageBench bench(kModel + "optim = adam lr=0.01\nsched = onecycle\ntrain = train freezer=\"\"\n");
+  auto& train = static_cast<Train&>(bench.stage("train"));
+  ResNet& net = find_model(bench, "model").net();
+  Item item = batch_item(16, 3, 7, /*batches_in_epoch=*/20);
+  auto loss_now = [&] {
+    net->eval();
+    torch::NoGradGuard no_grad;
+    const Batch& b = item.get<Batch>();
+    return torch::nn::functional::cross_entropy(net->forward(b.images), b.labels).item<double>();
+  };
+  double before = loss_now();
+  train.begin_epoch(epoch_info(0, 1));
+  for (int step = 0; step < 15; ++step) train.process(item, [](Item) {});
+  train.end_epoch(epoch_info(0, 1));
+  EXPECT_LT(loss_now(), before * 0.5);
+  Report report;
+  train.report(report);
+  EXPECT_EQ(report.figures().at("train_steps"), 15.0);
+}
+
+TEST(Evaluate, CountsEverySampleNotEveryBatch) {
+  test::StageBench bench(kModel + "evaluate = evaluate\n");
+  auto& evaluate = static_cast<Evaluate&>(bench.stage("evaluate"));
+  ResNet& net = find_model(bench, "model").net();
+  net->eval();
+  std::vector<Item> batches = {batch_item(5, 3, 1), batch_item(2, 3, 2)};  // a smaller last batch
+  int64_t correct = 0;
+  double loss = 0;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& item : batches) {
+      const Batch& b = item.get<Batch>();
+      torch::Tensor logits = net->forward(b.images);
+      correct += (logits.argmax(1) == b.labels).sum().item<int64_t>();
+      loss += torch::nn::functional::cross_entropy(logits, b.labels,
+                                                   torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                  .item<double>();
+    }
+  }
+  evaluate.begin_epoch(epoch_info(0, 1));
+  for (auto& item : batches) evaluate.process(item, [](Item) {});
+  evaluate.end_epoch(epoch_info(0, 1));
+  const EvaluationResult& r = evaluate.last();
+  EXPECT_EQ(r.samples, 7);
+  EXPECT_DOUBLE_EQ(r.top1, correct / 7.0);
+  EXPECT_NEAR(r.loss, loss / 7.0, 1e-5);
+  EXPECT_DOUBLE_EQ(r.top5, 1.0);  // 3 classes: the top 5 hold them all
+  int64_t total = 0, diagonal = 0;
+  for (int64_t t = 0; t < 3; ++t)
+    for (int64_t p = 0; p < 3; ++p) total += r.confusion[t * 3 + p], diagonal += t == p ? r.confusion[t * 3 + p] : 0;
+  EXPECT_EQ(total, 7);
+  EXPECT_EQ(diagonal, correct);
+}
