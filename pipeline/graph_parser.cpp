@@ -525,7 +525,9 @@ bool parse_override(const std::string& text, const std::string& origin, ParamOve
   // taken as it stands, so `--set source.root=/data/train` needs no quotes.
   size_t eq = text.find('=');
   bool raw_value = false;
-  if (eq != std::string::npos && eq + 1 < text.size() && text[eq + 1] != '"' && text[eq + 1] != '[') {
+  if (eq != std::string::npos && eq + 1 == text.size()) {
+    raw_value = true;  // `--set stage.path=`: the empty string
+  } else if (eq != std::string::npos && text[eq + 1] != '"' && text[eq + 1] != '[') {
     Diagnostics scratch;
     std::string value_text = text.substr(eq + 1);
     std::vector<Token> value_tokens = Lexer(value_text, origin, scratch).run();

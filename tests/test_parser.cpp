@@ -162,6 +162,9 @@ TEST(Parser, CommandLineValuesNeedNoQuotes) {
   ASSERT_TRUE(parse_override("s.name=\"quoted\"", "--set #3", o, diagnostics));
   EXPECT_EQ(o.value.kind, RawValue::Kind::String);
   EXPECT_EQ(o.value.text, "quoted");
+  ASSERT_TRUE(parse_override("s.path=", "--set #5", o, diagnostics));
+  EXPECT_EQ(o.value.kind, RawValue::Kind::Word);
+  EXPECT_EQ(o.value.text, "");
   ASSERT_TRUE(parse_override("s.n=-3", "--set #4", o, diagnostics));
   EXPECT_EQ(o.value.kind, RawValue::Kind::Int);
   EXPECT_EQ(o.value.int_value, -3);

@@ -2,7 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
 #include <map>
+#include <thread>
+
+#include "pipeline/executor.h"
+#include "pipeline/graph.h"
 #include <stdexcept>
 
 #include "pipeline/registry.h"
@@ -70,16 +75,37 @@ Schema ModelStage::schema() {
       .param(Int("depth", "18, 34, 50 or 101").def(int64_t{50}).range(18, 101))
       .param(Int("classes", "outputs of the head (fc)").range(1, 1000000))
       .param(Path("weights", "a torchvision .pth or a safetensors file; \"\" = random initialisation").def(std::string("")))
+      .param(Path("pretrain", "a graph that makes `weights` when the file does not exist yet (run once, then cached)")
+                 .def(std::string("")))
       .check([](const Params& p) {
         int64_t d = p.get_int("depth");
         return d == 18 || d == 34 || d == 50 || d == 101 ? "" : "depth must be 18, 34, 50 or 101";
       });
 }
 
+namespace {
+// Runs the graph that makes a missing weights file, in this process.
+void make_weights(const std::string& graph_path, const std::string& weights) {
+  spdlog::warn("{} does not exist yet: making it with {} (once; later runs reuse it)", weights, graph_path);
+  Diagnostics diagnostics;
+  GraphSpec spec = parse_graph_file(graph_path, diagnostics);
+  if (!diagnostics.empty()) throw std::runtime_error(diagnostics.format());
+  ResolvedGraph graph = resolve_graph(spec, Registry::global());
+  RunOptions options;
+  options.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  RunResult result = run_graph(graph, options);
+  if (result.interrupted) throw std::runtime_error("interrupted while making " + weights);
+  if (!std::filesystem::exists(weights))
+    throw std::runtime_error(graph_path + " ran but did not write " + weights + " (add a save_weights stage)");
+}
+}  // namespace
+
 ModelStage::ModelStage(const StageInit& init)
     : classes_(init.params.get_int("classes")), weights_(init.params.get_string("weights")) {
   const int depth = static_cast<int>(init.params.get_int("depth"));
   net_ = ResNet(depth, classes_);
+  const std::string pretrain = init.params.get_string("pretrain");
+  if (!weights_.empty() && !pretrain.empty() && !std::filesystem::exists(weights_)) make_weights(pretrain, weights_);
   if (!weights_.empty()) {
     StateDict weights = read_weights(weights_);
     load_ = load_state_dict(*net_, weights, /*allow_new_head=*/true, weights_);

@@ -30,6 +30,7 @@ class Evaluate : public SerialStage {
 
  private:
   const StageDirectory& stages_;
+  std::string name_;
   std::string model_name_;
   std::string prefix_;
   torch::Tensor loss_sum_, top1_, top5_, confusion_;

@@ -22,6 +22,7 @@ Schema Train::schema() {
 
 Train::Train(const StageInit& init)
     : stages_(init.stages),
+      name_(init.name),
       model_name_(init.params.get_string("model")),
       optimizer_name_(init.params.get_string("optimizer")),
       schedule_name_(init.params.get_string("scheduler")),
@@ -105,8 +106,8 @@ void Train::end_epoch(const EpochInfo& epoch) {
   if (!seen_) return;
   last_loss_ = loss_sum_.item<double>() / seen_;
   last_top1_ = static_cast<double>(correct_.item<int64_t>()) / seen_;
-  std::fprintf(stderr, "epoch %d (%s %d/%d): train_loss %.4f train_top1 %.4f lr %.3g\n", epoch.epoch + 1,
-               epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, last_loss_, last_top1_, last_lr_);
+  std::fprintf(stderr, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g\n", epoch.epoch + 1, epoch.phase.c_str(),
+               epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_, last_top1_, last_lr_);
 }
 
 void Train::report(Report& report) const {

@@ -30,6 +30,7 @@ class Train : public SerialStage {
   void prepare(int64_t batches_in_epoch);
 
   const StageDirectory& stages_;
+  std::string name_;
   std::string model_name_, optimizer_name_, schedule_name_, freezer_name_;
   double label_smoothing_;
   EpochInfo epoch_;

@@ -1,0 +1,28 @@
+#include "stages/model/save_weights.h"
+
+#include <spdlog/spdlog.h>
+
+#include "pipeline/registry.h"
+#include "stages/model/model.h"
+
+namespace flowrun::stages {
+
+Schema SaveWeights::schema() {
+  return Schema("save_weights", "writes the model's weights as safetensors when the run completes")
+      .param(String("model", "the model stage").def(std::string("model")))
+      .param(Path("path", "the .safetensors file to write"));
+}
+
+SaveWeights::SaveWeights(const StageInit& init)
+    : stages_(init.stages), model_(init.params.get_string("model")), path_(init.params.get_string("path")) {}
+
+void SaveWeights::on_stop(bool interrupted) {
+  if (interrupted) return;
+  write_safetensors(path_, state_dict(*find_model(stages_, model_).net()));
+  saved_ = true;
+  spdlog::info("saved weights to {}", path_);
+}
+
+FLOWRUN_REGISTER_STAGE(SaveWeights);
+
+}  // namespace flowrun::stages
