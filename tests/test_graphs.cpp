@@ -24,17 +24,25 @@ TEST(Graphs, PretrainThenFinetuneAtTinyScale) {
   ASSERT_EQ(pretrain.exit_code, 0) << pretrain.err;
   ASSERT_TRUE(std::filesystem::exists(source));
 
-  std::string summary_path = dir + "/summary.json";
-  auto finetune = test::run_flowrun({"graphs/finetune.graph", "--threads", "2", "--summary-json", summary_path,
-                                     "--set", "model.depth=18", "--set", "scratch_model.depth=18",
-                                     "--set", "model.weights=" + source,
-                                     "--set", "train_sampler.per_class.k=4",
-                                     "--set", "val_sampler.per_class.k=5",
-                                     "--set", "head.epochs=1", "--set", "full.epochs=1",
-                                     "--set", "save.path=" + target});
+  auto run_finetune = [&](const std::string& summary_path) {
+    return test::run_flowrun({"graphs/finetune.graph", "--threads", "2", "--summary-json", summary_path,
+                              "--set", "model.depth=18", "--set", "scratch_model.depth=18",
+                              "--set", "model.weights=" + source,
+                              "--set", "train_sampler.per_class.k=4",
+                              "--set", "val_sampler.per_class.k=5",
+                              "--set", "head.epochs=1", "--set", "full.epochs=1",
+                              "--set", "save.path=" + target});
+  };
+  auto finetune = run_finetune(dir + "/summary.json");
   ASSERT_EQ(finetune.exit_code, 0) << finetune.err;
-  std::ifstream in(summary_path);
+  std::ifstream in(dir + "/summary.json");
   nlohmann::json summary = nlohmann::json::parse(in);
+  // Same graph, same seed: the same numbers.
+  ASSERT_EQ(run_finetune(dir + "/again.json").exit_code, 0);
+  std::ifstream again_in(dir + "/again.json");
+  nlohmann::json again = nlohmann::json::parse(again_in);
+  for (const char* key : {"val_loss", "val_top1", "scratch_val_loss", "train_loss"})
+    EXPECT_EQ(summary[key], again[key]) << key;
   for (const char* key : {"val_top1", "val_top5", "val_loss", "scratch_val_top1", "train_loss"}) {
     ASSERT_TRUE(summary.contains(key)) << key;
     EXPECT_GE(summary[key].get<double>(), 0.0) << key;

@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "pipeline/registry.h"
+#include "stages/common/random.h"
 
 namespace flowrun::stages {
 
@@ -103,6 +104,9 @@ void make_weights(const std::string& graph_path, const std::string& weights) {
 ModelStage::ModelStage(const StageInit& init)
     : classes_(init.params.get_int("classes")), weights_(init.params.get_string("weights")) {
   const int depth = static_cast<int>(init.params.get_int("depth"));
+  // Initial weights from (run seed, stage name): not from whatever else used
+  // LibTorch's generator before (a pretraining run, another model).
+  torch::manual_seed(mix64(init.run.seed ^ hash_name(init.name)));
   net_ = ResNet(depth, classes_);
   const std::string pretrain = init.params.get_string("pretrain");
   if (!weights_.empty() && !pretrain.empty() && !std::filesystem::exists(weights_)) make_weights(pretrain, weights_);
