@@ -118,7 +118,8 @@ class Resolver {
                            (raw.kind == RawValue::Kind::List ? "" : " '" + raw.text + "'"));
       return false;
     };
-    if (raw.kind == RawValue::Kind::Word && raw.text == "auto") {
+    if (raw.kind == RawValue::Kind::Word && raw.text == "auto" && spec.type != ValueType::String &&
+        spec.type != ValueType::Path) {
       if (!spec.allow_auto) return mismatch(std::string(to_string(spec.type)) + " (auto is not allowed here)");
       out = Auto{};
       return true;

@@ -3,6 +3,7 @@
 // beside training from scratch, and the saved weights load back.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -54,6 +55,22 @@ TEST(Graphs, PretrainThenFinetuneAtTinyScale) {
   stages::ResNet net(18, 4);
   stages::LoadReport report = stages::load_state_dict(*net, stages::read_weights(target), false, target);
   EXPECT_EQ(report.loaded, 122u);
+
+  // Predictions with those weights: a CSV row per sample and the grid.
+  auto predict = test::run_flowrun({"graphs/predict.graph", "--threads", "2", "--set", "model.depth=18",
+                                    "--set", "model.weights=" + target, "--set", "sampler.per_class.k=3",
+                                    "--set", "predict.csv=" + dir + "/p.csv", "--set", "predict.grid=" + dir + "/p.png"});
+  ASSERT_EQ(predict.exit_code, 0) << predict.err;
+  std::ifstream csv(dir + "/p.csv");
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(csv, line);) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 13u);  // header + 4 classes x 3
+  EXPECT_EQ(lines[0].rfind("path,true_class,predicted_class,top1_class,top1_prob", 0), 0u);
+  for (size_t i = 1; i < lines.size(); ++i) {
+    EXPECT_EQ(lines[i].rfind("sample #", 0), 0u) << lines[i];
+    EXPECT_EQ(std::count(lines[i].begin(), lines[i].end(), ','), 12) << lines[i];
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir + "/p.png"));
 }
 
 TEST(Graphs, MissingSourceWithoutPretrainGraphIsAClearError) {

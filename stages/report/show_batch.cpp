@@ -8,6 +8,7 @@
 #include "pipeline/registry.h"
 #include "stages/report/image_grid.h"
 #include "stages/tensor/batch_data.h"
+#include "stages/tensor/batch_image.h"
 
 namespace flowrun::stages {
 
@@ -32,30 +33,16 @@ ShowBatch::ShowBatch(const StageInit& init)
 void ShowBatch::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
   if (epoch_ == epoch_wanted_ && batch.number == batch_wanted_) {
-    at::Tensor images = batch.images.to(at::kCPU).to(at::kFloat);
-    const int64_t n = std::min<int64_t>(images.size(0), max_images_);
-    const int channels = static_cast<int>(images.size(1)), height = static_cast<int>(images.size(2)),
-              width = static_cast<int>(images.size(3));
+    const int64_t n = std::min<int64_t>(batch.size(), max_images_);
     at::Tensor labels = batch.labels.to(at::kCPU);
     std::vector<GridTile> tiles;
     for (int64_t i = 0; i < n; ++i) {
-      at::Tensor chw = images[i].contiguous();
-      const float* data = chw.data_ptr<float>();
       GridTile tile;
-      tile.image = Image(width, height, channels == 1 ? 1 : 3);
-      for (int y = 0; y < height; ++y)
-        for (int x = 0; x < width; ++x)
-          for (int c = 0; c < tile.image.channels; ++c) {
-            float v = data[(static_cast<size_t>(c) * height + y) * width + x] * batch.std[c] + batch.mean[c];
-            tile.image.row(y)[x * tile.image.channels + c] =
-                static_cast<uint8_t>(std::clamp(std::lround(v * 255.0f), 0L, 255L));
-          }
-      int64_t label = labels[i].item<int64_t>();
-      const auto* names = batch.dataset ? &batch.dataset->class_names : nullptr;
-      tile.title = names && label >= 0 && label < static_cast<int64_t>(names->size()) ? (*names)[label]
-                                                                                      : std::to_string(label);
+      tile.image = batch_image(batch, i);
+      tile.title = class_name(batch, labels[i].item<int64_t>());
       tiles.push_back(std::move(tile));
     }
+    const int width = tiles.front().image.width, height = tiles.front().image.height;
     int tile_px = tile_px_ > 0 ? static_cast<int>(tile_px_) : std::max(96, std::max(width, height));
     write_image_grid(path_, tiles, static_cast<int>(std::min<int64_t>(columns_, n)), tile_px);
     written_ = true;

@@ -1,0 +1,112 @@
+#include "stages/report/predict.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iomanip>
+#include <stdexcept>
+
+#include "pipeline/registry.h"
+#include "stages/model/model.h"
+#include "stages/tensor/batch_image.h"
+
+namespace flowrun::stages {
+
+namespace {
+// RFC 4180: quote fields holding commas, quotes or line breaks.
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return quoted + "\"";
+}
+}  // namespace
+
+Schema Predict::schema() {
+  return Schema("predict", "the model's predictions: a CSV with top-5 probabilities and a PNG grid true/predicted")
+      .param(String("model", "the model stage").def(std::string("model")))
+      .param(Path("csv", "the CSV to write"))
+      .param(Path("grid", "the PNG grid to write; \"\" = none").def(std::string("")))
+      .param(Int("grid_images", "images in the grid (the recipe shows 9)").def(int64_t{9}).range(1, 1024))
+      .param(Int("columns", "grid images per row").def(int64_t{9}).range(1, 64));
+}
+
+Predict::Predict(const StageInit& init)
+    : stages_(init.stages),
+      model_name_(init.params.get_string("model")),
+      csv_path_(init.params.get_string("csv")),
+      grid_path_(init.params.get_string("grid")),
+      grid_count_(init.params.get_int("grid_images")),
+      columns_(init.params.get_int("columns")) {
+  std::filesystem::path target(csv_path_);
+  std::error_code ec;
+  if (target.has_parent_path()) std::filesystem::create_directories(target.parent_path(), ec);
+  temporary_ = csv_path_ + ".tmp." + std::to_string(getpid());
+  csv_.open(temporary_, std::ios::trunc);
+  if (!csv_) throw std::runtime_error(csv_path_ + ": cannot write");
+  csv_ << "path,true_class,predicted_class,top1_class,top1_prob,top2_class,top2_prob,top3_class,top3_prob,"
+          "top4_class,top4_prob,top5_class,top5_prob\n";
+}
+
+void Predict::process(Item& item, const Emit& emit) {
+  const Batch& batch = item.get<Batch>();
+  ResNet& net = find_model(stages_, model_name_).net();
+  net->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor probabilities = torch::softmax(net->forward(batch.images).to(torch::kFloat), 1).cpu();
+  const int64_t k = std::min<int64_t>(5, probabilities.size(1));
+  auto [top_p, top_i] = probabilities.topk(k, 1);
+  torch::Tensor labels = batch.labels.cpu();
+  for (int64_t i = 0; i < batch.size(); ++i) {
+    const int64_t label = labels[i].item<int64_t>();
+    const int64_t guess = top_i[i][0].item<int64_t>();
+    std::string path = !batch.paths[i].empty() ? batch.paths[i] : "sample #" + std::to_string(batch.indices[i]);
+    csv_ << csv_field(path) << "," << (label >= 0 ? csv_field(class_name(batch, label)) : "") << ","
+         << csv_field(class_name(batch, guess));
+    for (int64_t j = 0; j < 5; ++j) {
+      if (j < k)
+        csv_ << "," << csv_field(class_name(batch, top_i[i][j].item<int64_t>())) << "," << std::fixed
+             << std::setprecision(6) << top_p[i][j].item<float>();
+      else
+        csv_ << ",,";
+    }
+    csv_ << "\n";
+    ++predicted_;
+    if (label >= 0) {
+      ++labelled_;
+      correct_ += label == guess;
+    }
+    if (static_cast<int64_t>(tiles_.size()) < grid_count_ && !grid_path_.empty()) {
+      GridTile tile;
+      tile.image = batch_image(batch, i);
+      tile.title = (label >= 0 ? class_name(batch, label) : std::string("?")) + " / " + class_name(batch, guess);
+      tile.highlight = label >= 0 && label != guess;
+      tiles_.push_back(std::move(tile));
+    }
+  }
+  if (!csv_) throw std::runtime_error(csv_path_ + ": write failed");
+  emit(item);
+}
+
+void Predict::on_stop(bool interrupted) {
+  csv_.close();
+  if (interrupted) {
+    std::remove(temporary_.c_str());  // a partial CSV never replaces a complete one
+    return;
+  }
+  if (std::rename(temporary_.c_str(), csv_path_.c_str()) != 0) throw std::runtime_error(csv_path_ + ": cannot write");
+  if (!tiles_.empty()) {
+    int tile_px = std::max(96, std::max(tiles_.front().image.width, tiles_.front().image.height));
+    write_image_grid(grid_path_, tiles_, static_cast<int>(std::min<int64_t>(columns_, tiles_.size())), tile_px);
+  }
+}
+
+void Predict::report(Report& report) const {
+  report.set("predicted", static_cast<double>(predicted_));
+  if (labelled_) report.set("predict_top1", static_cast<double>(correct_) / labelled_);
+}
+
+FLOWRUN_REGISTER_STAGE(Predict);
+
+}  // namespace flowrun::stages

@@ -1,0 +1,32 @@
+// `predict`: the model's predictions for every sample that reaches it: a CSV
+// (path, true class when known, predicted class, the top-5 classes with
+// their probabilities) streamed to a temporary file and renamed into place
+// when the run completes, and a PNG grid of the first images titled
+// "true / predicted" (wrong ones in red), as the recipe's last plot.
+#pragma once
+
+#include <fstream>
+
+#include "pipeline/stage.h"
+#include "stages/report/image_grid.h"
+
+namespace flowrun::stages {
+
+class Predict : public SerialStage {
+ public:
+  static Schema schema();
+  explicit Predict(const StageInit& init);
+  void process(Item& item, const Emit& emit) override;
+  void on_stop(bool interrupted) override;
+  void report(Report& report) const override;
+
+ private:
+  const StageDirectory& stages_;
+  std::string model_name_, csv_path_, grid_path_, temporary_;
+  int64_t grid_count_, columns_;
+  std::ofstream csv_;
+  std::vector<GridTile> tiles_;
+  int64_t predicted_ = 0, correct_ = 0, labelled_ = 0;
+};
+
+}  // namespace flowrun::stages
