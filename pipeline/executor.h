@@ -47,7 +47,7 @@ struct StageStats {
   double wait_input_s = 0;    // idle capacity: no item to work on
   double wait_output_s = 0;   // held back by the in-flight bound (sources; other stages hand on without blocking)
   double output_queue_ms = 0; // mean time an output waited for the next stage: downstream pressure
-  double utilization = 0;     // busy / (elapsed x concurrency)
+  double utilization = 0;     // busy / (time its flow ran x concurrency)
   std::map<std::string, double> figures;  // from Stage::report
 };
 
