@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <stdexcept>
 #include <memory>
 #include <string>
 #include <typeindex>
@@ -77,6 +78,15 @@ class StageDirectory {
   // The ops of stage `name` (one, or several for a piped stage); empty when
   // the current phase has no such stage.
   virtual std::vector<Stage*> find(const std::string& name) const = 0;
+  // The stage `name` as a T; throws naming `what` when there is no such
+  // stage in this phase or it is of another kind.
+  template <class T>
+  T& require(const std::string& name, const std::string& what) const {
+    std::vector<Stage*> ops = find(name);
+    T* stage = ops.empty() ? nullptr : dynamic_cast<T*>(ops.front());
+    if (!stage) throw std::runtime_error("no " + what + " stage named '" + name + "' in this phase");
+    return *stage;
+  }
 };
 
 // Everything a stage is built from.

@@ -129,10 +129,7 @@ void ModelStage::report(Report& report) const {
 }
 
 ModelStage& find_model(const StageDirectory& stages, const std::string& name) {
-  std::vector<Stage*> ops = stages.find(name);
-  auto* model = ops.empty() ? nullptr : dynamic_cast<ModelStage*>(ops.front());
-  if (!model) throw std::runtime_error("no model stage named '" + name + "'");
-  return *model;
+  return stages.require<ModelStage>(name, "model");
 }
 
 FLOWRUN_REGISTER_STAGE(ModelStage);

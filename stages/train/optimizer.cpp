@@ -52,10 +52,7 @@ void OptimizerStage::clip(const Optimization& optimization) const {
 }
 
 OptimizerStage& find_optimizer(const StageDirectory& stages, const std::string& name) {
-  std::vector<Stage*> ops = stages.find(name);
-  auto* optimizer = ops.empty() ? nullptr : dynamic_cast<OptimizerStage*>(ops.front());
-  if (!optimizer) throw std::runtime_error("no optimizer stage named '" + name + "' in this phase");
-  return *optimizer;
+  return stages.require<OptimizerStage>(name, "optimizer");
 }
 
 }  // namespace flowrun::stages

@@ -35,12 +35,7 @@ void Train::begin_epoch(const EpochInfo& epoch) {
   model_ = &find_model(stages_, model_name_);
   optimizer_stage_ = &find_optimizer(stages_, optimizer_name_);
   schedule_ = find_schedule(stages_, schedule_name_);
-  freezer_ = nullptr;
-  if (!freezer_name_.empty()) {
-    std::vector<Stage*> ops = stages_.find(freezer_name_);
-    freezer_ = ops.empty() ? nullptr : dynamic_cast<Freeze*>(ops.front());
-    if (!freezer_) throw std::runtime_error("no freeze stage named '" + freezer_name_ + "' in this phase");
-  }
+  freezer_ = freezer_name_.empty() ? nullptr : &stages_.require<Freeze>(freezer_name_, "freeze");
   loss_sum_ = torch::zeros({}, torch::kDouble);
   correct_ = torch::zeros({}, torch::kLong);
   seen_ = 0;
