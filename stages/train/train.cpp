@@ -65,6 +65,10 @@ void Train::prepare(int64_t batches_in_epoch) {
     total_steps_ = std::max<int64_t>(1, batches_in_epoch * epoch_.epochs_in_phase);
   }
   prepared_ = true;
+  char title[128];
+  std::snprintf(title, sizeof title, "epoch %d (%s %d/%d) %s", epoch_.epoch + 1, epoch_.phase.c_str(),
+                epoch_.epoch_in_phase + 1, epoch_.epochs_in_phase, name_.c_str());
+  progress_.begin(title, batches_in_epoch);
 }
 
 void Train::process(Item& item, const Emit& emit) {
@@ -94,10 +98,12 @@ void Train::process(Item& item, const Emit& emit) {
   loss_sum_ += loss.detach().to(torch::kDouble).cpu() * n;
   correct_ += (logits.argmax(1) == batch.labels).sum().cpu();
   seen_ += n;
+  progress_.update(n, [&] { return loss_sum_.item<double>() / seen_; });
   emit(item);
 }
 
 void Train::end_epoch(const EpochInfo& epoch) {
+  progress_.end();
   if (!seen_) return;
   last_loss_ = loss_sum_.item<double>() / seen_;
   last_top1_ = static_cast<double>(correct_.item<int64_t>()) / seen_;

@@ -10,6 +10,7 @@
 
 #include "pipeline/stage.h"
 #include "stages/train/optimizer.h"
+#include "stages/train/progress.h"
 
 namespace flowrun::stages {
 
@@ -47,6 +48,7 @@ class Train : public SerialStage {
   int64_t seen_ = 0;
   double last_loss_ = 0, last_top1_ = 0, last_lr_ = 0;
   int64_t steps_done_ = 0;
+  Progress progress_;
 };
 
 }  // namespace flowrun::stages
