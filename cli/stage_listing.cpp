@@ -35,7 +35,7 @@ std::string format_stage_listing(const Registry& registry) {
     for (const auto& extra : engine_params(type.schema.kind())) params.push_back(extra);
     for (const auto& spec : params) {
       std::string shown_default = spec.required() ? "(required)" : "= " + format_value(*spec.default_value);
-      std::snprintf(line, sizeof line, "    %-14s %-12s %-16s %s\n", spec.name.c_str(), to_string(spec.type),
+      std::snprintf(line, sizeof line, "    %-18s %-12s %-16s %s\n", spec.name.c_str(), to_string(spec.type),
                     shown_default.c_str(), describe_param(spec).c_str());
       out << line;
     }

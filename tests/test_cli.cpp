@@ -65,7 +65,7 @@ TEST(Cli, ListStagesShowsTypesDefaultsAndPluginStages) {
   auto result = run_flowrun({"--list-stages", "--plugin", FLOWRUN_PLUGIN_DIR "/libflowrun_example.so"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_NE(result.out.find("count (source, built-in)"), std::string::npos) << result.out;
-  EXPECT_NE(result.out.find("    count          int          = 1000           items per epoch [>= 0]"),
+  EXPECT_NE(result.out.find("    count              int          = 1000           items per epoch [>= 0]"),
             std::string::npos)
       << result.out;
   EXPECT_NE(result.out.find("multiply (transform, " FLOWRUN_PLUGIN_DIR "/libflowrun_example.so)"), std::string::npos);
