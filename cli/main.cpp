@@ -32,7 +32,7 @@ struct Options {
   bool check = false, list_stages = false;
   int threads = 0;
   int64_t seed = -1;
-  std::string log_level = "warn", profile, summary_json;
+  std::string log_level = "warn", profile, summary_json, run_dir;
 };
 
 int usage_error(const std::string& message) {
@@ -53,7 +53,9 @@ po::options_description describe_options(Options& o) {
       ("seed", po::value(&o.seed), "seed of every random choice (overrides run.seed)")
       ("log-level", po::value(&o.log_level)->default_value("warn"), "trace, debug, info, warn, error or off")
       ("profile", po::value(&o.profile), "write a Chrome trace-event JSON of stage activity to FILE")
-      ("summary-json", po::value(&o.summary_json), "write the run's final figures as JSON to FILE");
+      ("summary-json", po::value(&o.summary_json), "write the run's final figures as JSON to FILE")
+      ("run-dir", po::value(&o.run_dir), "write the resolved graph, per-epoch metrics (CSV, JSON Lines, plots) and "
+                                        "the summary into DIR");
   return visible;
 }
 
@@ -146,6 +148,15 @@ int main(int argc, char** argv) {
                     : graph.run.threads ? static_cast<int>(graph.run.threads)
                                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   options.profile_path = o.profile;
+  options.run_dir = o.run_dir;
+  if (!o.run_dir.empty()) {
+    try {
+      write_file_atomically(o.run_dir + "/graph.resolved", graph.format());
+    } catch (const std::exception& e) {
+      std::cerr << "flowrun: error: " << e.what() << "\n";
+      return kExitRunFailed;
+    }
+  }
   install_stop_signal_handlers();
   spdlog::info("running {} with {} threads, seed {}", o.graph, options.threads, graph.run.seed);
   RunResult result;
@@ -156,9 +167,12 @@ int main(int argc, char** argv) {
     return kExitRunFailed;
   }
   std::cerr << format_stage_table(result);
-  if (!o.summary_json.empty()) {
+  std::vector<std::string> summaries;
+  if (!o.summary_json.empty()) summaries.push_back(o.summary_json);
+  if (!o.run_dir.empty()) summaries.push_back(o.run_dir + "/summary.json");
+  for (const auto& path : summaries) {
     try {
-      write_file_atomically(o.summary_json, summary_json(result).dump(2) + "\n");
+      write_file_atomically(path, summary_json(result).dump(2) + "\n");
     } catch (const std::exception& e) {
       std::cerr << "flowrun: error: " << e.what() << "\n";
       return kExitRunFailed;

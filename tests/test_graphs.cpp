@@ -27,6 +27,7 @@ TEST(Graphs, PretrainThenFinetuneAtTinyScale) {
 
   auto run_finetune = [&](const std::string& summary_path) {
     return test::run_flowrun({"graphs/finetune.graph", "--threads", "2", "--summary-json", summary_path,
+                              "--run-dir", dir + "/run",
                               "--set", "model.depth=18", "--set", "scratch_model.depth=18",
                               "--set", "model.weights=" + source,
                               "--set", "train_sampler.per_class.k=4",
@@ -35,9 +36,28 @@ TEST(Graphs, PretrainThenFinetuneAtTinyScale) {
                               "--set", "save.path=" + target});
   };
   auto finetune = run_finetune(dir + "/summary.json");
+  // The run directory: resolved graph, per-epoch metrics and plots, summary.
+  ASSERT_EQ(run_finetune(dir + "/with-run-dir.json").exit_code, 0);
   ASSERT_EQ(finetune.exit_code, 0) << finetune.err;
   std::ifstream in(dir + "/summary.json");
   nlohmann::json summary = nlohmann::json::parse(in);
+  std::ifstream metrics(dir + "/run/metrics.csv");
+  std::string header, row1, row2, extra;
+  std::getline(metrics, header), std::getline(metrics, row1), std::getline(metrics, row2);
+  EXPECT_EQ(header, "epoch,phase,scratch_train_loss,scratch_train_lr,scratch_train_top1,scratch_val_loss,scratch_val_top1,"
+                    "scratch_val_top5,train_loss,train_lr,train_top1,val_loss,val_top1,val_top5");
+  EXPECT_EQ(row1.rfind("1,head,", 0), 0u) << row1;
+  EXPECT_EQ(row2.rfind("2,full,", 0), 0u) << row2;
+  EXPECT_FALSE(std::getline(metrics, extra));
+  std::ifstream jsonl(dir + "/run/metrics.jsonl");
+  int jsonl_lines = 0;
+  for (std::string line; std::getline(jsonl, line); ++jsonl_lines)
+    EXPECT_TRUE(nlohmann::json::parse(line).contains("val_top1")) << line;
+  EXPECT_EQ(jsonl_lines, 2);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/run/metrics.png"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/run/summary.json"));
+  auto check = test::run_flowrun({"--check", dir + "/run/graph.resolved"});
+  EXPECT_EQ(check.exit_code, 0) << check.err;  // the resolved graph is a graph again
   // Same graph, same seed: the same numbers.
   ASSERT_EQ(run_finetune(dir + "/again.json").exit_code, 0);
   std::ifstream again_in(dir + "/again.json");

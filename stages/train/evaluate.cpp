@@ -15,7 +15,11 @@ Schema Evaluate::schema() {
 }
 
 Evaluate::Evaluate(const StageInit& init)
-    : stages_(init.stages), name_(init.name), model_name_(init.params.get_string("model")), prefix_(init.params.get_string("prefix")) {}
+    : stages_(init.stages),
+      name_(init.name),
+      model_name_(init.params.get_string("model")),
+      prefix_(init.params.get_string("prefix")),
+      metrics_(MetricsLog::of(init)) {}
 
 void Evaluate::begin_epoch(const EpochInfo&) {
   ModelStage& model = find_model(stages_, model_name_);
@@ -67,6 +71,7 @@ void Evaluate::end_epoch(const EpochInfo& epoch) {
     r.per_class.push_back(total ? static_cast<double>(r.confusion[c * r.classes + c]) / total : 0.0);
   }
   last_ = r;
+  metrics_->record(epoch, {{prefix_ + "_loss", r.loss}, {prefix_ + "_top1", r.top1}, {prefix_ + "_top5", r.top5}});
   std::fprintf(stderr, "epoch %d (%s %d/%d) %s: %s_loss %.4f %s_top1 %.4f %s_top5 %.4f (%lld samples)\n",
                epoch.epoch + 1, epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(),
                prefix_.c_str(), r.loss, prefix_.c_str(), r.top1, prefix_.c_str(), r.top5, static_cast<long long>(r.samples));

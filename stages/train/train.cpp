@@ -27,7 +27,8 @@ Train::Train(const StageInit& init)
       optimizer_name_(init.params.get_string("optimizer")),
       schedule_name_(init.params.get_string("scheduler")),
       freezer_name_(init.params.get_string("freezer")),
-      label_smoothing_(init.params.get_float("label_smoothing")) {}
+      label_smoothing_(init.params.get_float("label_smoothing")),
+      metrics_(MetricsLog::of(init)) {}
 
 void Train::begin_epoch(const EpochInfo& epoch) {
   epoch_ = epoch;
@@ -107,6 +108,7 @@ void Train::end_epoch(const EpochInfo& epoch) {
   if (!seen_) return;
   last_loss_ = loss_sum_.item<double>() / seen_;
   last_top1_ = static_cast<double>(correct_.item<int64_t>()) / seen_;
+  metrics_->record(epoch, {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_}, {name_ + "_lr", last_lr_}});
   std::fprintf(stderr, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g\n", epoch.epoch + 1, epoch.phase.c_str(),
                epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_, last_top1_, last_lr_);
 }

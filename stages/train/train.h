@@ -10,6 +10,7 @@
 
 #include "pipeline/stage.h"
 #include "stages/train/optimizer.h"
+#include "stages/report/metrics_log.h"
 #include "stages/train/progress.h"
 
 namespace flowrun::stages {
@@ -49,6 +50,7 @@ class Train : public SerialStage {
   double last_loss_ = 0, last_top1_ = 0, last_lr_ = 0;
   int64_t steps_done_ = 0;
   Progress progress_;
+  std::shared_ptr<MetricsLog> metrics_;
 };
 
 }  // namespace flowrun::stages

@@ -1,0 +1,161 @@
+#include "stages/report/metrics_log.h"
+
+#include <cairo.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "pipeline/atomic_file.h"
+
+namespace flowrun::stages {
+
+std::shared_ptr<MetricsLog> MetricsLog::of(const StageInit& init) {
+  static std::mutex mutex;  // stages are built on one thread, but be safe
+  std::lock_guard<std::mutex> lock(mutex);
+  auto log = init.services.find<MetricsLog>("metrics");
+  if (!log) {
+    log = std::make_shared<MetricsLog>(init.run.run_dir);
+    init.services.provide("metrics", log);
+  }
+  return log;
+}
+
+void MetricsLog::record(const EpochInfo& epoch, const std::map<std::string, double>& figures) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto row = std::find_if(rows_.begin(), rows_.end(), [&](const Row& r) { return r.epoch == epoch.epoch + 1; });
+  if (row == rows_.end()) {
+    rows_.push_back({epoch.epoch + 1, epoch.phase, {}});
+    row = rows_.end() - 1;
+  }
+  for (const auto& [key, value] : figures) row->figures[key] = value;
+  if (!run_dir_.empty()) write();
+}
+
+namespace {
+
+// One chart: the series whose names end with `suffix` (loss, top1) per epoch.
+void draw_chart(cairo_t* cr, double x0, double y0, double w, double h, const std::string& title,
+                const std::vector<std::pair<std::string, std::vector<std::pair<int, double>>>>& series, int epochs) {
+  const double left = 50, right = 10, top = 28, bottom = 30;
+  double lo = 1e300, hi = -1e300;
+  for (const auto& [name, points] : series)
+    for (const auto& [epoch, value] : points) lo = std::min(lo, value), hi = std::max(hi, value);
+  if (lo > hi) lo = 0, hi = 1;
+  if (hi - lo < 1e-9) hi = lo + 1;
+  const double pad = (hi - lo) * 0.05;
+  lo -= pad, hi += pad;
+  auto px = [&](double epoch) { return x0 + left + (w - left - right) * (epochs > 1 ? (epoch - 1) / (epochs - 1) : 0.5); };
+  auto py = [&](double value) { return y0 + top + (h - top - bottom) * (1 - (value - lo) / (hi - lo)); };
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_set_font_size(cr, 13);
+  cairo_move_to(cr, x0 + left, y0 + 18);
+  cairo_show_text(cr, title.c_str());
+  cairo_set_line_width(cr, 1);
+  cairo_rectangle(cr, x0 + left, y0 + top, w - left - right, h - top - bottom);
+  cairo_stroke(cr);
+  cairo_set_font_size(cr, 10);
+  for (int k = 0; k <= 4; ++k) {  // value ticks
+    double v = lo + (hi - lo) * k / 4;
+    char text[32];
+    std::snprintf(text, sizeof text, "%.3g", v);
+    cairo_move_to(cr, x0 + 4, py(v) + 3);
+    cairo_show_text(cr, text);
+  }
+  for (int e = 1; e <= epochs; ++e) {  // epoch ticks
+    char text[16];
+    std::snprintf(text, sizeof text, "%d", e);
+    cairo_move_to(cr, px(e) - 3, y0 + h - bottom + 14);
+    cairo_show_text(cr, text);
+  }
+  cairo_move_to(cr, x0 + w / 2 - 15, y0 + h - 4);
+  cairo_show_text(cr, "epoch");
+  static const double colours[][3] = {{0.12, 0.47, 0.71}, {1.0, 0.5, 0.05}, {0.17, 0.63, 0.17}, {0.84, 0.15, 0.16},
+                                      {0.58, 0.4, 0.74}, {0.55, 0.34, 0.29}};
+  for (size_t s = 0; s < series.size(); ++s) {
+    const auto& c = colours[s % 6];
+    cairo_set_source_rgb(cr, c[0], c[1], c[2]);
+    cairo_set_line_width(cr, 2);
+    const auto& points = series[s].second;
+    for (size_t i = 0; i < points.size(); ++i) {
+      if (i == 0) cairo_move_to(cr, px(points[i].first), py(points[i].second));
+      else cairo_line_to(cr, px(points[i].first), py(points[i].second));
+    }
+    cairo_stroke(cr);
+    for (const auto& [epoch, value] : points) {
+      cairo_arc(cr, px(epoch), py(value), 2.5, 0, 2 * M_PI);
+      cairo_fill(cr);
+    }
+    cairo_move_to(cr, x0 + w - right - 150, y0 + top + 14 + 13 * static_cast<double>(s));  // legend
+    cairo_show_text(cr, series[s].first.c_str());
+  }
+}
+
+}  // namespace
+
+void MetricsLog::write() const {
+  std::set<std::string> keys;
+  for (const auto& row : rows_)
+    for (const auto& [key, value] : row.figures) keys.insert(key);
+  write_file_atomically(run_dir_ + "/metrics.csv", [&](std::ostream& out) {
+    out << "epoch,phase";
+    for (const auto& key : keys) out << "," << key;
+    out << "\n" << std::setprecision(9);
+    for (const auto& row : rows_) {
+      out << row.epoch << "," << row.phase;
+      for (const auto& key : keys) {
+        out << ",";
+        auto it = row.figures.find(key);
+        if (it != row.figures.end()) out << it->second;
+      }
+      out << "\n";
+    }
+  });
+  write_file_atomically(run_dir_ + "/metrics.jsonl", [&](std::ostream& out) {
+    for (const auto& row : rows_) {
+      nlohmann::json line = row.figures;
+      line["epoch"] = row.epoch;
+      line["phase"] = row.phase;
+      out << line.dump() << "\n";
+    }
+  });
+  // Loss and accuracy per epoch, side by side.
+  using Series = std::vector<std::pair<std::string, std::vector<std::pair<int, double>>>>;
+  Series loss, accuracy;
+  for (const auto& key : keys) {
+    Series* target = key.size() >= 4 && key.compare(key.size() - 4, 4, "loss") == 0   ? &loss
+                     : key.size() >= 4 && key.compare(key.size() - 4, 4, "top1") == 0 ? &accuracy
+                                                                                       : nullptr;
+    if (!target) continue;
+    std::vector<std::pair<int, double>> points;
+    for (const auto& row : rows_)
+      if (auto it = row.figures.find(key); it != row.figures.end() && std::isfinite(it->second))
+        points.emplace_back(row.epoch, it->second);
+    target->emplace_back(key, points);
+  }
+  const int epochs = rows_.empty() ? 1 : rows_.back().epoch;
+  const int width = 900, height = 340;
+  cairo_surface_t* surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height);
+  cairo_t* cr = cairo_create(surface);
+  cairo_set_source_rgb(cr, 1, 1, 1);
+  cairo_paint(cr);
+  cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+  draw_chart(cr, 0, 0, width / 2.0, height, "loss per epoch", loss, epochs);
+  draw_chart(cr, width / 2.0, 0, width / 2.0, height, "top-1 accuracy per epoch", accuracy, epochs);
+  cairo_destroy(cr);
+  const std::string path = run_dir_ + "/metrics.png", temporary = path + ".tmp." + std::to_string(getpid());
+  cairo_status_t status = cairo_surface_write_to_png(surface, temporary.c_str());
+  cairo_surface_destroy(surface);
+  if (status != CAIRO_STATUS_SUCCESS || std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::remove(temporary.c_str());
+    throw std::runtime_error(path + ": error: cannot write PNG");
+  }
+}
+
+}  // namespace flowrun::stages

@@ -1,0 +1,39 @@
+// Per-epoch figures of a run (train loss, validation accuracy...), gathered
+// from the stages that make them and written into the run directory after
+// every epoch: metrics.csv, metrics.jsonl and plots of loss and accuracy
+// (metrics.png, drawn with Cairo). Every file is rewritten whole, atomically.
+// Shared by the stages of a run through Services ("metrics").
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pipeline/stage.h"
+
+namespace flowrun::stages {
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(std::string run_dir) : run_dir_(std::move(run_dir)) {}
+  // The run's log, made by the first stage that asks.
+  static std::shared_ptr<MetricsLog> of(const StageInit& init);
+
+  // Records figures of `epoch` and rewrites the files (when there is a run directory).
+  void record(const EpochInfo& epoch, const std::map<std::string, double>& figures);
+
+ private:
+  void write() const;
+  struct Row {
+    int epoch = 0;
+    std::string phase;
+    std::map<std::string, double> figures;
+  };
+  std::string run_dir_;
+  std::mutex mutex_;
+  std::vector<Row> rows_;
+};
+
+}  // namespace flowrun::stages
