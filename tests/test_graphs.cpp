@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "stages/model/model.h"
 #include "test_support.h"
@@ -55,6 +56,19 @@ TEST(Graphs, PretrainThenFinetuneAtTinyScale) {
     EXPECT_TRUE(nlohmann::json::parse(line).contains("val_top1")) << line;
   EXPECT_EQ(jsonl_lines, 2);
   EXPECT_TRUE(std::filesystem::exists(dir + "/run/metrics.png"));
+  std::ifstream confusion(dir + "/run/val_confusion.csv");
+  std::vector<std::string> confusion_lines;
+  for (std::string line; std::getline(confusion, line);) confusion_lines.push_back(line);
+  ASSERT_EQ(confusion_lines.size(), 5u);  // header + 4 classes
+  EXPECT_EQ(confusion_lines[0], "true\\predicted,Shirt,Sneaker,Bag,Ankle boot,accuracy");
+  int counted = 0;
+  for (size_t r = 1; r < 5; ++r) {
+    std::stringstream row(confusion_lines[r]);
+    std::string cell;
+    std::getline(row, cell, ',');
+    for (int c = 0; c < 4; ++c) std::getline(row, cell, ','), counted += std::stoi(cell);
+  }
+  EXPECT_EQ(counted, 20);  // every validation sample counted once
   EXPECT_TRUE(std::filesystem::exists(dir + "/run/summary.json"));
   auto check = test::run_flowrun({"--check", dir + "/run/graph.resolved"});
   EXPECT_EQ(check.exit_code, 0) << check.err;  // the resolved graph is a graph again

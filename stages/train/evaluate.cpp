@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "pipeline/atomic_file.h"
 #include "pipeline/registry.h"
 #include "stages/model/model.h"
 #include "stages/tensor/batch_data.h"
@@ -19,6 +20,7 @@ Evaluate::Evaluate(const StageInit& init)
       name_(init.name),
       model_name_(init.params.get_string("model")),
       prefix_(init.params.get_string("prefix")),
+      run_dir_(init.run.run_dir),
       metrics_(MetricsLog::of(init)) {}
 
 void Evaluate::begin_epoch(const EpochInfo&) {
@@ -52,6 +54,7 @@ void Evaluate::process(Item& item, const Emit& emit) {
   torch::Tensor predicted = topk.select(1, 0);
   confusion_ += torch::bincount((labels * classes + predicted).cpu(), {}, classes * classes);
   seen_ += batch.size();
+  if (class_names_.empty() && batch.dataset) class_names_ = batch.dataset->class_names;
   emit(item);
 }
 
@@ -72,9 +75,32 @@ void Evaluate::end_epoch(const EpochInfo& epoch) {
   }
   last_ = r;
   metrics_->record(epoch, {{prefix_ + "_loss", r.loss}, {prefix_ + "_top1", r.top1}, {prefix_ + "_top5", r.top5}});
+  if (!run_dir_.empty()) write_confusion();
   std::fprintf(stderr, "epoch %d (%s %d/%d) %s: %s_loss %.4f %s_top1 %.4f %s_top5 %.4f (%lld samples)\n",
                epoch.epoch + 1, epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(),
                prefix_.c_str(), r.loss, prefix_.c_str(), r.top1, prefix_.c_str(), r.top5, static_cast<long long>(r.samples));
+}
+
+void Evaluate::write_confusion() const {
+  auto name = [&](int64_t c) {
+    return c < static_cast<int64_t>(class_names_.size()) ? class_names_[c] : std::to_string(c);
+  };
+  auto field = [](const std::string& text) {  // RFC 4180 quoting
+    if (text.find_first_of(",\"\n") == std::string::npos) return text;
+    std::string quoted = "\"";
+    for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return quoted + "\"";
+  };
+  write_file_atomically(run_dir_ + "/" + prefix_ + "_confusion.csv", [&](std::ostream& out) {
+    out << "true\\predicted";
+    for (int64_t c = 0; c < last_.classes; ++c) out << "," << field(name(c));
+    out << ",accuracy\n";
+    for (int64_t t = 0; t < last_.classes; ++t) {
+      out << field(name(t));
+      for (int64_t p = 0; p < last_.classes; ++p) out << "," << last_.confusion[t * last_.classes + p];
+      out << "," << last_.per_class[t] << "\n";
+    }
+  });
 }
 
 void Evaluate::report(Report& report) const {

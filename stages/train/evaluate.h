@@ -27,6 +27,8 @@ class Evaluate : public SerialStage {
   void end_epoch(const EpochInfo& epoch) override;
   void process(Item& item, const Emit& emit) override;
   void report(Report& report) const override;
+  // DIR/PREFIX_confusion.csv: rows = true class, columns = predicted, plus per-class accuracy.
+  void write_confusion() const;
   const EvaluationResult& last() const { return last_; }
 
  private:
@@ -34,6 +36,8 @@ class Evaluate : public SerialStage {
   std::string name_;
   std::string model_name_;
   std::string prefix_;
+  std::string run_dir_;
+  std::vector<std::string> class_names_;
   torch::Tensor loss_sum_, top1_, top5_, confusion_;
   int64_t seen_ = 0;
   EvaluationResult last_;
