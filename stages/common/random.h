@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace flowrun::stages {
 
@@ -33,6 +35,17 @@ class Rng {
   // Uniform integer in [0, n); n > 0. (Multiply-shift: bias below 2^-64 * n.)
   uint64_t below(uint64_t n) { return static_cast<uint64_t>((static_cast<unsigned __int128>(next()) * n) >> 64); }
   bool chance(double p) { return uniform() < p; }
+
+  // Fisher-Yates: a uniformly random order of all of v.
+  template <class T>
+  void shuffle(std::vector<T>& v) {
+    for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[below(i)]);
+  }
+  // Moves a uniformly random choice of k elements to the front of v (k <= size).
+  template <class T>
+  void choose_front(std::vector<T>& v, size_t k) {
+    for (size_t i = 0; i < k; ++i) std::swap(v[i], v[i + below(v.size() - i)]);
+  }
 
  private:
   uint64_t state_;

@@ -25,10 +25,10 @@ void Balanced::apply(SampleSet& set, int epoch) const {
   Rng rng(seed_, stream_, static_cast<uint64_t>(epoch));
   std::vector<int64_t> out;
   for (auto& [label, members] : by_class) {
-    for (size_t i = members.size(); i > 1; --i) std::swap(members[i - 1], members[rng.below(i)]);
+    rng.shuffle(members);
     for (size_t i = 0; i < target; ++i) out.push_back(members[i % members.size()]);
   }
-  for (size_t i = out.size(); i > 1; --i) std::swap(out[i - 1], out[rng.below(i)]);
+  rng.shuffle(out);
   set.indices = std::move(out);
 }
 

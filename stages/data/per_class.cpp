@@ -28,7 +28,7 @@ void PerClass::apply(SampleSet& set, int) const {
                              ? set.class_names[label] : std::to_string(label);
       spdlog::warn("per_class: class '{}' has {} samples, fewer than k={}; taking all", name, members.size(), k_);
     }
-    for (size_t i = 0; i < take; ++i) std::swap(members[i], members[i + rng.below(members.size() - i)]);
+    rng.choose_front(members, take);
     kept.insert(kept.end(), members.begin(), members.begin() + take);
   }
   set.indices = keep_in_order(set.indices, std::move(kept));

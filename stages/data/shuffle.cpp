@@ -10,9 +10,7 @@ Schema Shuffle::schema() {
 }
 
 void Shuffle::apply(SampleSet& set, int epoch) const {
-  Rng rng(seed_, stream_, static_cast<uint64_t>(epoch));
-  auto& v = set.indices;
-  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng.below(i)]);
+  Rng(seed_, stream_, static_cast<uint64_t>(epoch)).shuffle(set.indices);
 }
 
 FLOWRUN_REGISTER_STAGE(Shuffle);

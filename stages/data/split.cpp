@@ -30,7 +30,7 @@ void Split::apply(SampleSet& set, int) const {
   std::vector<int64_t> kept;
   for (auto& [label, members] : groups) {
     Rng rng(seed_, stream_, 0, static_cast<uint64_t>(label));
-    for (size_t i = members.size(); i > 1; --i) std::swap(members[i - 1], members[rng.below(i)]);
+    rng.shuffle(members);
     size_t n_val = static_cast<size_t>(std::llround(val_fraction_ * static_cast<double>(members.size())));
     if (val_part_) kept.insert(kept.end(), members.begin(), members.begin() + n_val);
     else kept.insert(kept.end(), members.begin() + n_val, members.end());

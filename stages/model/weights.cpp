@@ -142,21 +142,13 @@ class Unpickler {
         case 'j': push(memo_get(le(4))); break;         // LONG_BINGET
         case 'c': {                                     // GLOBAL "module\nname\n"
           std::string module = line(), name = line();
-          std::string full = module + "." + name;
-          if (!allowed_global(full)) error("refuses the pickle global '" + full + "' (only a state dict's globals are allowed)");
-          auto g = make(PValue::Kind::Global);
-          g->s = full;
-          push(g);
+          push(global(module + "." + name));
           break;
         }
         case 0x93: {                                    // STACK_GLOBAL
           PRef name = pop(), module = pop();
           if (name->kind != PValue::Kind::String || module->kind != PValue::Kind::String) error("bad STACK_GLOBAL");
-          std::string full = module->s + "." + name->s;
-          if (!allowed_global(full)) error("refuses the pickle global '" + full + "' (only a state dict's globals are allowed)");
-          auto g = make(PValue::Kind::Global);
-          g->s = full;
-          push(g);
+          push(global(module->s + "." + name->s));
           break;
         }
         case 'Q': push(persistent(pop())); break;       // BINPERSID
@@ -215,6 +207,13 @@ class Unpickler {
     auto v = make(PValue::Kind::String);
     v->s.assign(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
     return v;
+  }
+  // A global the pickle names: only a state dict's are allowed, nothing runs.
+  PRef global(const std::string& full) {
+    if (!allowed_global(full)) error("refuses the pickle global '" + full + "' (only a state dict's globals are allowed)");
+    auto g = make(PValue::Kind::Global);
+    g->s = full;
+    return g;
   }
   static PRef boolean(bool b) {
     auto v = make(PValue::Kind::Bool);

@@ -74,12 +74,21 @@ void write_image_grid(const std::string& path, const std::vector<GridTile>& tile
     cairo_show_text(cr, tile.title.c_str());
   }
   cairo_destroy(cr);
+  try {
+    write_png(path, canvas);
+  } catch (...) {
+    cairo_surface_destroy(canvas);
+    throw;
+  }
+  cairo_surface_destroy(canvas);
+}
+
+void write_png(const std::string& path, cairo_surface_t* surface) {
   std::filesystem::path target(path);
   std::error_code ec;
   if (target.has_parent_path()) std::filesystem::create_directories(target.parent_path(), ec);
   const std::string temporary = path + ".tmp." + std::to_string(getpid());
-  cairo_status_t status = cairo_surface_write_to_png(canvas, temporary.c_str());
-  cairo_surface_destroy(canvas);
+  cairo_status_t status = cairo_surface_write_to_png(surface, temporary.c_str());
   if (status != CAIRO_STATUS_SUCCESS) {
     std::remove(temporary.c_str());
     throw std::runtime_error(path + ": error: cannot write PNG: " + cairo_status_to_string(status));

@@ -2,6 +2,8 @@
 // show_batch's batch preview and predict's results use the same drawing.
 #pragma once
 
+#include <cairo.h>
+
 #include <string>
 #include <vector>
 
@@ -19,5 +21,9 @@ struct GridTile {
 // (the longer side), and writes the PNG to `path` via a temporary file.
 // Throws std::runtime_error naming the file on failure.
 void write_image_grid(const std::string& path, const std::vector<GridTile>& tiles, int columns, int tile_px);
+
+// Writes a Cairo surface as a PNG via a temporary file and a rename (the
+// parent folder is made when missing). Throws naming the file on failure.
+void write_png(const std::string& path, cairo_surface_t* surface);
 
 }  // namespace flowrun::stages

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "pipeline/atomic_file.h"
+#include "stages/report/image_grid.h"
 
 namespace flowrun::stages {
 
@@ -149,13 +150,13 @@ void MetricsLog::write() const {
   draw_chart(cr, 0, 0, width / 2.0, height, "loss per epoch", loss, epochs);
   draw_chart(cr, width / 2.0, 0, width / 2.0, height, "top-1 accuracy per epoch", accuracy, epochs);
   cairo_destroy(cr);
-  const std::string path = run_dir_ + "/metrics.png", temporary = path + ".tmp." + std::to_string(getpid());
-  cairo_status_t status = cairo_surface_write_to_png(surface, temporary.c_str());
-  cairo_surface_destroy(surface);
-  if (status != CAIRO_STATUS_SUCCESS || std::rename(temporary.c_str(), path.c_str()) != 0) {
-    std::remove(temporary.c_str());
-    throw std::runtime_error(path + ": error: cannot write PNG");
+  try {
+    write_png(run_dir_ + "/metrics.png", surface);
+  } catch (...) {
+    cairo_surface_destroy(surface);
+    throw;
   }
+  cairo_surface_destroy(surface);
 }
 
 }  // namespace flowrun::stages

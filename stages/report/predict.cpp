@@ -9,19 +9,10 @@
 
 #include "pipeline/registry.h"
 #include "stages/model/model.h"
+#include "stages/report/csv.h"
 #include "stages/tensor/batch_image.h"
 
 namespace flowrun::stages {
-
-namespace {
-// RFC 4180: quote fields holding commas, quotes or line breaks.
-std::string csv_field(const std::string& text) {
-  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
-  std::string quoted = "\"";
-  for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return quoted + "\"";
-}
-}  // namespace
 
 Schema Predict::schema() {
   return Schema("predict", "the model's predictions: a CSV with top-5 probabilities and a PNG grid true/predicted")

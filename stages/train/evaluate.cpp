@@ -5,6 +5,7 @@
 #include "pipeline/atomic_file.h"
 #include "pipeline/registry.h"
 #include "stages/model/model.h"
+#include "stages/report/csv.h"
 #include "stages/tensor/batch_data.h"
 
 namespace flowrun::stages {
@@ -24,8 +25,8 @@ Evaluate::Evaluate(const StageInit& init)
       metrics_(MetricsLog::of(init)) {}
 
 void Evaluate::begin_epoch(const EpochInfo&) {
-  ModelStage& model = find_model(stages_, model_name_);
-  const int64_t classes = model.classes();
+  model_ = &find_model(stages_, model_name_);
+  const int64_t classes = model_->classes();
   loss_sum_ = torch::zeros({}, torch::kDouble);
   top1_ = torch::zeros({}, torch::kLong);
   top5_ = torch::zeros({}, torch::kLong);
@@ -35,8 +36,7 @@ void Evaluate::begin_epoch(const EpochInfo&) {
 
 void Evaluate::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
-  ModelStage& model = find_model(stages_, model_name_);
-  ResNet& net = model.net();
+  ResNet& net = model_->net();
   net->eval();
   torch::NoGradGuard no_grad;
   torch::Tensor logits = net->forward(batch.images).to(torch::kFloat);
@@ -85,18 +85,12 @@ void Evaluate::write_confusion() const {
   auto name = [&](int64_t c) {
     return c < static_cast<int64_t>(class_names_.size()) ? class_names_[c] : std::to_string(c);
   };
-  auto field = [](const std::string& text) {  // RFC 4180 quoting
-    if (text.find_first_of(",\"\n") == std::string::npos) return text;
-    std::string quoted = "\"";
-    for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
-    return quoted + "\"";
-  };
   write_file_atomically(run_dir_ + "/" + prefix_ + "_confusion.csv", [&](std::ostream& out) {
     out << "true\\predicted";
-    for (int64_t c = 0; c < last_.classes; ++c) out << "," << field(name(c));
+    for (int64_t c = 0; c < last_.classes; ++c) out << "," << csv_field(name(c));
     out << ",accuracy\n";
     for (int64_t t = 0; t < last_.classes; ++t) {
-      out << field(name(t));
+      out << csv_field(name(t));
       for (int64_t p = 0; p < last_.classes; ++p) out << "," << last_.confusion[t * last_.classes + p];
       out << "," << last_.per_class[t] << "\n";
     }

@@ -11,6 +11,8 @@
 
 namespace flowrun::stages {
 
+class ModelStage;
+
 struct EvaluationResult {
   int64_t samples = 0;
   double loss = 0, top1 = 0, top5 = 0;
@@ -35,6 +37,7 @@ class Evaluate : public SerialStage {
   const StageDirectory& stages_;
   std::string name_;
   std::string model_name_;
+  ModelStage* model_ = nullptr;  // found at begin_epoch
   std::string prefix_;
   std::string run_dir_;
   std::vector<std::string> class_names_;
