@@ -100,6 +100,7 @@ class Resolver {
     for (const auto& decl : spec_.phases) graph.phases.push_back(resolve_phase(decl));
 
     apply_command_line(overrides, graph, run);
+    check_ops(graph);
 
     graph.run.seed = static_cast<uint64_t>(run.get_int("seed"));
     graph.run.in_flight = run.get_int("in_flight");
@@ -226,7 +227,8 @@ class Resolver {
   // Typed values for all of a schema's parameters from what was written.
   Params typed_params(const Schema& schema, const std::vector<ParamAssign>& given, const Location& owner_where,
                       const std::string& owner, const std::string& base_dir,
-                      const std::vector<ParamSpec>& extra = {}, std::map<std::string, Value>* extra_out = nullptr) {
+                      const std::vector<ParamSpec>& extra = {}, std::map<std::string, Value>* extra_out = nullptr,
+                      bool defer_required = false) {
     std::map<std::string, Value> values;
     std::map<std::string, Location> seen;
     for (const auto& assign : given) {
@@ -259,6 +261,7 @@ class Resolver {
         continue;
       }
       if (spec.required()) {
+        if (defer_required) continue;  // the command line may still give it: check_ops decides
         error(owner_where, "missing required parameter '" + spec.name + "' (" + to_string(spec.type) + ") for " + owner);
         continue;
       }
@@ -296,10 +299,9 @@ class Resolver {
       std::string owner = "stage '" + decl.name + "' (" + op_decl.type + ")";
       ResolvedOp op{op_decl.type, type,
                     typed_params(type->schema, op_decl.params, op_decl.where, owner, base_dir, engine_params(kind),
-                                 &engine_values)};
-      if (diagnostics_.size() == errors_before)
-        for (const auto& rule : type->schema.checks())
-          if (std::string problem = rule(op.params); !problem.empty()) error(op_decl.where, owner + ": " + problem);
+                                 &engine_values, /*defer_required=*/true),
+                    op_decl.where};
+      if (diagnostics_.size() != errors_before) op.stage_type = nullptr;  // reported: check_ops leaves it be
       auto concurrency = engine_values.find("concurrency");
       if (concurrency != engine_values.end()) {
         if (concurrency_set) error(op_decl.where, "'concurrency' is set twice in stage '" + decl.name + "'");
@@ -577,6 +579,32 @@ class Resolver {
       }
     }
     if (spec_.phases.empty()) graph.phases.front().epochs = run.get_int("epochs");
+  }
+
+  // Once the command line has had its say: every required parameter has a
+  // value, and the schemas' cross-parameter rules hold (each problem reported
+  // once, though a stage appears in every phase).
+  void check_ops(ResolvedGraph& graph) {
+    std::set<std::string> reported;
+    auto report = [&](const Location& where, const std::string& message) {
+      if (reported.insert(where_text(where) + message).second) error(where, message);
+    };
+    for (auto& phase : graph.phases)
+      for (auto& stage : phase.stages)
+        for (auto& op : stage.ops) {
+          if (!op.stage_type) continue;
+          const Schema& schema = op.stage_type->schema;
+          const std::string owner = "stage '" + stage.name + "' (" + op.type + ")";
+          bool complete = true;
+          for (const auto& spec : schema.params())
+            if (spec.required() && !op.params.has(spec.name)) {
+              report(op.where, "missing required parameter '" + spec.name + "' (" + to_string(spec.type) + ") for " + owner);
+              complete = false;
+            }
+          if (!complete) continue;
+          for (const auto& rule : schema.checks())
+            if (std::string problem = rule(op.params); !problem.empty()) report(op.where, owner + ": " + problem);
+        }
   }
 
   bool apply_setting(const Schema& schema, const ParamOverride& o, Params& params, const std::string& owner) {

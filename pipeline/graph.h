@@ -25,6 +25,7 @@ struct ResolvedOp {
   std::string type;
   const StageType* stage_type = nullptr;
   Params params;
+  Location where;  // of the op in the graph file
 };
 
 struct ResolvedStage {

@@ -86,6 +86,13 @@ TEST(Validation, OutOfRangeAndChoices) {
             "test.graph:2:53: error: parameter 'mean' = 2 is out of range [0.0, 1.0]\n");
 }
 
+TEST(Validation, ARequiredParameterMayComeFromTheCommandLine) {
+  const std::string text = "source = count count=1\nk = kitchen\nflow source -> k\n";
+  EXPECT_EQ(errors_of(text, {"k.size=3"}), "");
+  EXPECT_EQ(test::resolve_text(text, {"k.size=3"}).phases[0].find("k")->ops[0].params.get_int("size"), 3);
+  EXPECT_EQ(errors_of(text), "test.graph:2:5: error: missing required parameter 'size' (int) for stage 'k' (kitchen)\n");
+}
+
 TEST(Validation, MissingRequiredAndDuplicates) {
   std::string errors = errors_of("source = count count=1 count=2\nk = kitchen\nk = sink\nsink = sink\n");
   EXPECT_EQ(errors,
