@@ -41,6 +41,13 @@ void collect(const fs::path& dir, std::set<fs::path>& visited, std::vector<std::
 
 }  // namespace
 
+std::vector<std::string> list_images_below(const std::string& dir) {
+  std::set<fs::path> visited;
+  std::vector<std::string> out;
+  collect(dir, visited, out, 0);
+  return out;
+}
+
 FolderListing list_image_folder(const std::string& root) {
   std::error_code ec;
   if (!fs::is_directory(root, ec)) throw std::runtime_error(root + ": not a folder (expected one subfolder per class)");

@@ -30,4 +30,8 @@ struct FolderListing {
 };
 FolderListing list_image_folder(const std::string& root);
 
+// Image files below `dir` at any depth, sorted, each folder visited once
+// (symbolic-link loops end there).
+std::vector<std::string> list_images_below(const std::string& dir);
+
 }  // namespace flowrun::stages
