@@ -179,7 +179,8 @@ int main(int argc, char** argv) {
     }
   }
   if (result.interrupted) {
-    std::cerr << "flowrun: interrupted after " << result.epochs_run << " complete epoch(s)\n";
+    std::cerr << "flowrun: interrupted at " << result.stopped_at.describe() << " (" << result.epochs_run
+              << " complete epoch(s))\n";
     return kExitInterrupted;
   }
   return kExitOk;

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "pipeline/interrupt.h"
+#include "pipeline/run_state.h"
 #include "pipeline/trace.h"
 
 namespace flowrun {
@@ -47,12 +48,16 @@ struct ChainRun {
   std::vector<flow::receiver<Item>*> entry;  // entry[i]: where stage i's input goes; entry.back(): release
   std::vector<uint32_t> pending;             // per serial stage: tokens of items it absorbed
   std::vector<uint64_t> out_seq;             // per serial stage: next output sequence number
+  std::vector<uint64_t> absorbed_end;        // per serial stage: source_end of the last item it took in
+  std::vector<uint64_t> emitted_end;         // per serial stage: source_end of its last output
   std::atomic<int64_t>* max_alive = nullptr;
   std::atomic<int64_t> alive{0};
-  uint64_t next_seq = 0;
+  uint64_t next_seq = 0;     // sequence numbers count from 0 in every chain run
+  uint64_t first_item = 0;   // the epoch's source item this run starts at (a resumed run skips some)
   int64_t last_return_ns = 0;
   bool exhausted = false;
   bool stopped = false;
+  bool flushing = false;  // the epoch's last outputs: finished even when a stop comes
 };
 
 std::string type_of(const ResolvedStage& stage) {
@@ -76,12 +81,27 @@ class Runner : public StageDirectory {
     int64_t start = now_ns();
     tbb::task_arena arena(run_info_.threads);
     RunResult result;
-    int global_epoch = 0;
+    RunPosition position;  // where the run stands: the next work to do
     try {
+      std::optional<RunState> resume;
+      int total_epochs = 0;
+      for (const auto& phase : graph_.phases) total_epochs += static_cast<int>(phase.epochs);
+      if (!graph_.phases.empty()) {
+        prepare_phase(graph_.phases.front());
+        resume = resume_state(total_epochs);
+        if (resume) result.resumed_from = resume->position;
+      }
+      int global_epoch = 0;
       for (size_t p = 0; p < graph_.phases.size() && !result.interrupted; ++p) {
         const ResolvedPhase& phase = graph_.phases[p];
+        if (resume && global_epoch + phase.epochs <= resume->position.epoch) {
+          global_epoch += static_cast<int>(phase.epochs);  // done before the stop
+          continue;
+        }
         prepare_phase(phase);
-        for (int64_t e = 0; e < phase.epochs; ++e) {
+        for (int64_t e = 0; e < phase.epochs; ++e, ++global_epoch) {
+          if (resume && global_epoch < resume->position.epoch) continue;
+          position = RunPosition{global_epoch, 0, 0};
           if (stop_requested()) {
             result.interrupted = true;
             break;
@@ -90,29 +110,115 @@ class Runner : public StageDirectory {
                          static_cast<int>(phase.epochs), graph_.run.seed};
           spdlog::debug("phase '{}' epoch {}/{} (global epoch {})", phase.name, e + 1, phase.epochs, global_epoch);
           for_each_stage([&](StageSlot& slot, Stage& stage) { stage.begin_epoch(info); });
+          if (resume) {
+            load_states(*resume);
+            position = resume->position;
+            resume.reset();
+          }
           bool completed = false;
-          arena.execute([&] { completed = run_epoch_flow(); });
+          arena.execute([&] { completed = run_epoch_flow(position); });
           if (!completed) {
             result.interrupted = true;
             break;
           }
           for_each_stage([&](StageSlot& slot, Stage& stage) { stage.end_epoch(info); });
-          ++global_epoch;
+          RunPosition next{global_epoch + 1, 0, 0};
+          if (StateKeeper* k = keeper()) call_stage(*keeper_slot_, [&] { k->epoch_ended(next, collector(next)); });
         }
       }
+      if (resume) {  // resumed a run that had already finished: its final state is the result
+        prepare_phase(graph_.phases.back());
+        load_states(*resume);
+        position = resume->position;
+      } else if (!result.interrupted) {
+        position = RunPosition{global_epoch, 0, 0};
+      }
+      if (StateKeeper* k = keeper())
+        call_stage(*keeper_slot_, [&] { k->run_stopped(position, result.interrupted, collector(position)); });
       for_each_stage([&](StageSlot& slot, Stage& stage) { stage.on_stop(result.interrupted); });
     } catch (...) {
       write_trace();
       throw;
     }
     result.elapsed_s = (now_ns() - start) / 1e9;
-    result.epochs_run = global_epoch;
+    result.epochs_run = position.epoch;
+    result.stopped_at = position;
     collect(result);
     write_trace();
     return result;
   }
 
  private:
+  // The graph's state keeper (a `checkpoint` stage), if it has one.
+  StateKeeper* keeper() {
+    StateKeeper* found = nullptr;
+    for (auto& slot : slots_)
+      for (auto& op : slot->ops)
+        if (auto* k = dynamic_cast<StateKeeper*>(op.get())) {
+          if (found && found != k)
+            throw std::runtime_error("the graph has two stages that keep the run's state ('" + keeper_slot_->config.name +
+                                     "' and '" + slot->config.name + "'); keep one");
+          found = k;
+          keeper_slot_ = slot.get();
+        }
+    return found;
+  }
+
+  std::optional<RunState> resume_state(int total_epochs) {
+    StateKeeper* k = keeper();
+    if (!k) return std::nullopt;
+    std::optional<RunState> state;
+    call_stage(*keeper_slot_, [&] { state = k->resume_state(); });
+    if (!state) return state;
+    const RunPosition& at = state->position;
+    if (at.epoch > total_epochs || (at.epoch == total_epochs && !at.at_epoch_start()) ||
+        at.flow >= static_cast<int>(graph_.chains.size()))
+      throw StageError(keeper_slot_->config.name, "stage '" + keeper_slot_->config.name + "': the saved state is at " +
+                                                       at.describe() + ", which this graph (" +
+                                                       std::to_string(total_epochs) + " epochs, " +
+                                                       std::to_string(graph_.chains.size()) + " flows) does not have");
+    if (!state->graph.empty() && state->graph != graph_.format())
+      spdlog::warn("resuming under a graph that differs from the one that saved the state");
+    spdlog::warn("resuming at {}", at.describe());  // not a fresh run: always say so
+    return state;
+  }
+
+  // Every stateful stage's bytes at `position`, gathered when the keeper asks.
+  StateCollector collector(const RunPosition& position) {
+    return [this, position] {
+      RunState state;
+      state.position = position;
+      state.graph = graph_.format();
+      for (auto& slot : slots_)
+        for (size_t i = 0; i < slot->ops.size(); ++i) {
+          std::string bytes;
+          bool has = false;
+          call_stage(*slot, [&] { has = slot->ops[i]->save_state(bytes); });
+          if (has) state.stages[op_key(*slot, i)] = std::move(bytes);
+        }
+      return state;
+    };
+  }
+
+  static std::string op_key(const StageSlot& slot, size_t i) {
+    return slot.ops.size() > 1 ? slot.config.name + "#" + std::to_string(i) : slot.config.name;
+  }
+
+  void load_states(const RunState& state) {
+    std::map<std::string, std::pair<StageSlot*, Stage*>> ops;
+    for (auto& slot : slots_)
+      for (size_t i = 0; i < slot->ops.size(); ++i) ops[op_key(*slot, i)] = {slot.get(), slot->ops[i].get()};
+    for (const auto& [key, bytes] : state.stages) {
+      auto it = ops.find(key);
+      if (it == ops.end())
+        throw StageError(keeper_slot_->config.name, "stage '" + keeper_slot_->config.name +
+                                                         "': the saved state holds stage '" + key +
+                                                         "', which this graph does not have at " +
+                                                         state.position.describe());
+      call_stage(*it->second.first, [&] { it->second.second->load_state(bytes); });
+    }
+  }
+
   template <class F>
   void for_each_stage(F&& f) {
     for (auto& slot : slots_)
@@ -218,6 +324,7 @@ class Runner : public StageDirectory {
   void forward(ChainRun& chain, size_t i, Item out) {
     StageSlot& slot = *chain.stages[i];
     out.seq = chain.out_seq[i]++;
+    out.source_end = chain.emitted_end[i] = chain.absorbed_end[i];
     out.tokens = chain.pending[i];
     chain.pending[i] = 0;
     out.producer = slot.index;
@@ -231,6 +338,8 @@ class Runner : public StageDirectory {
     chain.entry.assign(n + 1, nullptr);
     chain.pending.assign(n, 0);
     chain.out_seq.assign(n, 0);
+    chain.absorbed_end.assign(n, chain.first_item);
+    chain.emitted_end.assign(n, chain.first_item);
     // The in-flight bound: the input node may hold one produced item while
     // the limiter is full, so the limiter admits one less.
     chain.limiter = std::make_unique<flow::limiter_node<Item, int>>(g, static_cast<size_t>(graph_.run.in_flight - 1));
@@ -254,6 +363,10 @@ class Runner : public StageDirectory {
               Item item = input;
               int64_t begin = now_ns();
               count_queue_wait(item, begin);
+              if (!item.dropped() && !chain.flushing && stop_requested()) {
+                item.drop();  // stopping: pass it on unprocessed; a resumed run replays it
+                item.abandoned = true;
+              }
               if (!item.dropped()) {
                 slot.counters.items_in.fetch_add(1, std::memory_order_relaxed);
                 call_stage(slot, [&] {
@@ -283,9 +396,15 @@ class Runner : public StageDirectory {
               Item item = input;
               int64_t begin = now_ns();
               count_queue_wait(item, begin);
-              if (item.dropped()) {
+              // Items come in stream order, and a stop is for good: from the
+              // first item that arrives after a stop, nothing more is taken in.
+              if (item.abandoned || (!chain.flushing && stop_requested())) {
+                release(chain, item.tokens);
+              } else if (item.dropped()) {
+                chain.absorbed_end[i] = item.source_end;
                 release(chain, item.tokens);  // a dropped item holds nothing: free its slot now
               } else {
+                chain.absorbed_end[i] = item.source_end;
                 chain.pending[i] += item.tokens;
                 slot.counters.items_in.fetch_add(1, std::memory_order_relaxed);
                 SerialStage::Emit emit = [this, &chain, i](Item out) { forward(chain, i, std::move(out)); };
@@ -338,6 +457,7 @@ class Runner : public StageDirectory {
       }
       source_slot.counters.items_out.fetch_add(1, std::memory_order_relaxed);
       item.seq = chain.next_seq++;
+      item.source_end = chain.first_item + item.seq + 1;
       item.tokens = 1;
       item.producer = source_slot.index;
       item.ready_ns = end;
@@ -353,13 +473,22 @@ class Runner : public StageDirectory {
 
   // One epoch: the flows run one after another, in the order written (a
   // training flow, then its evaluation). False when a stop request cut it short.
-  bool run_epoch_flow() {
-    for (size_t c = 0; c < graph_.chains.size(); ++c)
-      if (!run_chain(c)) return false;
+  // `position` starts where the epoch's work starts (a resumed run may begin
+  // mid-flow) and, after a stop, says where it stopped.
+  bool run_epoch_flow(RunPosition& position) {
+    for (size_t c = static_cast<size_t>(position.flow); c < graph_.chains.size(); ++c) {
+      uint64_t items = position.items;
+      position.flow = static_cast<int>(c);
+      position.items = 0;
+      if (!run_chain(c, items, position.items)) return false;
+    }
+    position.flow = 0;
     return true;
   }
 
-  bool run_chain(size_t c) {
+  // Runs flow `c` from source item `start`. False when a stop cut it short;
+  // then `stopped_at` is the first source item whose work is not done.
+  bool run_chain(size_t c, uint64_t start, uint64_t& stopped_at) {
     struct Clock {  // the flow's own running time: its stages' capacity
       int64_t& total;
       int64_t start = now_ns();
@@ -369,12 +498,38 @@ class Runner : public StageDirectory {
     ChainRun chain;
     for (const auto& name : graph_.chains[c]) chain.stages.push_back(find_slot(name));
     chain.max_alive = &max_alive_[c];
+    if (start) {
+      StageSlot& source = *chain.stages[0];
+      uint64_t skipped = 0;
+      call_stage(source, [&] { skipped = static_cast<SourceStage&>(*source.ops.front()).skip(start); });
+      if (skipped < start)
+        throw std::runtime_error("cannot resume the flow from '" + source.config.name + "' at item " +
+                                 std::to_string(start) + ": this epoch it has only " + std::to_string(skipped) +
+                                 " (did its data change?)");
+      chain.first_item = start;
+    }
     build_chain(g, chain);
     chain.source->activate();
     g.wait_for_all();
-    if (chain.stopped) return false;
+    // A stop may come after the source is done but before every item is.
+    if (chain.stopped || stop_requested()) {
+      // Every item has drained: a serial stage holding items (a partial
+      // batch) has done the work up to its last output; one holding nothing,
+      // up to its last input. The earliest of these is where to resume.
+      stopped_at = chain.first_item + chain.next_seq;
+      bool any_serial = false;
+      for (size_t i = 1; i < chain.stages.size(); ++i) {
+        if (chain.stages[i]->config.kind != StageKind::Serial) continue;
+        uint64_t done = chain.pending[i] ? chain.emitted_end[i] : chain.absorbed_end[i];
+        stopped_at = any_serial ? std::min(stopped_at, done) : done;
+        any_serial = true;
+      }
+      if (!any_serial) stopped_at = start;  // nothing kept: the flow starts over
+      return false;
+    }
     if (!chain.exhausted) throw_stalled(chain);
     // End of the epoch: serial stages hand over what they hold, in flow order.
+    chain.flushing = true;
     for (size_t i = 1; i < chain.stages.size(); ++i) {
       StageSlot& slot = *chain.stages[i];
       if (slot.config.kind != StageKind::Serial) continue;
@@ -385,6 +540,9 @@ class Runner : public StageDirectory {
       chain.pending[i] = 0;
     }
     g.wait_for_all();
+    if (chain.alive.load() != 0)  // an engine bug, never to pass silently
+      throw std::runtime_error("the flow from '" + chain.stages[0]->config.name + "' lost " +
+                               std::to_string(chain.alive.load()) + " item(s) this epoch");
     return true;
   }
 
@@ -456,6 +614,7 @@ class Runner : public StageDirectory {
   std::vector<std::atomic<int64_t>> max_alive_;
   std::vector<int64_t> chain_ns_;  // per flow: time spent running it
   std::atomic<bool> failed_{false};
+  StageSlot* keeper_slot_ = nullptr;
 };
 
 }  // namespace

@@ -9,11 +9,13 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "pipeline/graph.h"
+#include "pipeline/run_state.h"
 #include "pipeline/stage.h"
 
 namespace flowrun {
@@ -54,7 +56,9 @@ struct StageStats {
 struct RunResult {
   bool interrupted = false;
   double elapsed_s = 0;
-  int epochs_run = 0;
+  int epochs_run = 0;                       // global epochs complete at the end (resumed ones included)
+  std::optional<RunPosition> resumed_from;  // where a resumed run took up
+  RunPosition stopped_at;                   // where the run ended: a resumed run goes on from here
   std::vector<StageStats> stages;      // flow stages, chain order
   std::map<std::string, std::map<std::string, double>> component_figures;
   std::vector<int64_t> max_in_flight;  // per chain: most source items alive at once

@@ -45,6 +45,11 @@ class Item {
   uint32_t tokens = 1;
   uint32_t producer = 0;
   int64_t ready_ns = 0;
+  // One past the last source item (by sequence) this item accounts for:
+  // where a run resumes once this item is fully processed.
+  uint64_t source_end = 0;
+  // Passed along unprocessed because the run is stopping.
+  bool abandoned = false;
 
  private:
   std::shared_ptr<std::any> data_;

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#define FLOWRUN_PLUGIN_API_VERSION 1u
+#define FLOWRUN_PLUGIN_API_VERSION 2u  // 2: Stage::save_state/load_state, SourceStage::skip
 #define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"
 
 #define FLOWRUN_STRINGIFY_INNER(x) #x

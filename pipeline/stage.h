@@ -108,6 +108,13 @@ class Stage {
   virtual void end_epoch(const EpochInfo& epoch) {}
   // The run is ending (interrupted says why): the last chance to save state.
   virtual void on_stop(bool interrupted) {}
+  // State that must survive a stop and resume (weights, optimizer moments,
+  // running sums): write it to `out` and return true. Stages whose work is a
+  // function of (seed, epoch, item) keep none. Called between items.
+  virtual bool save_state(std::string& out) const { return false; }
+  // Restores what save_state wrote. On resume the engine calls it after
+  // begin_epoch of the epoch the run resumes in. Throw on bytes it cannot read.
+  virtual void load_state(const std::string& in) {}
   // Figures for the summary JSON, asked for at the end of the run.
   virtual void report(Report& report) const {}
 };
@@ -117,6 +124,13 @@ class Stage {
 class SourceStage : public Stage {
  public:
   virtual bool next(Item& item) = 0;
+  // Passes over the epoch's next `count` items (a run resuming mid-epoch);
+  // returns how many there were. Override when producing an item is costly.
+  virtual uint64_t skip(uint64_t count) {
+    uint64_t skipped = 0;
+    for (Item item; skipped < count && next(item); item = Item()) ++skipped;
+    return skipped;
+  }
 };
 
 // Works on one item in place; may run on several threads at once, so it must

@@ -7,6 +7,8 @@ nlohmann::json summary_json(const RunResult& result) {
   summary["elapsed_s"] = result.elapsed_s;
   summary["interrupted"] = result.interrupted;
   summary["epochs"] = result.epochs_run;
+  summary["stopped_at"] = result.stopped_at.describe();
+  if (result.resumed_from) summary["resumed_from"] = result.resumed_from->describe();
   summary["bottleneck"] = result.bottleneck;
   summary["max_in_flight"] = result.max_in_flight;
   summary["peak_rss_mb"] = result.peak_rss_mb;

@@ -1,6 +1,7 @@
 #include "test_support.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,6 +43,11 @@ std::string temp_dir() {
 }
 
 CommandResult run_flowrun(const std::vector<std::string>& args, const std::string& cwd) {
+  return run_flowrun_signalled(args, nullptr, 0, cwd);
+}
+
+CommandResult run_flowrun_signalled(const std::vector<std::string>& args, const std::function<bool()>& ready,
+                                    int signal, const std::string& cwd) {
   std::string dir = temp_dir();
   std::string out_path = dir + "/stdout", err_path = dir + "/stderr";
   std::string script = "cd '" + (cwd.empty() ? std::string(FLOWRUN_SOURCE_DIR) : cwd) + "' && exec '" FLOWRUN_BINARY "'";
@@ -52,7 +58,18 @@ CommandResult run_flowrun(const std::vector<std::string>& args, const std::strin
   CommandResult result;
   if (posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) != 0) return result;
   int status = 0;
-  waitpid(pid, &status, 0);
+  bool reaped = false;
+  while (ready && !reaped) {
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      reaped = true;
+    } else if (ready()) {
+      kill(pid, signal);  // the shell has exec'd flowrun: the same pid
+      break;
+    } else {
+      usleep(10000);
+    }
+  }
+  if (!reaped) waitpid(pid, &status, 0);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   auto slurp = [](const std::string& path) {
     std::ifstream in(path);

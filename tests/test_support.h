@@ -1,6 +1,7 @@
 // Helpers shared by the engine tests.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,5 +26,8 @@ struct CommandResult {
 };
 // Runs the flowrun binary with `args`, capturing stdout and stderr.
 CommandResult run_flowrun(const std::vector<std::string>& args, const std::string& cwd = "");
+// The same, sending `signal` to it as soon as `ready()` holds (polled every 10 ms).
+CommandResult run_flowrun_signalled(const std::vector<std::string>& args, const std::function<bool()>& ready,
+                                    int signal, const std::string& cwd = "");
 
 }  // namespace flowrun::test

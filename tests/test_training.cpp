@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -176,4 +177,29 @@ TEST(Evaluate, CountsEverySampleNotEveryBatch) {
     for (int64_t p = 0; p < 3; ++p) total += r.confusion[t * 3 + p], diagonal += t == p ? r.confusion[t * 3 + p] : 0;
   EXPECT_EQ(total, 7);
   EXPECT_EQ(diagonal, correct);
+}
+
+TEST(Train, ANonFiniteLossStopsBeforeTheStepNamingPhaseEpochAndBatch) {
+  test::StageBench bench(kModel + "optim = adam lr=0.01\nsched = onecycle\ntrain = train freezer=\"\"\n");
+  auto& train = static_cast<Train&>(bench.stage("train"));
+  ResNet& net = find_model(bench, "model").net();
+  Item good = batch_item(4, 3, 1, /*batches_in_epoch=*/3);
+  Item bad = batch_item(4, 3, 2, /*batches_in_epoch=*/3);
+  bad.get<Batch>().images[1][0][5][5] = std::numeric_limits<float>::quiet_NaN();
+  EpochInfo epoch = epoch_info(1, 3, "full");
+  epoch.epoch_in_phase = 1;
+  train.begin_epoch(epoch);
+  train.process(good, [](Item) {});
+  std::vector<torch::Tensor> before;
+  for (const auto& p : net->parameters()) before.push_back(p.detach().clone());
+  try {
+    train.process(bad, [](Item) {});
+    FAIL() << "a NaN loss must stop the run";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "the loss is NaN at phase 'full', epoch 2 (2/3 of the phase), batch 2; the run stops (a checkpoint, if "
+              "any, keeps the last good state)");
+  }
+  size_t i = 0;
+  for (const auto& p : net->parameters()) EXPECT_TRUE(torch::equal(p, before[i++]));  // no step was taken
 }

@@ -37,6 +37,12 @@ bool DatasetSource::next(Item& item) {
   return true;
 }
 
+uint64_t DatasetSource::skip(uint64_t count) {
+  uint64_t skipped = std::min<uint64_t>(count, epoch_.indices.size() - position_);
+  position_ += skipped;
+  return skipped;
+}
+
 void DatasetSource::report(Report& report) const {
   report.set("dataset_size", static_cast<double>(labels_.size()));
   report.set("classes", static_cast<double>(class_names_.size()));

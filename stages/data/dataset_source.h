@@ -18,6 +18,7 @@ class DatasetSource : public SourceStage {
   DatasetSource(const StageInit& init, std::string dataset_name);
   void begin_epoch(const EpochInfo& epoch) override;
   bool next(Item& item) override;
+  uint64_t skip(uint64_t count) override;
   void report(Report& report) const override;
 
   // The `sampler` parameter every dataset source has.

@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -12,6 +14,8 @@
 
 #include "pipeline/registry.h"
 #include "stages/common/random.h"
+#include "stages/model/checkpoint_format.h"
+#include "stages/tensor/device.h"
 
 namespace flowrun::stages {
 
@@ -75,9 +79,16 @@ Schema ModelStage::schema() {
   return Schema("resnet", "ResNet-18/34/50/101 with torchvision's keys; weights from .pth (torch.save) or safetensors")
       .param(Int("depth", "18, 34, 50 or 101").def(int64_t{50}).range(18, 101))
       .param(Int("classes", "outputs of the head (fc)").range(1, 1000000))
-      .param(Path("weights", "a torchvision .pth or a safetensors file; \"\" = random initialisation").def(std::string("")))
+      .param(Path("weights", "a torchvision .pth, a safetensors file or a flowrun checkpoint (its model of this "
+                            "stage's name); \"\" = random initialisation").def(std::string("")))
       .param(Path("pretrain", "a graph that makes `weights` when the file does not exist yet (run once, then cached)")
                  .def(std::string("")))
+      .param(String("device", "auto (CUDA when available), cpu or cuda").def(std::string("auto"))
+                 .one_of({"auto", "cpu", "cuda"}))
+      .param(Int("index", "CUDA device index").def(int64_t{0}).range(0, 63))
+      .param(String("precision", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16").def(std::string("auto"))
+                 .one_of({"auto", "fp32", "bf16"}))
+      .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}))
       .check([](const Params& p) {
         int64_t d = p.get_int("depth");
         return d == 18 || d == 34 || d == 50 || d == 101 ? "" : "depth must be 18, 34, 50 or 101";
@@ -85,6 +96,24 @@ Schema ModelStage::schema() {
 }
 
 namespace {
+// A weights file, or a flowrun checkpoint: then the weights of the model
+// stage of the same name in the run that wrote it.
+StateDict read_model_weights(const std::string& path, const std::string& stage) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  in.read(magic, 4);
+  if (in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_torch_state_dict(path);
+  Metadata metadata;
+  StateDict tensors = read_safetensors(path, &metadata);
+  if (metadata["format"] != checkpoint_format::kFormat) return tensors;
+  const std::string key = checkpoint_format::kStagePrefix + stage;
+  for (const auto& [name, tensor] : tensors)
+    if (name == key && tensor.scalar_type() == at::kByte && tensor.dim() == 1)
+      return decode_safetensors(static_cast<const uint8_t*>(tensor.contiguous().data_ptr()),
+                                static_cast<size_t>(tensor.numel()), path + " (model '" + stage + "')");
+  throw std::runtime_error(path + ": a checkpoint without a model stage named '" + stage + "'");
+}
+
 // Runs the graph that makes a missing weights file, in this process.
 void make_weights(const std::string& graph_path, const std::string& weights) {
   spdlog::warn("{} does not exist yet: making it with {} (once; later runs reuse it)", weights, graph_path);
@@ -102,7 +131,7 @@ void make_weights(const std::string& graph_path, const std::string& weights) {
 }  // namespace
 
 ModelStage::ModelStage(const StageInit& init)
-    : classes_(init.params.get_int("classes")), weights_(init.params.get_string("weights")) {
+    : classes_(init.params.get_int("classes")), weights_(init.params.get_string("weights")), name_(init.name) {
   const int depth = static_cast<int>(init.params.get_int("depth"));
   // Initial weights from (run seed, stage name): not from whatever else used
   // LibTorch's generator before (a pretraining run, another model).
@@ -111,11 +140,39 @@ ModelStage::ModelStage(const StageInit& init)
   const std::string pretrain = init.params.get_string("pretrain");
   if (!weights_.empty() && !pretrain.empty() && !std::filesystem::exists(weights_)) make_weights(pretrain, weights_);
   if (!weights_.empty()) {
-    StateDict weights = read_weights(weights_);
+    StateDict weights = read_model_weights(weights_, name_);
     load_ = load_state_dict(*net_, weights, /*allow_new_head=*/true, weights_);
     if (!load_.reinitialised.empty())
       spdlog::info("{}: head re-initialised for {} classes ({})", weights_, classes_, load_.reinitialised.front());
   }
+  const std::string device = init.params.get_string("device");
+  const bool cuda = device == "cuda" || (device == "auto" && cuda_available());
+  if (cuda && !cuda_available()) throw std::runtime_error("device=cuda but this flowrun has no CUDA device");
+  const std::string precision = init.params.get_string("precision");
+  bf16_ = precision == "bf16" || (precision == "auto" && cuda);
+  if (bf16_ && !cuda) throw std::runtime_error("precision=bf16 needs CUDA (autocast here is for the GPU)");
+  const std::string layout = init.params.get_string("channels_last");
+  channels_last_ = layout == "yes" || (layout == "auto" && cuda);
+  if (cuda) {
+    device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(init.params.get_int("index")));
+    net_->to(device_);
+    at::globalContext().setBenchmarkCuDNN(true);  // fixed input sizes: let cuDNN pick its fastest kernels
+  }
+  if (channels_last_) {
+    // Modules have no memory-format `to`: convert the 4-D weights one by one.
+    torch::NoGradGuard no_grad;
+    for (auto& p : net_->parameters())
+      if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+  }
+}
+
+torch::Tensor ModelStage::input(const torch::Tensor& images) const {
+  torch::Tensor x = images.device() == device_ ? images : images.to(device_, /*non_blocking=*/true);
+  return channels_last_ ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+}
+
+torch::Tensor ModelStage::labels(const torch::Tensor& labels) const {
+  return labels.device() == device_ ? labels : labels.to(device_, /*non_blocking=*/true);
 }
 
 void ModelStage::report(Report& report) const {
@@ -126,6 +183,17 @@ void ModelStage::report(Report& report) const {
   }()));
   report.set("weights_loaded", static_cast<double>(load_.loaded));
   report.set("head_reinitialised", load_.reinitialised.empty() ? 0 : 1);
+}
+
+bool ModelStage::save_state(std::string& out) const {
+  out = encode_safetensors(state_dict(*net_));
+  return true;
+}
+
+void ModelStage::load_state(const std::string& in) {
+  const std::string what = "saved state of model '" + name_ + "'";
+  StateDict weights = decode_safetensors(reinterpret_cast<const uint8_t*>(in.data()), in.size(), what);
+  load_state_dict(*net_, weights, /*allow_new_head=*/false, what);
 }
 
 ModelStage& find_model(const StageDirectory& stages, const std::string& name) {

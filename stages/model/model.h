@@ -3,7 +3,9 @@
 // Loading is strict: a missing, unexpected or mis-shaped key is an error
 // naming the key — except the head (fc.*) when its size differs from
 // `classes`, which is re-initialised and reported. A component: training,
-// evaluation and prediction stages find it by name.
+// evaluation and prediction stages find it by name. On a GPU it lives on the
+// device in channels_last layout with cuDNN autotuning, and runs its forward
+// passes in bf16 autocast (`precision=auto`).
 #pragma once
 
 #include <torch/torch.h>
@@ -35,15 +37,29 @@ class ModelStage : public ComponentStage {
   static Schema schema();
   explicit ModelStage(const StageInit& init);
   void report(Report& report) const override;
+  // The weights and BatchNorm statistics, as safetensors bytes.
+  bool save_state(std::string& out) const override;
+  void load_state(const std::string& in) override;
 
   ResNet& net() { return net_; }
   int64_t classes() const { return classes_; }
+  const torch::Device& device() const { return device_; }
+  // Whether forward passes run in bf16 autocast.
+  bool bf16() const { return bf16_; }
+  // A batch's images as the model wants them: on its device (a copy only
+  // when to_device did not already put them there), in its memory layout.
+  torch::Tensor input(const torch::Tensor& images) const;
+  torch::Tensor labels(const torch::Tensor& labels) const;
 
  private:
   ResNet net_{nullptr};
   int64_t classes_;
   LoadReport load_;
   std::string weights_;
+  std::string name_;
+  torch::Device device_{torch::kCPU};
+  bool bf16_ = false;
+  bool channels_last_ = false;
 };
 
 // The model stage named `name` in the current phase; throws when missing.

@@ -411,26 +411,33 @@ const std::map<std::string, at::ScalarType>& safetensors_types() {
 }
 }  // namespace
 
-StateDict read_safetensors(const std::string& path) {
-  std::vector<uint8_t> file = read_all(path, size_t{1} << 40);
-  if (file.size() < 8) fail(path, "too short for safetensors");
+StateDict decode_safetensors(const uint8_t* bytes, size_t size, const std::string& path, Metadata* metadata) {
+  if (size < 8) fail(path, "too short for safetensors");
   uint64_t header_size = 0;
-  for (int k = 0; k < 8; ++k) header_size |= static_cast<uint64_t>(file[k]) << (8 * k);
-  if (header_size > file.size() - 8 || header_size > (100u << 20)) fail(path, "safetensors header size is out of range");
+  for (int k = 0; k < 8; ++k) header_size |= static_cast<uint64_t>(bytes[k]) << (8 * k);
+  if (header_size > size - 8 || header_size > (100u << 20)) fail(path, "safetensors header size is out of range");
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(file.begin() + 8, file.begin() + 8 + static_cast<std::ptrdiff_t>(header_size));
+    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_size);
   } catch (const std::exception& e) {
     fail(path, std::string("safetensors header is not JSON: ") + e.what());
   }
   if (!header.is_object()) fail(path, "safetensors header is not an object");
-  const uint8_t* data = file.data() + 8 + header_size;
-  const uint64_t data_size = file.size() - 8 - header_size;
+  const uint8_t* data = bytes + 8 + header_size;
+  const uint64_t data_size = size - 8 - header_size;
   std::vector<std::pair<uint64_t, std::string>> order;  // by offset: the file's order
   StateDict out;
   for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") continue;
+    if (name == "__metadata__") {
+      if (!entry.is_object()) fail(path, "safetensors __metadata__ is not an object");
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string()) fail(path, "safetensors __metadata__ '" + key + "' is not a string");
+        if (metadata) (*metadata)[key] = value.get<std::string>();
+      }
+      continue;
+    }
     try {
+      if (!entry.is_object()) fail(path, "'" + name + "' has a malformed header entry");
       auto type = safetensors_types().find(entry.at("dtype").get<std::string>());
       if (type == safetensors_types().end()) fail(path, "'" + name + "' has an unsupported dtype");
       std::vector<int64_t> shape = entry.at("shape").get<std::vector<int64_t>>();
@@ -460,8 +467,16 @@ StateDict read_safetensors(const std::string& path) {
   return sorted;
 }
 
-void write_safetensors(const std::string& path, const StateDict& tensors) {
+StateDict read_safetensors(const std::string& path, Metadata* metadata) {
+  std::vector<uint8_t> file = read_all(path, size_t{1} << 40);
+  return decode_safetensors(file.data(), file.size(), path, metadata);
+}
+
+StateDict read_safetensors(const std::string& path) { return read_safetensors(path, nullptr); }
+
+std::string encode_safetensors(const StateDict& tensors, const Metadata& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
   std::vector<at::Tensor> contiguous;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
@@ -469,7 +484,7 @@ void write_safetensors(const std::string& path, const StateDict& tensors) {
     std::string dtype;
     for (const auto& [code, type] : safetensors_types())
       if (type == t.scalar_type()) dtype = code;
-    if (dtype.empty()) throw std::runtime_error(path + ": cannot store '" + name + "' (unsupported dtype)");
+    if (dtype.empty()) throw std::runtime_error("cannot store '" + name + "' as safetensors (unsupported dtype)");
     uint64_t bytes = t.numel() * t.element_size();
     header[name] = {{"dtype", dtype}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
@@ -477,13 +492,23 @@ void write_safetensors(const std::string& path, const StateDict& tensors) {
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // align the data to 8 bytes
-  write_file_atomically(path, [&](std::ostream& out) {
-    uint64_t n = text.size();
-    for (int k = 0; k < 8; ++k) out.put(static_cast<char>((n >> (8 * k)) & 255));
-    out << text;
-    for (const auto& t : contiguous)
-      out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
-  });
+  std::string out;
+  out.reserve(8 + text.size() + offset);
+  uint64_t n = text.size();
+  for (int k = 0; k < 8; ++k) out.push_back(static_cast<char>((n >> (8 * k)) & 255));
+  out += text;
+  for (const auto& t : contiguous) out.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+  return out;
+}
+
+void write_safetensors(const std::string& path, const StateDict& tensors, const Metadata& metadata) {
+  std::string bytes;
+  try {
+    bytes = encode_safetensors(tensors, metadata);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(path + ": " + e.what());
+  }
+  write_file_atomically(path, bytes);
 }
 
 StateDict read_weights(const std::string& path) {

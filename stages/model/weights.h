@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +23,13 @@ StateDict read_torch_state_dict(const std::string& path);
 StateDict read_safetensors(const std::string& path);
 
 // Writes tensors (contiguous CPU copies) as safetensors, atomically.
-void write_safetensors(const std::string& path, const StateDict& tensors);
+// `metadata` goes into the header's "__metadata__" (string to string).
+using Metadata = std::map<std::string, std::string>;
+void write_safetensors(const std::string& path, const StateDict& tensors, const Metadata& metadata = {});
+
+// The same format in memory. `name` says what the bytes are, in errors.
+std::string encode_safetensors(const StateDict& tensors, const Metadata& metadata = {});
+StateDict decode_safetensors(const uint8_t* bytes, size_t size, const std::string& name, Metadata* metadata = nullptr);
+StateDict read_safetensors(const std::string& path, Metadata* metadata);
 
 }  // namespace flowrun::stages

@@ -39,6 +39,27 @@ void MetricsLog::record(const EpochInfo& epoch, const std::map<std::string, doub
   if (!run_dir_.empty()) write();
 }
 
+std::string MetricsLog::to_json() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& row : rows_) rows.push_back({{"epoch", row.epoch}, {"phase", row.phase}, {"figures", row.figures}});
+  return rows.dump();
+}
+
+void MetricsLog::restore(const std::string& json) {
+  std::vector<Row> rows;
+  try {
+    for (const auto& row : nlohmann::json::parse(json))
+      rows.push_back({row.at("epoch").get<int>(), row.at("phase").get<std::string>(),
+                      row.at("figures").get<std::map<std::string, double>>()});
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(std::string("saved metrics are malformed: ") + e.what());
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  rows_ = std::move(rows);
+  if (!run_dir_.empty()) write();
+}
+
 namespace {
 
 // One chart: the series whose names end with `suffix` (loss, top1) per epoch.

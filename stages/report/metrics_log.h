@@ -23,6 +23,9 @@ class MetricsLog {
 
   // Records figures of `epoch` and rewrites the files (when there is a run directory).
   void record(const EpochInfo& epoch, const std::map<std::string, double>& figures);
+  // Every row so far as JSON, and back (a resumed run keeps its history).
+  std::string to_json() const;
+  void restore(const std::string& json);
 
  private:
   void write() const;
@@ -32,7 +35,7 @@ class MetricsLog {
     std::map<std::string, double> figures;
   };
   std::string run_dir_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::vector<Row> rows_;
 };
 

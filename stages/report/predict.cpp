@@ -9,6 +9,7 @@
 
 #include "pipeline/registry.h"
 #include "stages/model/model.h"
+#include "stages/model/precision.h"
 #include "stages/report/csv.h"
 #include "stages/tensor/batch_image.h"
 
@@ -42,10 +43,16 @@ Predict::Predict(const StageInit& init)
 
 void Predict::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
-  ResNet& net = find_model(stages_, model_name_).net();
+  ModelStage& model = find_model(stages_, model_name_);
+  ResNet& net = model.net();
   net->eval();
   torch::NoGradGuard no_grad;
-  torch::Tensor probabilities = torch::softmax(net->forward(batch.images).to(torch::kFloat), 1).cpu();
+  torch::Tensor logits;
+  {
+    AutocastScope autocast(model.bf16());
+    logits = net->forward(model.input(batch.images)).to(torch::kFloat);
+  }
+  torch::Tensor probabilities = torch::softmax(logits, 1).cpu();
   const int64_t k = std::min<int64_t>(5, probabilities.size(1));
   auto [top_p, top_i] = probabilities.topk(k, 1);
   torch::Tensor labels = batch.labels.cpu();

@@ -32,6 +32,21 @@ BatchStage::BatchStage(const StageInit& init)
 
 void BatchStage::begin_epoch(const EpochInfo&) { number_ = 0; }
 
+bool BatchStage::save_state(std::string& out) const {
+  out = std::to_string(number_);
+  return true;
+}
+
+void BatchStage::load_state(const std::string& in) {
+  size_t used = 0;
+  try {
+    number_ = std::stoll(in, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != in.size() || number_ < 0) throw std::runtime_error("saved batch count '" + in + "' is not a count");
+}
+
 void BatchStage::end_epoch(const EpochInfo&) { last_ns_ = now_ns(); }
 
 namespace {

@@ -23,6 +23,9 @@ class BatchStage : public SerialStage {
   void process(Item& item, const Emit& emit) override;
   void flush(const Emit& emit) override;
   void report(Report& report) const override;
+  // The epoch's batch count (a resumed epoch numbers on from it).
+  bool save_state(std::string& out) const override;
+  void load_state(const std::string& in) override;
 
  private:
   void emit_batch(const Emit& emit);

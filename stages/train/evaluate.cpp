@@ -5,8 +5,10 @@
 #include "pipeline/atomic_file.h"
 #include "pipeline/registry.h"
 #include "stages/model/model.h"
+#include "stages/model/precision.h"
 #include "stages/report/csv.h"
 #include "stages/tensor/batch_data.h"
+#include "stages/train/state_bytes.h"
 
 namespace flowrun::stages {
 
@@ -27,10 +29,12 @@ Evaluate::Evaluate(const StageInit& init)
 void Evaluate::begin_epoch(const EpochInfo&) {
   model_ = &find_model(stages_, model_name_);
   const int64_t classes = model_->classes();
-  loss_sum_ = torch::zeros({}, torch::kDouble);
-  top1_ = torch::zeros({}, torch::kLong);
-  top5_ = torch::zeros({}, torch::kLong);
-  confusion_ = torch::zeros({classes * classes}, torch::kLong);
+  // Sums on the model's device, read once at the end of the epoch.
+  const torch::Device device = model_->device();
+  loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kDouble).device(device));
+  top1_ = torch::zeros({}, torch::TensorOptions(torch::kLong).device(device));
+  top5_ = torch::zeros({}, torch::TensorOptions(torch::kLong).device(device));
+  confusion_ = torch::zeros({classes * classes}, torch::TensorOptions(torch::kLong).device(device));
   seen_ = 0;
 }
 
@@ -39,20 +43,23 @@ void Evaluate::process(Item& item, const Emit& emit) {
   ResNet& net = model_->net();
   net->eval();
   torch::NoGradGuard no_grad;
-  torch::Tensor logits = net->forward(batch.images).to(torch::kFloat);
-  torch::Tensor labels = batch.labels;
+  torch::Tensor logits;
+  {
+    AutocastScope autocast(model_->bf16());
+    logits = net->forward(model_->input(batch.images)).to(torch::kFloat);
+  }
+  torch::Tensor labels = model_->labels(batch.labels);
   const int64_t classes = logits.size(1);
   loss_sum_ += torch::nn::functional::cross_entropy(
                    logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                   .to(torch::kDouble)
-                   .cpu();
+                   .to(torch::kDouble);
   const int64_t k = std::min<int64_t>(5, classes);
   torch::Tensor topk = std::get<1>(logits.topk(k, 1));
   torch::Tensor hits = topk.eq(labels.unsqueeze(1));
-  top1_ += hits.select(1, 0).sum().cpu();
-  top5_ += hits.any(1).sum().cpu();
+  top1_ += hits.select(1, 0).sum();
+  top5_ += hits.any(1).sum();
   torch::Tensor predicted = topk.select(1, 0);
-  confusion_ += torch::bincount((labels * classes + predicted).cpu(), {}, classes * classes);
+  confusion_ += torch::bincount(labels * classes + predicted, {}, classes * classes);
   seen_ += batch.size();
   if (class_names_.empty() && batch.dataset) class_names_ = batch.dataset->class_names;
   emit(item);
@@ -66,7 +73,7 @@ void Evaluate::end_epoch(const EpochInfo& epoch) {
   r.top1 = static_cast<double>(top1_.item<int64_t>()) / seen_;
   r.top5 = static_cast<double>(top5_.item<int64_t>()) / seen_;
   r.classes = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(confusion_.numel()))));
-  torch::Tensor confusion = confusion_.contiguous();
+  torch::Tensor confusion = confusion_.cpu().contiguous();
   r.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
   for (int64_t c = 0; c < r.classes; ++c) {
     int64_t total = 0;
@@ -95,6 +102,61 @@ void Evaluate::write_confusion() const {
       out << "," << last_.per_class[t] << "\n";
     }
   });
+}
+
+bool Evaluate::save_state(std::string& out) const {
+  torch::serialize::OutputArchive archive;
+  archive.write("seen", c10::IValue(seen_));
+  if (seen_) {
+    archive.write("loss_sum", loss_sum_.cpu());
+    archive.write("top1", top1_.cpu());
+    archive.write("top5", top5_.cpu());
+    archive.write("confusion", confusion_.cpu());
+  }
+  archive.write("last_samples", c10::IValue(last_.samples));
+  archive.write("last_loss", c10::IValue(last_.loss));
+  archive.write("last_top1", c10::IValue(last_.top1));
+  archive.write("last_top5", c10::IValue(last_.top5));
+  archive.write("last_classes", c10::IValue(last_.classes));
+  archive.write("last_per_class", torch::tensor(last_.per_class, torch::kDouble));
+  archive.write("last_confusion", torch::tensor(last_.confusion, torch::kLong));
+  std::string names;
+  for (const auto& name : class_names_) names += name + "\n";
+  archive.write("class_names", bytes_tensor(names));
+  out = archive_bytes(archive);
+  return true;
+}
+
+void Evaluate::load_state(const std::string& in) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, in, "evaluate '" + name_ + "'");
+  seen_ = read_int(archive, "seen");
+  if (seen_) {
+    archive.read("loss_sum", loss_sum_);
+    archive.read("top1", top1_);
+    archive.read("top5", top5_);
+    archive.read("confusion", confusion_);
+    const torch::Device device = model_ ? model_->device() : torch::Device(torch::kCPU);
+    for (torch::Tensor* t : {&loss_sum_, &top1_, &top5_, &confusion_}) *t = t->to(device);
+  }
+  last_.samples = read_int(archive, "last_samples");
+  last_.loss = read_double(archive, "last_loss");
+  last_.top1 = read_double(archive, "last_top1");
+  last_.top5 = read_double(archive, "last_top5");
+  last_.classes = read_int(archive, "last_classes");
+  torch::Tensor per_class, confusion, names;
+  archive.read("last_per_class", per_class);
+  archive.read("last_confusion", confusion);
+  per_class = per_class.to(torch::kDouble).contiguous();
+  confusion = confusion.to(torch::kLong).contiguous();
+  if (confusion.numel() != last_.classes * last_.classes || per_class.numel() != (last_.samples ? last_.classes : 0))
+    throw std::runtime_error("saved state of evaluate '" + name_ + "' is inconsistent");
+  last_.per_class.assign(per_class.data_ptr<double>(), per_class.data_ptr<double>() + per_class.numel());
+  last_.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
+  archive.read("class_names", names);
+  class_names_.clear();
+  std::istringstream lines(tensor_bytes(names));
+  for (std::string name; std::getline(lines, name);) class_names_.push_back(name);
 }
 
 void Evaluate::report(Report& report) const {

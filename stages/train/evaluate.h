@@ -29,6 +29,9 @@ class Evaluate : public SerialStage {
   void end_epoch(const EpochInfo& epoch) override;
   void process(Item& item, const Emit& emit) override;
   void report(Report& report) const override;
+  // The epoch's running sums and the last epoch's result.
+  bool save_state(std::string& out) const override;
+  void load_state(const std::string& in) override;
   // DIR/PREFIX_confusion.csv: rows = true class, columns = predicted, plus per-class accuracy.
   void write_confusion() const;
   const EvaluationResult& last() const { return last_; }

@@ -1,13 +1,16 @@
 #include "stages/train/train.h"
 
+#include <cmath>
 #include <cstdio>
 #include <stdexcept>
 
 #include "pipeline/registry.h"
 #include "stages/model/model.h"
+#include "stages/model/precision.h"
 #include "stages/tensor/batch_data.h"
 #include "stages/train/freeze.h"
 #include "stages/train/schedule.h"
+#include "stages/train/state_bytes.h"
 
 namespace flowrun::stages {
 
@@ -37,9 +40,12 @@ void Train::begin_epoch(const EpochInfo& epoch) {
   optimizer_stage_ = &find_optimizer(stages_, optimizer_name_);
   schedule_ = find_schedule(stages_, schedule_name_);
   freezer_ = freezer_name_.empty() ? nullptr : &stages_.require<Freeze>(freezer_name_, "freeze");
-  loss_sum_ = torch::zeros({}, torch::kDouble);
-  correct_ = torch::zeros({}, torch::kLong);
+  // The running sums live on the model's device: no host synchronisation per step.
+  loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kDouble).device(model_->device()));
+  correct_ = torch::zeros({}, torch::TensorOptions(torch::kLong).device(model_->device()));
+  first_bad_ = torch::full({}, -1, torch::TensorOptions(torch::kLong).device(model_->device()));
   seen_ = 0;
+  seen_batches_ = 0;
 }
 
 void Train::prepare(int64_t batches_in_epoch) {
@@ -57,8 +63,18 @@ void Train::prepare(int64_t batches_in_epoch) {
     step_ = 0;
     total_steps_ = 0;
     optimization_ = Optimization();
+    saved_optimizer_.clear();  // a new phase starts a new optimizer
   }
-  if (!optimization_.optimizer || frozen != frozen_) optimization_ = optimizer_stage_->build(*net);
+  if (!optimization_.optimizer || frozen != frozen_) {
+    optimization_ = optimizer_stage_->build(*net);
+    // A resumed run: the moments saved for the same trainable set.
+    if (!saved_optimizer_.empty() && frozen == frozen_) {
+      torch::serialize::InputArchive archive;
+      load_archive(archive, saved_optimizer_, "the optimizer of '" + name_ + "'");
+      optimization_.optimizer->load(archive);
+    }
+  }
+  saved_optimizer_.clear();
   frozen_ = frozen;
   if (!total_steps_) {
     if (schedule_ && batches_in_epoch <= 0)
@@ -85,9 +101,22 @@ void Train::process(Item& item, const Emit& emit) {
     if (auto momentum = schedule_->momentum(step_, total_steps_)) optimizer_stage_->set_momentum(optimizer, *momentum);
   last_lr_ = optimization_.peak_lr.front() * factor;
 
-  torch::Tensor logits = net->forward(batch.images);
+  const torch::Tensor images = model_->input(batch.images), labels = model_->labels(batch.labels);
+  AutocastScope autocast(model_->bf16());
+  torch::Tensor logits = net->forward(images);
   torch::Tensor loss = torch::nn::functional::cross_entropy(
-      logits, batch.labels, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(label_smoothing_));
+      logits, labels, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(label_smoothing_));
+  autocast.end();  // before backward, clearing the cast cache (the weights change at the step)
+  const int64_t batch_number = seen_batches_++;
+  if (!model_->device().is_cuda()) {
+    // On the CPU the check costs nothing: stop before a bad step touches the weights.
+    if (double value = loss.item<double>(); !std::isfinite(value)) throw_nonfinite(value, batch_number);
+  } else {
+    // On the GPU, no host synchronisation per step: remember the first bad
+    // batch on the device and look when the loss is read anyway.
+    torch::Tensor bad = torch::logical_not(torch::isfinite(loss.detach()));
+    first_bad_ = torch::where(bad & (first_bad_ < 0), torch::full_like(first_bad_, batch_number), first_bad_);
+  }
   optimizer.zero_grad();
   loss.backward();
   optimizer_stage_->clip(optimization_);
@@ -96,21 +125,94 @@ void Train::process(Item& item, const Emit& emit) {
   ++steps_done_;
   // Metrics stay tensors: no host synchronisation inside a step.
   const int64_t n = batch.size();
-  loss_sum_ += loss.detach().to(torch::kDouble).cpu() * n;
-  correct_ += (logits.argmax(1) == batch.labels).sum().cpu();
+  loss_sum_ += loss.detach().to(torch::kDouble) * n;
+  correct_ += (logits.argmax(1) == labels).sum();
   seen_ += n;
-  progress_.update(n, [&] { return loss_sum_.item<double>() / seen_; });
+  progress_.update(n, [&] {
+    check_finite();
+    return loss_sum_.item<double>() / seen_;
+  });
   emit(item);
+}
+
+void Train::check_finite() const {
+  if (first_bad_.defined() && first_bad_.item<int64_t>() >= 0) throw_nonfinite(NAN, first_bad_.item<int64_t>());
+}
+
+void Train::throw_nonfinite(double value, int64_t batch) const {
+  char text[256];
+  std::snprintf(text, sizeof text, "the loss is %s at phase '%s', epoch %d (%d/%d of the phase), batch %lld; the run "
+                "stops (a checkpoint, if any, keeps the last good state)", std::isnan(value) ? "NaN" : "infinite",
+                epoch_.phase.c_str(), epoch_.epoch + 1, epoch_.epoch_in_phase + 1, epoch_.epochs_in_phase,
+                static_cast<long long>(batch + 1));
+  throw std::runtime_error(text);
 }
 
 void Train::end_epoch(const EpochInfo& epoch) {
   progress_.end();
+  check_finite();
   if (!seen_) return;
   last_loss_ = loss_sum_.item<double>() / seen_;
   last_top1_ = static_cast<double>(correct_.item<int64_t>()) / seen_;
   metrics_->record(epoch, {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_}, {name_ + "_lr", last_lr_}});
   std::fprintf(stderr, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g\n", epoch.epoch + 1, epoch.phase.c_str(),
                epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_, last_top1_, last_lr_);
+}
+
+bool Train::save_state(std::string& out) const {
+  torch::serialize::OutputArchive archive;
+  archive.write("phase", c10::IValue(static_cast<int64_t>(phase_)));
+  archive.write("step", c10::IValue(step_));
+  archive.write("total_steps", c10::IValue(total_steps_));
+  archive.write("steps_done", c10::IValue(steps_done_));
+  archive.write("seen", c10::IValue(seen_));
+  archive.write("seen_batches", c10::IValue(seen_batches_));
+  archive.write("last_loss", c10::IValue(last_loss_));
+  archive.write("last_top1", c10::IValue(last_top1_));
+  archive.write("last_lr", c10::IValue(last_lr_));
+  std::string frozen;
+  for (const auto& part : frozen_) frozen += part + "\n";
+  archive.write("frozen", bytes_tensor(frozen));
+  if (loss_sum_.defined()) archive.write("loss_sum", loss_sum_.cpu());
+  if (correct_.defined()) archive.write("correct", correct_.cpu());
+  std::string optimizer = saved_optimizer_;
+  if (optimization_.optimizer) {
+    torch::serialize::OutputArchive moments;
+    optimization_.optimizer->save(moments);
+    optimizer = archive_bytes(moments);
+  }
+  archive.write("optimizer", bytes_tensor(optimizer));
+  out = archive_bytes(archive);
+  return true;
+}
+
+void Train::load_state(const std::string& in) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, in, "train '" + name_ + "'");
+  phase_ = static_cast<int>(read_int(archive, "phase"));
+  step_ = read_int(archive, "step");
+  total_steps_ = read_int(archive, "total_steps");
+  steps_done_ = read_int(archive, "steps_done");
+  seen_ = read_int(archive, "seen");
+  seen_batches_ = read_int(archive, "seen_batches");
+  last_loss_ = read_double(archive, "last_loss");
+  last_top1_ = read_double(archive, "last_top1");
+  last_lr_ = read_double(archive, "last_lr");
+  torch::Tensor bytes;
+  archive.read("frozen", bytes);
+  frozen_.clear();
+  std::istringstream frozen(tensor_bytes(bytes));
+  for (std::string part; std::getline(frozen, part);) frozen_.push_back(part);
+  torch::Tensor sum, correct;
+  if (archive.try_read("loss_sum", sum) && archive.try_read("correct", correct)) {
+    const torch::Device device = model_ ? model_->device() : torch::Device(torch::kCPU);
+    loss_sum_ = sum.to(device);
+    correct_ = correct.to(device);
+  }
+  archive.read("optimizer", bytes);
+  saved_optimizer_ = tensor_bytes(bytes);
+  optimization_ = Optimization();  // rebuilt, with these moments, at the next batch
+  prepared_ = false;
 }
 
 void Train::report(Report& report) const {

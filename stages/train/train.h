@@ -27,9 +27,15 @@ class Train : public SerialStage {
   void end_epoch(const EpochInfo& epoch) override;
   void process(Item& item, const Emit& emit) override;
   void report(Report& report) const override;
+  // Step, phase, optimizer moments and the epoch's running sums.
+  bool save_state(std::string& out) const override;
+  void load_state(const std::string& in) override;
 
  private:
   void prepare(int64_t batches_in_epoch);
+  // A NaN or infinite loss stops the run, naming where it happened.
+  void check_finite() const;
+  [[noreturn]] void throw_nonfinite(double value, int64_t batch) const;
 
   const StageDirectory& stages_;
   std::string name_;
@@ -44,9 +50,12 @@ class Train : public SerialStage {
   ScheduleStage* schedule_ = nullptr;
   Freeze* freezer_ = nullptr;
   Optimization optimization_;
+  std::string saved_optimizer_;  // restored state, loaded once the optimizer is built
   int64_t step_ = 0, total_steps_ = 0;
   torch::Tensor loss_sum_, correct_;
   int64_t seen_ = 0;
+  int64_t seen_batches_ = 0;  // this epoch's batches so far
+  torch::Tensor first_bad_;   // on the device: the first batch with a non-finite loss, or -1
   double last_loss_ = 0, last_top1_ = 0, last_lr_ = 0;
   int64_t steps_done_ = 0;
   Progress progress_;

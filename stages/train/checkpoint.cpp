@@ -1,0 +1,126 @@
+#include "stages/train/checkpoint.h"
+
+#include <spdlog/spdlog.h>
+
+#include <stdexcept>
+
+#include "pipeline/registry.h"
+#include "stages/model/checkpoint_format.h"
+#include "stages/model/weights.h"
+#include "stages/train/state_bytes.h"
+
+namespace flowrun::stages {
+
+namespace {
+using namespace checkpoint_format;
+
+uint64_t parse_count(const std::string& path, const Metadata& metadata, const std::string& key) {
+  auto it = metadata.find(key);
+  if (it == metadata.end()) throw std::runtime_error(path + ": checkpoint metadata lacks '" + key + "'");
+  size_t used = 0;
+  uint64_t value = 0;
+  try {
+    if (!it->second.empty() && it->second[0] != '-') value = std::stoull(it->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != it->second.size() || value > (uint64_t{1} << 62))
+    throw std::runtime_error(path + ": checkpoint metadata '" + key + "' is not a count: '" + it->second + "'");
+  return value;
+}
+}  // namespace
+
+RunState read_checkpoint(const std::string& path) {
+  Metadata metadata;
+  StateDict tensors = read_safetensors(path, &metadata);
+  if (metadata["format"] != kFormat) throw std::runtime_error(path + ": not a flowrun checkpoint");
+  if (metadata["version"] != kVersion)
+    throw std::runtime_error(path + ": checkpoint version '" + metadata["version"] + "' (this flowrun reads " + kVersion + ")");
+  RunState state;
+  const uint64_t epoch = parse_count(path, metadata, "epoch"), flow = parse_count(path, metadata, "flow");
+  if (epoch > (1u << 30) || flow > (1u << 30)) throw std::runtime_error(path + ": checkpoint position is out of range");
+  state.position.epoch = static_cast<int>(epoch);
+  state.position.flow = static_cast<int>(flow);
+  state.position.items = parse_count(path, metadata, "items");
+  state.graph = metadata["graph"];
+  for (const auto& [name, tensor] : tensors) {
+    if (name.rfind(kStagePrefix, 0) != 0) throw std::runtime_error(path + ": unexpected tensor '" + name + "'");
+    try {
+      state.stages[name.substr(std::char_traits<char>::length(kStagePrefix))] = tensor_bytes(tensor);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(path + ": '" + name + "': " + e.what());
+    }
+  }
+  return state;
+}
+
+void write_checkpoint(const std::string& path, const RunState& state) {
+  Metadata metadata = {{"format", kFormat},
+                       {"version", kVersion},
+                       {"epoch", std::to_string(state.position.epoch)},
+                       {"flow", std::to_string(state.position.flow)},
+                       {"items", std::to_string(state.position.items)},
+                       {"graph", state.graph}};
+  StateDict tensors;
+  for (const auto& [name, bytes] : state.stages) tensors.emplace_back(kStagePrefix + name, bytes_tensor(bytes));
+  write_safetensors(path, tensors, metadata);
+}
+
+Schema Checkpoint::schema() {
+  return Schema("checkpoint", "keeps the run's state (weights, optimizer, position) to resume from after a stop")
+      .param(Path("path", "the checkpoint file; \"\" = RUN_DIR/checkpoint.ckpt").def(std::string("")))
+      .param(Int("every", "write one every N epochs (and always when the run stops); 0 = only when it stops")
+                 .def(int64_t{1})
+                 .at_least(0))
+      .param(Path("resume", "a checkpoint to take the run up from; \"\" = start afresh").def(std::string("")));
+}
+
+Checkpoint::Checkpoint(const StageInit& init)
+    : name_(init.name),
+      path_(init.params.get_string("path")),
+      resume_(init.params.get_string("resume")),
+      every_(init.params.get_int("every")),
+      metrics_(MetricsLog::of(init)) {
+  if (path_.empty()) {
+    if (init.run.run_dir.empty())
+      throw std::runtime_error("no checkpoint file: set path= or give the run a directory (--run-dir)");
+    path_ = init.run.run_dir + "/checkpoint.ckpt";
+  }
+}
+
+std::optional<RunState> Checkpoint::resume_state() {
+  if (resume_.empty()) return std::nullopt;
+  return read_checkpoint(resume_);
+}
+
+void Checkpoint::write(const RunState& state) const {
+  write_checkpoint(path_, state);
+  ++written_;
+}
+
+void Checkpoint::epoch_ended(const RunPosition& next, const StateCollector& collect) {
+  if (every_ > 0 && next.epoch % every_ == 0) {
+    write(collect());
+    spdlog::info("checkpoint: {} (to resume at {})", path_, next.describe());
+  }
+}
+
+void Checkpoint::run_stopped(const RunPosition& next, bool interrupted, const StateCollector& collect) {
+  write(collect());
+  if (interrupted)
+    spdlog::warn("checkpoint: {} holds the run up to {}; go on with --set {}.resume={}", path_, next.describe(), name_,
+                 path_);
+}
+
+bool Checkpoint::save_state(std::string& out) const {
+  out = metrics_->to_json();
+  return true;
+}
+
+void Checkpoint::load_state(const std::string& in) { metrics_->restore(in); }
+
+void Checkpoint::report(Report& report) const { report.set("checkpoints_written", static_cast<double>(written_)); }
+
+FLOWRUN_REGISTER_STAGE(Checkpoint);
+
+}  // namespace flowrun::stages

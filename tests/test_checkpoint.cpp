@@ -1,0 +1,255 @@
+// Checkpoints: a run stopped anywhere (mid-epoch, at a phase boundary, by a
+// real SIGTERM) and resumed from its checkpoint ends with the same weights,
+// bit for bit, and the same metrics as a run that never stopped. Bad
+// checkpoint files are clear errors.
+#include <gtest/gtest.h>
+
+#include <png.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data_support.h"
+#include "stages/model/weights.h"
+#include "stages/train/checkpoint.h"
+#include "test_support.h"
+
+using namespace flowrun;
+
+namespace {
+
+// ResNet-18 on three Fashion-MNIST classes: a frozen-backbone phase, then a
+// full phase with discriminative rates, one-cycle and clipping; a validation
+// flow after the training flow. `after_train` is the stage the training flow
+// ends with (a no-op, or a stop for the test).
+std::string graph_text(const std::string& after_train = "sleep us=0") {
+  return R"(run seed=3 in_flight=64
+train_src     = idx part=train sampler=train_sampler
+train_sampler = classes names=[Shirt, Sneaker, Bag] | per_class k=8 | shuffle
+train_aug     = resize size=32 | random_crop size=32 padding=4 mode=reflect | hflip
+train_norm    = normalize stats=custom mean=[0.286] std=[0.353]
+train_batch   = batch size=4
+train         = train model=model optimizer=optim scheduler=sched freezer=freezer
+after_train   = )" + after_train + R"(
+val_src       = idx part=test sampler=val_sampler
+val_sampler   = classes names=[Shirt, Sneaker, Bag] | per_class k=4
+val_aug       = resize size=32
+val_norm      = normalize stats=custom mean=[0.286] std=[0.353]
+val_batch     = batch size=5
+evaluate      = evaluate model=model
+flow train_src -> train_aug -> train_norm -> train_batch -> train -> after_train
+flow val_src -> val_aug -> val_norm -> val_batch -> evaluate
+model      = resnet depth=18 classes=3
+checkpoint = checkpoint
+save       = save_weights model=model path="weights.safetensors"
+phase head epochs=1 {
+  freezer = freeze mode=backbone
+  optim   = adam lr=2e-3
+  sched   = onecycle
+}
+phase full epochs=2 {
+  freezer = freeze mode=none
+  optim   = adam lr=1e-3 wd=1e-4 backbone_lr_factor=0.1 clip_value=0.1
+  sched   = onecycle
+}
+)";
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string write_graph(const std::string& dir, const std::string& name, const std::string& text) {
+  std::string path = dir + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+// One run of a graph in `dir`, its outputs in dir/RUN (run dir) and dir/RUN.safetensors.
+test::CommandResult run(const std::string& dir, const std::string& graph, const std::string& name,
+                        std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {graph, "--threads", "2", "--run-dir", dir + "/" + name,
+                                   "--set", "save.path=" + dir + "/" + name + ".safetensors"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return test::run_flowrun(args, dir);
+}
+
+// The uninterrupted run every resumed run must reproduce, made once.
+class Resume : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(test::temp_dir());
+    graph_ = new std::string(write_graph(*dir_, "resume.graph", graph_text()));
+    auto whole = run(*dir_, *graph_, "whole");
+    ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  }
+  static std::string* dir_;
+  static std::string* graph_;
+
+  // Stops a run at `stop_at`, resumes it, and compares it with the whole run.
+  void stop_and_resume(const std::string& stop_at, const std::string& name) {
+    const std::string& dir = *dir_;
+    std::string stop_graph = write_graph(dir, name + ".graph", graph_text(stop_at));
+    auto stopped = run(dir, stop_graph, name + "-stopped", {"--plugin", TEST_PLUGIN_STOP_AT});
+    ASSERT_EQ(stopped.exit_code, 130) << stopped.err;
+    const std::string checkpoint = dir + "/" + name + "-stopped/checkpoint.ckpt";
+    ASSERT_TRUE(std::filesystem::exists(checkpoint));
+    EXPECT_NE(stopped.err.find("--set checkpoint.resume=" + checkpoint), std::string::npos) << stopped.err;
+    EXPECT_FALSE(std::filesystem::exists(dir + "/" + name + "-stopped.safetensors"));  // weights only when complete
+    auto resumed = run(dir, *graph_, name + "-resumed", {"--set", "checkpoint.resume=" + checkpoint});
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+    EXPECT_NE(resumed.err.find("resuming at epoch"), std::string::npos) << resumed.err;
+    // The same weights, bit for bit, and the same per-epoch metrics.
+    EXPECT_EQ(slurp(dir + "/" + name + "-resumed.safetensors"), slurp(dir + "/whole.safetensors"));
+    EXPECT_EQ(slurp(dir + "/" + name + "-resumed/metrics.csv"), slurp(dir + "/whole/metrics.csv"));
+    auto summary = [&](const std::string& run_name) {
+      return nlohmann::json::parse(slurp(dir + "/" + run_name + "/summary.json"));
+    };
+    nlohmann::json whole = summary("whole"), again = summary(name + "-resumed");
+    for (const char* key : {"val_top1", "val_loss", "train_loss", "train_steps"}) EXPECT_EQ(whole[key], again[key]) << key;
+    EXPECT_EQ(again["epochs"], 3);
+    EXPECT_TRUE(again.contains("resumed_from"));
+  }
+};
+std::string* Resume::dir_ = nullptr;
+std::string* Resume::graph_ = nullptr;
+
+}  // namespace
+
+TEST_F(Resume, MidEpochInTheFrozenPhase) { stop_and_resume("stop_at epoch=1 item=2", "head-mid"); }
+
+TEST_F(Resume, AtTheLastBatchBeforeAPhaseChange) { stop_and_resume("stop_at epoch=1 item=6", "head-end"); }
+
+TEST_F(Resume, MidEpochInTheFullPhase) { stop_and_resume("stop_at epoch=2 item=3", "full-mid"); }
+
+TEST_F(Resume, SigtermWritesAResumableCheckpoint) {
+  const std::string& dir = *dir_;
+  // The first checkpoint (end of epoch 1) has appeared: training is in epoch 2.
+  const std::string checkpoint = dir + "/signalled/checkpoint.ckpt";
+  auto signalled = test::run_flowrun_signalled(
+      {*graph_, "--threads", "2", "--run-dir", dir + "/signalled", "--set", "save.path=" + dir + "/signalled.safetensors"},
+      [&] { return std::filesystem::exists(checkpoint); }, SIGTERM, dir);
+  ASSERT_EQ(signalled.exit_code, 130) << signalled.err;
+  RunState state = stages::read_checkpoint(checkpoint);
+  EXPECT_GE(state.position.epoch, 1);
+  auto resumed = run(dir, *graph_, "after-signal", {"--set", "checkpoint.resume=" + checkpoint});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(slurp(dir + "/after-signal.safetensors"), slurp(dir + "/whole.safetensors"));
+}
+
+TEST_F(Resume, AFinishedRunResumesToTheSameResult) {
+  const std::string& dir = *dir_;
+  auto again = run(dir, *graph_, "finished", {"--set", "checkpoint.resume=" + dir + "/whole/checkpoint.ckpt"});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(again.err.find("train: loss"), std::string::npos) << "no epoch should run:\n" << again.err;
+  EXPECT_EQ(slurp(dir + "/finished.safetensors"), slurp(dir + "/whole.safetensors"));
+  nlohmann::json whole = nlohmann::json::parse(slurp(dir + "/whole/summary.json"));
+  nlohmann::json finished = nlohmann::json::parse(slurp(dir + "/finished/summary.json"));
+  EXPECT_EQ(whole["val_top1"], finished["val_top1"]);
+  EXPECT_EQ(slurp(dir + "/finished/metrics.csv"), slurp(dir + "/whole/metrics.csv"));
+}
+
+TEST_F(Resume, BadCheckpointsAreClearErrors) {
+  const std::string& dir = *dir_;
+  const std::string good = dir + "/whole/checkpoint.ckpt";
+  auto resume_from = [&](const std::string& path, std::vector<std::string> extra = {}) {
+    extra.insert(extra.begin(), {"--set", "checkpoint.resume=" + path});
+    return run(dir, *graph_, "bad", extra);
+  };
+  // Missing.
+  auto missing = resume_from(dir + "/nowhere.ckpt");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find(dir + "/nowhere.ckpt: cannot open"), std::string::npos) << missing.err;
+  // Cut short, as a copy interrupted part way would be.
+  std::string bytes = slurp(good);
+  std::ofstream(dir + "/short.ckpt", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  auto truncated = resume_from(dir + "/short.ckpt");
+  EXPECT_EQ(truncated.exit_code, 1);
+  EXPECT_NE(truncated.err.find(dir + "/short.ckpt: "), std::string::npos) << truncated.err;
+  EXPECT_NE(truncated.err.find("outside the file"), std::string::npos) << truncated.err;
+  // A weights file is not a checkpoint.
+  auto weights = resume_from(dir + "/whole.safetensors");
+  EXPECT_EQ(weights.exit_code, 1);
+  EXPECT_NE(weights.err.find("whole.safetensors: not a flowrun checkpoint"), std::string::npos) << weights.err;
+  // A checkpoint from a longer run than this graph.
+  auto shorter = resume_from(good, {"--set", "full.epochs=1"});
+  EXPECT_EQ(shorter.exit_code, 1);
+  EXPECT_NE(shorter.err.find("the saved state is at epoch 4, which this graph (2 epochs, 2 flows) does not have"),
+            std::string::npos)
+      << shorter.err;
+  // Another model: the saved weights do not fit, and the message names them.
+  auto other_model = resume_from(good, {"--set", "model.classes=5"});
+  EXPECT_EQ(other_model.exit_code, 1);
+  EXPECT_NE(other_model.err.find("saved state of model 'model': weights do not fit the model"), std::string::npos)
+      << other_model.err;
+  EXPECT_NE(other_model.err.find("key 'fc.weight' has shape [3, 512] but the model needs [5, 512]"), std::string::npos)
+      << other_model.err;
+}
+
+// Prediction on files named in a list, with the model taken from the
+// checkpoint: the same predictions as from the exported weights.
+TEST_F(Resume, PredictOnAnImageListFromTheCheckpoint) {
+  const std::string& dir = *dir_;
+  std::filesystem::create_directories(dir + "/images/sub");
+  test::write_file(dir + "/images/a.jpg", test::encode_jpeg(test::pattern_image(40, 30, 1)));
+  test::write_file(dir + "/images/sub/b.png", test::encode_png(test::pattern_image(28, 28, 2), PNG_COLOR_TYPE_GRAY));
+  std::ofstream(dir + "/images/list.txt") << "# two images, one with its true class\na.jpg\tBag\nsub/b.png\n";
+  const std::string graph = write_graph(dir, "predict.graph", R"(
+source  = imagelist list="images/list.txt" classes=[Shirt, Sneaker, Bag]
+decode  = decode
+resize  = resize size=32 | center_crop size=32
+norm    = normalize stats=custom mean=[0.286] std=[0.353]
+batch   = batch size=2
+predict = predict grid=""
+model   = resnet depth=18 classes=3
+)");
+  auto predict_with = [&](const std::string& weights, const std::string& csv) {
+    return test::run_flowrun({graph, "--set", "model.weights=" + weights, "--set", "predict.csv=" + csv}, dir);
+  };
+  auto from_checkpoint = predict_with(dir + "/whole/checkpoint.ckpt", dir + "/from-checkpoint.csv");
+  ASSERT_EQ(from_checkpoint.exit_code, 0) << from_checkpoint.err;
+  auto from_weights = predict_with(dir + "/whole.safetensors", dir + "/from-weights.csv");
+  ASSERT_EQ(from_weights.exit_code, 0) << from_weights.err;
+  std::string csv = slurp(dir + "/from-checkpoint.csv");
+  EXPECT_EQ(csv, slurp(dir + "/from-weights.csv"));
+  std::stringstream lines(csv);
+  std::string header, first, second, extra;
+  std::getline(lines, header), std::getline(lines, first), std::getline(lines, second);
+  EXPECT_FALSE(std::getline(lines, extra));
+  EXPECT_EQ(first.rfind(dir + "/images/a.jpg,Bag,", 0), 0u) << first;
+  EXPECT_EQ(second.rfind(dir + "/images/sub/b.png,,", 0), 0u) << second;  // no true class
+  for (const std::string& row : {first, second}) {
+    std::vector<std::string> fields;
+    std::stringstream cells(row);
+    for (std::string cell; std::getline(cells, cell, ',');) fields.push_back(cell);
+    ASSERT_GE(fields.size(), 3u) << row;
+    EXPECT_TRUE(fields[2] == "Shirt" || fields[2] == "Sneaker" || fields[2] == "Bag") << row;  // named, not numbered
+  }
+  // A class the list names but the model does not know: the list's line.
+  std::ofstream(dir + "/images/bad.txt") << "a.jpg\nsub/b.png\tCat\n";
+  auto bad = test::run_flowrun({graph, "--set", "source.list=images/bad.txt", "--set", "predict.csv=" + dir + "/x.csv"}, dir);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("images/bad.txt:2: class 'Cat' is not one of classes=[...]"), std::string::npos) << bad.err;
+}
+
+TEST(Checkpoint, FileRoundTripsPositionAndStates) {
+  std::string dir = test::temp_dir();
+  RunState state;
+  state.position = {4, 1, 120};
+  state.stages = {{"model", std::string("\0\1\2weights", 10)}, {"train", "moments"}, {"empty", ""}};
+  state.graph = "run seed=1\n";
+  stages::write_checkpoint(dir + "/c.ckpt", state);
+  RunState back = stages::read_checkpoint(dir + "/c.ckpt");
+  EXPECT_EQ(back.position.epoch, 4);
+  EXPECT_EQ(back.position.flow, 1);
+  EXPECT_EQ(back.position.items, 120u);
+  EXPECT_EQ(back.stages, state.stages);
+  EXPECT_EQ(back.graph, state.graph);
+  EXPECT_EQ(back.position.describe(), "epoch 5, flow 2, item 120");
+}
