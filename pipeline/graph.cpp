@@ -301,7 +301,7 @@ class Resolver {
                     typed_params(type->schema, op_decl.params, op_decl.where, owner, base_dir, engine_params(kind),
                                  &engine_values, /*defer_required=*/true),
                     op_decl.where};
-      if (diagnostics_.size() != errors_before) op.stage_type = nullptr;  // reported: check_ops leaves it be
+      op.params_valid = diagnostics_.size() == errors_before;  // else reported: check_ops leaves it be
       auto concurrency = engine_values.find("concurrency");
       if (concurrency != engine_values.end()) {
         if (concurrency_set) error(op_decl.where, "'concurrency' is set twice in stage '" + decl.name + "'");
@@ -592,7 +592,7 @@ class Resolver {
     for (auto& phase : graph.phases)
       for (auto& stage : phase.stages)
         for (auto& op : stage.ops) {
-          if (!op.stage_type) continue;
+          if (!op.params_valid) continue;
           const Schema& schema = op.stage_type->schema;
           const std::string owner = "stage '" + stage.name + "' (" + op.type + ")";
           bool complete = true;

@@ -25,7 +25,8 @@ struct ResolvedOp {
   std::string type;
   const StageType* stage_type = nullptr;
   Params params;
-  Location where;  // of the op in the graph file
+  Location where;             // of the op in the graph file
+  bool params_valid = true;   // false when its parameters were already reported wrong
 };
 
 struct ResolvedStage {

@@ -173,4 +173,8 @@ TEST(Model, BadFilesAreClearErrors) {
   std::string zip = write("fake.pth", "PK\x03\x04 not really a zip");
   EXPECT_EQ(load_error(18, 7, zip).rfind(zip + ": not a readable torch.save zip archive", 0), 0u) << load_error(18, 7, zip);
   EXPECT_EQ(load_error(18, 7, dir + "/none.pth"), dir + "/none.pth: cannot open weight file");
+  // Found by fuzzing: a zip whose tensor record is damaged (LibTorch's reader throws its own error).
+  const std::string damaged = FLOWRUN_SOURCE_DIR "/fuzz/corpus/pth/damaged_record.pth";
+  EXPECT_EQ(load_error(18, 7, damaged).rfind(damaged + ": corrupt torch.save archive (", 0), 0u)
+      << load_error(18, 7, damaged);
 }

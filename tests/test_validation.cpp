@@ -93,6 +93,15 @@ TEST(Validation, ARequiredParameterMayComeFromTheCommandLine) {
   EXPECT_EQ(errors_of(text), "test.graph:2:5: error: missing required parameter 'size' (int) for stage 'k' (kitchen)\n");
 }
 
+// Found by fuzzing: a phase overriding a parameter of an op whose own
+// parameters were wrong crashed the resolver.
+TEST(Validation, APhaseOverrideOfAnInvalidOpIsReportedNotACrash) {
+  std::string errors = errors_of("src = count count=-5 bogus=1\nsink = sink\nphase p epochs=1 { src.count = 2 }\n");
+  EXPECT_EQ(errors,
+            "test.graph:1:19: error: parameter 'count' = -5 is out of range [0, inf]\n"
+            "test.graph:1:22: error: unknown parameter 'bogus' for stage 'src' (count) (parameters: count, start)\n");
+}
+
 TEST(Validation, MissingRequiredAndDuplicates) {
   std::string errors = errors_of("source = count count=1 count=2\nk = kitchen\nk = sink\nsink = sink\n");
   EXPECT_EQ(errors,

@@ -382,16 +382,19 @@ StateDict read_torch_state_dict(const std::string& path) {
     std::string why = e.what();
     fail(path, "not a readable torch.save zip archive (" + why.substr(0, why.find('\n')) + ")");
   }
-  if (!zip->hasRecord("data.pkl")) fail(path, "no data.pkl in the archive (not a torch.save file)");
-  at::DataPtr pickle;
-  size_t size = 0;
+  PRef root;
   try {
+    if (!zip->hasRecord("data.pkl")) fail(path, "no data.pkl in the archive (not a torch.save file)");
+    at::DataPtr pickle;
+    size_t size = 0;
     std::tie(pickle, size) = zip->getRecord("data.pkl");
-  } catch (const std::exception& e) {
-    fail(path, "cannot read data.pkl");
+    Unpickler unpickler(path, static_cast<const uint8_t*>(pickle.get()), size, *zip);
+    root = unpickler.run();
+  } catch (const c10::Error& e) {
+    // LibTorch's zip reader refusing a damaged record (found by fuzzing).
+    std::string why = e.what_without_backtrace();
+    fail(path, "corrupt torch.save archive (" + why.substr(0, why.find('\n')) + ")");
   }
-  Unpickler unpickler(path, static_cast<const uint8_t*>(pickle.get()), size, *zip);
-  PRef root = unpickler.run();
   if (root->kind != PValue::Kind::Dict) fail(path, "does not hold a state dict (a dict of tensors)");
   StateDict out;
   for (const auto& [key, value] : root->entries) {
