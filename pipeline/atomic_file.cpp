@@ -47,6 +47,13 @@ void write_file_atomically(const std::string& path, const std::function<void(std
     std::remove(temporary.c_str());
     fail(why);
   }
+  // The rename itself reaches the disk with the directory's entry.
+  std::string dir = target.has_parent_path() ? target.parent_path().string() : std::string(".");
+  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
 }
 
 void write_file_atomically(const std::string& path, const std::string& content) {

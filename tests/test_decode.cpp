@@ -170,3 +170,30 @@ TEST(Decode, BadFilesAreSkippedAndCountedOrStopTheRun) {
                fail.error.rfind("stage 'decode' (decode): " + root + "/b/truncated.jpeg: corrupt JPEG: ", 0) == 0;
   EXPECT_TRUE(named) << fail.error;
 }
+
+// What a folder from the wild holds: names that are not UTF-8, a link that
+// leads nowhere, a folder named like an image, a file that cannot be read,
+// a symlink loop, and a bomb declaring 50,000 x 50,000 pixels.
+TEST(Decode, HostileFolderEntriesAreDecodedSkippedOrIgnored) {
+  std::string root = test::make_jpeg_folder({"a", "b"}, 2, 16, 16);
+  auto jpeg = test::encode_jpeg(test::pattern_image(16, 16), 90);
+  test::write_file(root + "/a/\xff\xfe latin1 \xe9.jpg", jpeg);  // not UTF-8: still an image
+  std::filesystem::create_symlink(root + "/nowhere.jpg", root + "/a/dangling.jpg");
+  std::filesystem::create_directories(root + "/a/folder.jpg");
+  std::filesystem::create_symlink("/proc/self/mem", root + "/b/unreadable.jpg");  // open works, read fails
+  std::filesystem::create_symlink(root + "/b", root + "/b/loop");
+  auto bomb = jpeg;
+  for (size_t i = 0; i + 8 < bomb.size(); ++i)
+    if (bomb[i] == 0xFF && bomb[i + 1] == 0xC0) {
+      bomb[i + 5] = bomb[i + 7] = 50000 >> 8;
+      bomb[i + 6] = bomb[i + 8] = 50000 & 255;
+      break;
+    }
+  test::write_file(root + "/b/bomb.jpg", bomb);
+  FolderRun skip = run_decode_graph(root, "skip");
+  ASSERT_EQ(skip.error, "");
+  const auto& decode = skip.result.stages[1];
+  EXPECT_EQ(decode.figures.at("decoded"), 5.0);  // 2 + 2 + the non-UTF-8 name
+  EXPECT_EQ(decode.figures.at("skipped"), 2.0);  // unreadable, bomb; the rest is never listed
+  EXPECT_EQ(skip.result.stages.back().figures.at("items"), 5.0);
+}
