@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "stages/model/model.h"
+#include "data_support.h"
 #include "test_support.h"
 
 using namespace flowrun;
@@ -114,4 +115,27 @@ TEST(Graphs, MissingSourceWithoutPretrainGraphIsAClearError) {
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.err.find("stage 'model' (resnet): " + dir + "/none.safetensors: cannot open weight file"),
             std::string::npos) << result.err;
+}
+
+// The GPU benchmark's graphs (bench/gpu_bench.sh) run on a CPU too, at a
+// tiny size: what the GPU host will run is not first tried there.
+TEST(Graphs, GpuBenchmarkGraphsRunOnTheCpu) {
+  std::string root = test::make_jpeg_folder({"a", "b", "c"}, 4, 48, 40);
+  std::vector<std::string> tiny = {"--threads", "2", "--set", "source.root=" + root, "--set", "model.depth=18",
+                                   "--set", "model.classes=3", "--set", "run.epochs=1"};
+  auto with = [&](std::vector<std::string> args) {
+    args.insert(args.end(), tiny.begin(), tiny.end());
+    return test::run_flowrun(args);
+  };
+  auto full = with({"bench/gpu_train.graph", "--set", "batch.size=4", "--set", "augment.random_crop.size=32",
+                    "--set", "decode.min_size=0"});
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  EXPECT_NE(full.err.find("epoch 1 (main 1/1) train: loss"), std::string::npos) << full.err;
+  auto frozen = with({"bench/gpu_train.graph", "--set", "batch.size=4", "--set", "augment.random_crop.size=32",
+                      "--set", "decode.min_size=0", "--set", "freezer.mode=backbone"});
+  ASSERT_EQ(frozen.exit_code, 0) << frozen.err;
+  auto eval = with({"bench/gpu_eval.graph", "--set", "batch.size=6", "--set", "resize.resize.size=32",
+                    "--set", "resize.center_crop.size=32", "--set", "decode.min_size=0"});
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  EXPECT_NE(eval.err.find("(12 samples)"), std::string::npos) << eval.err;
 }
