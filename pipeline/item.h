@@ -37,7 +37,8 @@ class Item {
   void drop() { data_.reset(); }
   bool dropped() const { return !data_; }
 
-  // Position in this epoch's stream, set by the engine.
+  // Order in this pass of the flow, set by the engine (from 0, also when a
+  // resumed epoch starts part way: see source_end for the absolute place).
   uint64_t seq = 0;
 
   // Engine bookkeeping: how many source items this item accounts for, which

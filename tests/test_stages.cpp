@@ -2,8 +2,10 @@
 // parameter type and the executor's paths (errors, accumulation, phases).
 #include "test_stages.h"
 
+#include <sstream>
 #include <stdexcept>
 
+#include "pipeline/interrupt.h"
 #include "pipeline/registry.h"
 
 namespace flowrun::test {
@@ -100,6 +102,42 @@ void Probe::reset() {
   epochs_seen.clear();
 }
 
+bool GroupSink::save_state(std::string& out) const {
+  std::ostringstream text;
+  for (const auto& group : groups_) {
+    for (int64_t value : group) text << value << ' ';
+    text << '\n';
+  }
+  out = text.str();
+  return true;
+}
+void GroupSink::load_state(const std::string& in) {
+  groups_.clear();
+  std::istringstream lines(in);
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream values(line);
+    groups_.emplace_back();
+    for (int64_t value; values >> value;) groups_.back().push_back(value);
+  }
+}
+
+Schema StopAfter::schema() {
+  return Schema("stop_after", "requests a stop when its n-th item passes (0: never)")
+      .param(Int("n", "the item").def(int64_t{0}).at_least(0));
+}
+void StopAfter::process(Item&) {
+  if (++seen_ == n_) request_stop();
+}
+
+std::optional<RunState> MemoryKeeper::kept;
+Schema MemoryKeeper::schema() {
+  return Schema("memory_keeper", "keeps the run's state in memory")
+      .param(Bool("resume", "take the run up from the kept state").def(false));
+}
+std::optional<RunState> MemoryKeeper::resume_state() { return resume_ ? kept : std::nullopt; }
+
+FLOWRUN_REGISTER_STAGE(StopAfter);
+FLOWRUN_REGISTER_STAGE(MemoryKeeper);
 FLOWRUN_REGISTER_STAGE(Kitchen);
 FLOWRUN_REGISTER_STAGE(FailsAt);
 FLOWRUN_REGISTER_STAGE(Group);

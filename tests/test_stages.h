@@ -1,9 +1,11 @@
 #pragma once
 
 #include <atomic>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "pipeline/run_state.h"
 #include "pipeline/stage.h"
 
 namespace flowrun::test {
@@ -46,9 +48,40 @@ class GroupSink : public SerialStage {
   explicit GroupSink(const StageInit&) {}
   void process(Item& item, const Emit& emit) override;
   void report(Report& report) const override;
+  bool save_state(std::string& out) const override;
+  void load_state(const std::string& in) override;
 
  private:
   std::vector<std::vector<int64_t>> groups_;
+};
+
+// Asks the run to stop (as SIGINT would) when the n-th item of the run passes.
+class StopAfter : public TransformStage {
+ public:
+  static Schema schema();
+  explicit StopAfter(const StageInit& init) : n_(init.params.get_int("n")) {}
+  void process(Item& item) override;
+
+ private:
+  int64_t n_;
+  std::atomic<int64_t> seen_{0};
+};
+
+// Keeps the run's state in memory (a checkpoint without a file): the last
+// state kept survives the run, and resume=true takes the next run up from it.
+class MemoryKeeper : public ComponentStage, public StateKeeper {
+ public:
+  static Schema schema();
+  explicit MemoryKeeper(const StageInit& init) : resume_(init.params.get_bool("resume")) {}
+  std::optional<RunState> resume_state() override;
+  void epoch_ended(const RunPosition& next, const StateCollector& collect) override { kept = collect(); }
+  void run_stopped(const RunPosition& next, bool interrupted, const StateCollector& collect) override {
+    kept = collect();
+  }
+  static std::optional<RunState> kept;
+
+ private:
+  bool resume_;
 };
 
 // Appends "NAME:VALUE" for every item to one log shared by all instances.
