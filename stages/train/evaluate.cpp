@@ -120,9 +120,7 @@ bool Evaluate::save_state(std::string& out) const {
   archive.write("last_classes", c10::IValue(last_.classes));
   archive.write("last_per_class", torch::tensor(last_.per_class, torch::kDouble));
   archive.write("last_confusion", torch::tensor(last_.confusion, torch::kLong));
-  std::string names;
-  for (const auto& name : class_names_) names += name + "\n";
-  archive.write("class_names", bytes_tensor(names));
+  write_lines(archive, "class_names", class_names_);
   out = archive_bytes(archive);
   return true;
 }
@@ -144,7 +142,7 @@ void Evaluate::load_state(const std::string& in) {
   last_.top1 = read_double(archive, "last_top1");
   last_.top5 = read_double(archive, "last_top5");
   last_.classes = read_int(archive, "last_classes");
-  torch::Tensor per_class, confusion, names;
+  torch::Tensor per_class, confusion;
   archive.read("last_per_class", per_class);
   archive.read("last_confusion", confusion);
   per_class = per_class.to(torch::kDouble).contiguous();
@@ -153,10 +151,7 @@ void Evaluate::load_state(const std::string& in) {
     throw std::runtime_error("saved state of evaluate '" + name_ + "' is inconsistent");
   last_.per_class.assign(per_class.data_ptr<double>(), per_class.data_ptr<double>() + per_class.numel());
   last_.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
-  archive.read("class_names", names);
-  class_names_.clear();
-  std::istringstream lines(tensor_bytes(names));
-  for (std::string name; std::getline(lines, name);) class_names_.push_back(name);
+  class_names_ = read_lines(archive, "class_names");
 }
 
 void Evaluate::report(Report& report) const {

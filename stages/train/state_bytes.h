@@ -4,10 +4,13 @@
 
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace flowrun::stages {
 
@@ -37,6 +40,22 @@ inline std::string tensor_bytes(const torch::Tensor& t) {
   if (t.scalar_type() != torch::kUInt8 || t.dim() != 1) throw std::runtime_error("saved bytes are not a uint8 vector");
   torch::Tensor c = t.contiguous();
   return std::string(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel()));
+}
+
+// A list of names (as a JSON array: any name survives) and back.
+inline void write_lines(torch::serialize::OutputArchive& archive, const std::string& key,
+                        const std::vector<std::string>& lines) {
+  archive.write(key, bytes_tensor(nlohmann::json(lines).dump()));
+}
+
+inline std::vector<std::string> read_lines(torch::serialize::InputArchive& archive, const std::string& key) {
+  torch::Tensor bytes;
+  archive.read(key, bytes);
+  try {
+    return nlohmann::json::parse(tensor_bytes(bytes)).get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error("saved state: '" + key + "' is not a list of names");
+  }
 }
 
 inline int64_t read_int(torch::serialize::InputArchive& archive, const std::string& key) {

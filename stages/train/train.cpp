@@ -170,9 +170,7 @@ bool Train::save_state(std::string& out) const {
   archive.write("last_loss", c10::IValue(last_loss_));
   archive.write("last_top1", c10::IValue(last_top1_));
   archive.write("last_lr", c10::IValue(last_lr_));
-  std::string frozen;
-  for (const auto& part : frozen_) frozen += part + "\n";
-  archive.write("frozen", bytes_tensor(frozen));
+  write_lines(archive, "frozen", frozen_);
   if (loss_sum_.defined()) archive.write("loss_sum", loss_sum_.cpu());
   if (correct_.defined()) archive.write("correct", correct_.cpu());
   std::string optimizer = saved_optimizer_;
@@ -198,17 +196,14 @@ void Train::load_state(const std::string& in) {
   last_loss_ = read_double(archive, "last_loss");
   last_top1_ = read_double(archive, "last_top1");
   last_lr_ = read_double(archive, "last_lr");
-  torch::Tensor bytes;
-  archive.read("frozen", bytes);
-  frozen_.clear();
-  std::istringstream frozen(tensor_bytes(bytes));
-  for (std::string part; std::getline(frozen, part);) frozen_.push_back(part);
+  frozen_ = read_lines(archive, "frozen");
   torch::Tensor sum, correct;
   if (archive.try_read("loss_sum", sum) && archive.try_read("correct", correct)) {
     const torch::Device device = model_ ? model_->device() : torch::Device(torch::kCPU);
     loss_sum_ = sum.to(device);
     correct_ = correct.to(device);
   }
+  torch::Tensor bytes;
   archive.read("optimizer", bytes);
   saved_optimizer_ = tensor_bytes(bytes);
   optimization_ = Optimization();  // rebuilt, with these moments, at the next batch
