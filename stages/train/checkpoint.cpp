@@ -62,7 +62,11 @@ void write_checkpoint(const std::string& path, const RunState& state) {
                        {"items", std::to_string(state.position.items)},
                        {"graph", state.graph}};
   StateDict tensors;
-  for (const auto& [name, bytes] : state.stages) tensors.emplace_back(kStagePrefix + name, bytes_tensor(bytes));
+  // Views of the state bytes, not copies: a checkpoint can be most of memory.
+  for (const auto& [name, bytes] : state.stages)
+    tensors.emplace_back(kStagePrefix + name,
+                         torch::from_blob(const_cast<char*>(bytes.data()), {static_cast<int64_t>(bytes.size())},
+                                          torch::kUInt8));
   write_safetensors(path, tensors, metadata);
 }
 
