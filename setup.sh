@@ -40,7 +40,9 @@ if [ "${SANITIZERS:-1}" != 0 ]; then
   sanitizer_tree() {  # DIR SANITIZERS TARGETS...
     local dir=$1 sanitize=$2
     shift 2
-    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLOWRUN_SANITIZE="$sanitize" \
+    # -O1 -g1: ASan's recommended optimisation, line numbers in reports, and a quicker build.
+    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+      -DFLOWRUN_SANITIZE="$sanitize" \
       -DFLOWRUN_BUILD_BENCH=OFF -DFLOWRUN_BUILD_EXAMPLE_PLUGIN=OFF >/dev/null
     cmake --build "$dir" --target "$@"
   }
