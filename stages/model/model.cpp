@@ -2,9 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <thread>
 
@@ -99,12 +97,8 @@ namespace {
 // A weights file, or a flowrun checkpoint: then the weights of the model
 // stage of the same name in the run that wrote it.
 StateDict read_model_weights(const std::string& path, const std::string& stage) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  in.read(magic, 4);
-  if (in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_torch_state_dict(path);
   Metadata metadata;
-  StateDict tensors = read_safetensors(path, &metadata);
+  StateDict tensors = read_weights(path, &metadata);
   if (metadata["format"] != checkpoint_format::kFormat) return tensors;
   const std::string key = checkpoint_format::kStagePrefix + stage;
   for (const auto& [name, tensor] : tensors)

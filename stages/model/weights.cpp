@@ -514,13 +514,13 @@ void write_safetensors(const std::string& path, const StateDict& tensors, const 
   write_file_atomically(path, bytes);
 }
 
-StateDict read_weights(const std::string& path) {
+StateDict read_weights(const std::string& path, Metadata* metadata) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open weight file");
   char magic[4] = {};
   in.read(magic, 4);
   if (in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_torch_state_dict(path);
-  return read_safetensors(path);
+  return read_safetensors(path, metadata);
 }
 
 }  // namespace flowrun::stages

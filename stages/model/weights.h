@@ -16,15 +16,16 @@ namespace flowrun::stages {
 
 using StateDict = std::vector<std::pair<std::string, at::Tensor>>;  // in file order
 
-// By content: a zip archive is a torch.save file, anything else safetensors.
+// By content: a zip archive is a torch.save file, anything else safetensors
+// (whose header metadata goes to `metadata` when given).
 // Throws std::runtime_error("PATH: what is wrong").
-StateDict read_weights(const std::string& path);
+using Metadata = std::map<std::string, std::string>;
+StateDict read_weights(const std::string& path, Metadata* metadata = nullptr);
 StateDict read_torch_state_dict(const std::string& path);
 StateDict read_safetensors(const std::string& path);
 
 // Writes tensors (contiguous CPU copies) as safetensors, atomically.
 // `metadata` goes into the header's "__metadata__" (string to string).
-using Metadata = std::map<std::string, std::string>;
 void write_safetensors(const std::string& path, const StateDict& tensors, const Metadata& metadata = {});
 
 // The same format in memory. `name` says what the bytes are, in errors.
