@@ -177,10 +177,16 @@ class Runner : public StageDirectory {
                                                        at.describe() + ", which this graph (" +
                                                        std::to_string(total_epochs) + " epochs, " +
                                                        std::to_string(graph_.chains.size()) + " flows) does not have");
-    if (!state->graph.empty() && state->graph != graph_.format())
+    if (!state->graph.empty() && state->graph != graph_text())
       spdlog::warn("resuming under a graph that differs from the one that saved the state");
     spdlog::warn("resuming at {}", at.describe());  // not a fresh run: always say so
     return state;
+  }
+
+  // The resolved graph as text, stored with a run's state: made once, when first asked.
+  const std::string& graph_text() {
+    if (graph_text_.empty()) graph_text_ = graph_.format();
+    return graph_text_;
   }
 
   // Every stateful stage's bytes at `position`, gathered when the keeper asks.
@@ -188,7 +194,7 @@ class Runner : public StageDirectory {
     return [this, position] {
       RunState state;
       state.position = position;
-      state.graph = graph_.format();
+      state.graph = graph_text();
       for (auto& slot : slots_)
         for (size_t i = 0; i < slot->ops.size(); ++i) {
           std::string bytes;
@@ -615,6 +621,7 @@ class Runner : public StageDirectory {
   std::vector<int64_t> chain_ns_;  // per flow: time spent running it
   std::atomic<bool> failed_{false};
   StageSlot* keeper_slot_ = nullptr;
+  std::string graph_text_;
 };
 
 }  // namespace
