@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PACKAGES=(
-  cmake ninja-build g++ ccache pkg-config
+  cmake ninja-build g++ ccache pkg-config dpkg-dev
   libtorch-dev libtbb-dev libturbojpeg0-dev libpng-dev zlib1g-dev libcairo2-dev
   libboost-program-options-dev libspdlog-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
@@ -31,21 +31,26 @@ cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDeb
 cmake --build "$BUILD_DIR"
 echo "setup: built $BUILD_DIR/flowrun"
 
-# The sanitizer tree ./test.sh runs (SANITIZERS=0 skips it): the engine and
-# data-path suites under AddressSanitizer + UBSan. No model room and no
-# flowrun binary there: a few minutes. (FLOWRUN_SANITIZE=thread builds a
-# ThreadSanitizer tree the same way, but Debian's oneTBB is not instrumented
-# and TSan reports its internal handoffs: not part of the tests yet.)
+# The sanitizer trees ./test.sh runs (SANITIZERS=0 skips them): the engine and
+# data-path suites under AddressSanitizer + UBSan (build-asan/), and the
+# engine's suite under ThreadSanitizer (build-tsan/), linked against a oneTBB
+# built with TSan from the installed package's Debian source (TSan cannot see
+# the handoffs inside an uninstrumented libtbb). No model room and no flowrun
+# binary there: a few minutes.
 if [ "${SANITIZERS:-1}" != 0 ]; then
-  sanitizer_tree() {  # DIR SANITIZERS TARGETS...
-    local dir=$1 sanitize=$2
-    shift 2
-    # -O1 -g1: ASan's recommended optimisation, line numbers in reports, and a quicker build.
+  sanitizer_tree() {  # DIR SANITIZERS "CMAKE ARGS" TARGETS...
+    local dir=$1 sanitize=$2 args=$3
+    shift 3
+    # -O1 -g1: the sanitizers' recommended optimisation, line numbers in reports, and a quicker build.
+    # shellcheck disable=SC2086
     cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
-      -DFLOWRUN_SANITIZE="$sanitize" \
+      -DFLOWRUN_SANITIZE="$sanitize" $args \
       -DFLOWRUN_BUILD_BENCH=OFF -DFLOWRUN_BUILD_EXAMPLE_PLUGIN=OFF >/dev/null
     cmake --build "$dir" --target "$@"
   }
-  sanitizer_tree build-asan address,undefined engine_tests data_tests
+  sanitizer_tree build-asan address,undefined "" engine_tests data_tests
   echo "setup: built the sanitizer tree build-asan/"
+  scripts/tsan-onetbb.sh build-tsan/onetbb
+  sanitizer_tree build-tsan thread "-DTBB_DIR=$PWD/build-tsan/onetbb/prefix/lib/cmake/TBB" engine_tests
+  echo "setup: built the sanitizer tree build-tsan/"
 fi

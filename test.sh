@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The tests (what .ci/run runs after ./setup.sh): every suite in build/, then
 # the engine and data-path suites under AddressSanitizer + UBSan
-# (build-asan/, built by ./setup.sh). Tests that run the flowrun binary or
-# load the example plugin only run in build/.
+# (build-asan/), then the engine's suite -- the executor's tests above all --
+# under ThreadSanitizer (build-tsan/); ./setup.sh builds both. Tests that run
+# the flowrun binary or load the example plugin only run in build/.
 set -euo pipefail
 cd "$(dirname "$0")"
 ctest --test-dir build --output-on-failure -j2
@@ -11,4 +12,10 @@ if [ -d build-asan ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$PWD/tests/sanitizers/ubsan.supp \
     LSAN_OPTIONS=suppressions=$PWD/tests/sanitizers/lsan.supp \
     ctest --test-dir build-asan --output-on-failure -j2 -E '^(Cli|Plugins)\.'
+fi
+if [ -d build-tsan ]; then
+  echo "== ThreadSanitizer: the engine (executor, parser, validation)"
+  # A race report makes the test exit 66, and so fail.
+  TSAN_OPTIONS=exitcode=66:second_deadlock_stack=1:history_size=4 \
+    ctest --test-dir build-tsan --output-on-failure -j2 -E '^(Cli|Plugins)\.'
 fi
