@@ -1,6 +1,7 @@
 #include "pipeline/atomic_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,6 +12,27 @@
 #include <stdexcept>
 
 namespace flowrun {
+namespace {
+
+// Removes PATH.tmp.PID files whose writer is gone (killed with SIGKILL, or a
+// power cut): a half-written checkpoint is hundreds of megabytes. A temporary
+// whose PID is alive -- another run writing the same file right now -- stays.
+void remove_abandoned_temporaries(const std::filesystem::path& target) {
+  std::error_code ec;
+  std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+  const std::string prefix = target.filename().string() + ".tmp.";
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string pid_text = name.substr(prefix.size());
+    if (pid_text.size() > 9 || pid_text.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    if (pid <= 0 || pid == getpid()) continue;
+    if (::kill(pid, 0) != 0 && errno == ESRCH) std::filesystem::remove(it->path(), ec);
+  }
+}
+
+}  // namespace
 
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write) {
   auto fail = [&](const std::string& why) { throw std::runtime_error(path + ": error: cannot write: " + why); };
@@ -20,6 +42,7 @@ void write_file_atomically(const std::string& path, const std::function<void(std
     std::filesystem::create_directories(target.parent_path(), ec);
     if (ec) fail(ec.message());
   }
+  remove_abandoned_temporaries(target);
   std::string temporary = path + ".tmp." + std::to_string(getpid());
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);

@@ -1,5 +1,6 @@
 // Files written whole or not at all: a temporary file beside the target,
-// flushed to disk, then renamed over it. A crash mid-write leaves the old file.
+// flushed to disk, then renamed over it. A crash mid-write leaves the old file
+// (and a PATH.tmp.PID, removed by the next write of PATH once PID is gone).
 #pragma once
 
 #include <functional>

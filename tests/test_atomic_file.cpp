@@ -27,7 +27,8 @@ std::string slurp(const std::string& path) {
 }  // namespace
 
 TEST(AtomicFile, KillDashNineDuringAWriteLeavesThePreviousFile) {
-  const std::string path = test::temp_dir() + "/checkpoint.ckpt";
+  const std::string dir = test::temp_dir();
+  const std::string path = dir + "/checkpoint.ckpt";
   const std::string previous(3 << 20, 'p');  // the last good checkpoint
   write_file_atomically(path, previous);
   const std::string next(8 << 20, 'n');
@@ -57,8 +58,22 @@ TEST(AtomicFile, KillDashNineDuringAWriteLeavesThePreviousFile) {
       ++interrupted;
     }
     write_file_atomically(path, previous);
+    // That write also removed the killed writer's half-written temporary.
+    for (const auto& entry : std::filesystem::directory_iterator(dir))
+      EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
   }
   EXPECT_GT(interrupted, 0);  // at least one kill landed before the rename
+}
+
+TEST(AtomicFile, ATemporaryOfALiveWriterIsLeftAlone) {
+  const std::string dir = test::temp_dir();
+  const std::string path = dir + "/weights.safetensors";
+  // PID 1 is always alive: another process writing the same file right now.
+  const std::string live = path + ".tmp.1";
+  std::ofstream(live) << "half";
+  write_file_atomically(path, "new");
+  EXPECT_TRUE(std::filesystem::exists(live));
+  EXPECT_EQ(slurp(path), "new");
 }
 
 TEST(AtomicFile, AFailedWriteLeavesThePreviousFileAndNoTemporary) {
