@@ -73,8 +73,12 @@ TEST(Decode, PngOfEveryKindComesOutRgb) {
       Image image = decode_image(bytes.data(), bytes.size(), kMaxPixels);
       ASSERT_EQ(image.channels, 3) << type << "/" << depth;
       ASSERT_EQ(image.width, 40);
-      if (type != PNG_COLOR_TYPE_GRAY && depth == 8) EXPECT_EQ(image.pixels, original.pixels) << type;
-      if (type == PNG_COLOR_TYPE_GRAY && depth == 8) EXPECT_EQ(image.pixels[3], original.pixels[3]);
+      if (type != PNG_COLOR_TYPE_GRAY && depth == 8) {
+        EXPECT_EQ(image.pixels, original.pixels) << type;
+      }
+      if (type == PNG_COLOR_TYPE_GRAY && depth == 8) {
+        EXPECT_EQ(image.pixels[3], original.pixels[3]);
+      }
     }
 }
 

@@ -67,7 +67,9 @@ TEST(Model, KeysAreTorchvisionsInOrder) {
     std::vector<std::string> theirs = expected;
     std::sort(theirs.begin(), theirs.end());
     EXPECT_EQ(ours, theirs) << depth;
-    if (depth == 50) EXPECT_EQ(expected.size(), 320u);
+    if (depth == 50) {
+      EXPECT_EQ(expected.size(), 320u);
+    }
   }
 }
 
