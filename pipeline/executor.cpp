@@ -214,7 +214,9 @@ class Runner : public StageDirectory {
     std::map<std::string, std::pair<StageSlot*, Stage*>> ops;
     for (auto& slot : slots_)
       for (size_t i = 0; i < slot->ops.size(); ++i) ops[op_key(*slot, i)] = {slot.get(), slot->ops[i].get()};
-    for (const auto& [key, bytes] : state.stages) {
+    for (const auto& entry : state.stages) {
+      const std::string& key = entry.first;
+      const std::string& bytes = entry.second;  // a plain reference: C++17 lambdas cannot capture bindings
       auto it = ops.find(key);
       if (it == ops.end())
         throw StageError(keeper_slot_->config.name, "stage '" + keeper_slot_->config.name +
