@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace flowrun {
 
@@ -33,6 +34,10 @@ struct RunState {
   std::map<std::string, std::string> stages;
   std::string graph;
 };
+
+// A count written into saved state ("150"): plain decimal digits, at most
+// 2^62; nullopt for anything else (signs, spaces, overflow, empty).
+std::optional<uint64_t> parse_saved_count(std::string_view text);
 
 // Gathers the stages' states; only called when the keeper writes.
 using StateCollector = std::function<RunState()>;

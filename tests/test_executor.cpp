@@ -9,6 +9,7 @@
 
 #include "pipeline/executor.h"
 #include "pipeline/interrupt.h"
+#include "pipeline/run_state.h"
 #include "pipeline/summary.h"
 #include "test_stages.h"
 #include "test_support.h"
@@ -259,4 +260,12 @@ TEST(Executor, AResumedRunEndsAsIfItHadNeverStopped) {
       const auto& got = stats_of(resumed, "out").figures;
       for (const char* key : {"groups", "total", "checksum", "last_size"}) EXPECT_EQ(got.at(key), expected.at(key)) << key;
     }
+}
+
+TEST(Executor, SavedCountsAreDecimalDigitsOnly) {
+  EXPECT_EQ(parse_saved_count("0"), 0u);
+  EXPECT_EQ(parse_saved_count("150"), 150u);
+  EXPECT_EQ(parse_saved_count("4611686018427387904"), uint64_t{1} << 62);
+  for (const char* bad : {"", "-1", "+1", " 1", "1 ", "1x", "0x10", "4611686018427387905", "99999999999999999999"})
+    EXPECT_EQ(parse_saved_count(bad), std::nullopt) << "'" << bad << "'";
 }

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "pipeline/registry.h"
+#include "pipeline/run_state.h"
 #include "pipeline/trace.h"
 #include "stages/tensor/device.h"
 
@@ -38,13 +39,9 @@ bool BatchStage::save_state(std::string& out) const {
 }
 
 void BatchStage::load_state(const std::string& in) {
-  size_t used = 0;
-  try {
-    number_ = std::stoll(in, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != in.size() || number_ < 0) throw std::runtime_error("saved batch count '" + in + "' is not a count");
+  auto count = parse_saved_count(in);
+  if (!count) throw std::runtime_error("saved batch count '" + in + "' is not a count");
+  number_ = static_cast<int64_t>(*count);
 }
 
 void BatchStage::end_epoch(const EpochInfo&) { last_ns_ = now_ns(); }

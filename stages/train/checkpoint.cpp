@@ -17,16 +17,9 @@ using namespace checkpoint_format;
 uint64_t parse_count(const std::string& path, const Metadata& metadata, const std::string& key) {
   auto it = metadata.find(key);
   if (it == metadata.end()) throw std::runtime_error(path + ": checkpoint metadata lacks '" + key + "'");
-  size_t used = 0;
-  uint64_t value = 0;
-  try {
-    if (!it->second.empty() && it->second[0] != '-') value = std::stoull(it->second, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != it->second.size() || value > (uint64_t{1} << 62))
-    throw std::runtime_error(path + ": checkpoint metadata '" + key + "' is not a count: '" + it->second + "'");
-  return value;
+  auto count = parse_saved_count(it->second);
+  if (!count) throw std::runtime_error(path + ": checkpoint metadata '" + key + "' is not a count: '" + it->second + "'");
+  return *count;
 }
 }  // namespace
 
