@@ -32,8 +32,8 @@ cmake --build "$BUILD_DIR"
 echo "setup: built $BUILD_DIR/flowrun"
 
 # The sanitizer trees ./test.sh runs (SANITIZERS=0 skips them): the engine and
-# data-path suites under AddressSanitizer + UBSan (build-asan/), and the
-# engine's suite under ThreadSanitizer (build-tsan/), linked against a oneTBB
+# data-path suites under AddressSanitizer + UBSan (build-asan/), and again
+# under ThreadSanitizer (build-tsan/), linked against a oneTBB
 # built with TSan from the installed package's Debian source (TSan cannot see
 # the handoffs inside an uninstrumented libtbb). No model room and no flowrun
 # binary there: a few minutes.
@@ -51,6 +51,6 @@ if [ "${SANITIZERS:-1}" != 0 ]; then
   sanitizer_tree build-asan address,undefined "" engine_tests data_tests
   echo "setup: built the sanitizer tree build-asan/"
   scripts/tsan-onetbb.sh build-tsan/onetbb
-  sanitizer_tree build-tsan thread "-DTBB_DIR=$PWD/build-tsan/onetbb/prefix/lib/cmake/TBB" engine_tests
+  sanitizer_tree build-tsan thread "-DTBB_DIR=$PWD/build-tsan/onetbb/prefix/lib/cmake/TBB" engine_tests data_tests
   echo "setup: built the sanitizer tree build-tsan/"
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tests (what .ci/run runs after ./setup.sh): every suite in build/, then
 # the engine and data-path suites under AddressSanitizer + UBSan
-# (build-asan/), then the engine's suite -- the executor's tests above all --
+# (build-asan/), then the same suites -- the executor's tests above all --
 # under ThreadSanitizer (build-tsan/); ./setup.sh builds both. Tests that run
 # the flowrun binary or load the example plugin only run in build/.
 set -euo pipefail
@@ -14,7 +14,7 @@ if [ -d build-asan ]; then
     ctest --test-dir build-asan --output-on-failure -j2 -E '^(Cli|Plugins)\.'
 fi
 if [ -d build-tsan ]; then
-  echo "== ThreadSanitizer: the engine (executor, parser, validation)"
+  echo "== ThreadSanitizer: engine and data path"
   # A race report makes the test exit 66, and so fail.
   TSAN_OPTIONS=exitcode=66:second_deadlock_stack=1:history_size=4 \
     ctest --test-dir build-tsan --output-on-failure -j2 -E '^(Cli|Plugins)\.'
