@@ -33,10 +33,10 @@ echo "setup: built $BUILD_DIR/flowrun"
 
 # The sanitizer trees ./test.sh runs (SANITIZERS=0 skips them): the engine and
 # data-path suites under AddressSanitizer + UBSan (build-asan/), and again
-# under ThreadSanitizer (build-tsan/), linked against a oneTBB
-# built with TSan from the installed package's Debian source (TSan cannot see
-# the handoffs inside an uninstrumented libtbb). No model room and no flowrun
-# binary there: a few minutes.
+# under ThreadSanitizer (build-tsan/), linked against a oneTBB built with TSan
+# from the installed package's Debian source (TSan cannot see the handoffs
+# inside an uninstrumented libtbb). No model room and no flowrun binary there:
+# a few minutes.
 if [ "${SANITIZERS:-1}" != 0 ]; then
   sanitizer_tree() {  # DIR SANITIZERS "CMAKE ARGS" TARGETS...
     local dir=$1 sanitize=$2 args=$3
