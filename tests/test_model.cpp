@@ -179,4 +179,10 @@ TEST(Model, BadFilesAreClearErrors) {
   const std::string damaged = FLOWRUN_SOURCE_DIR "/fuzz/corpus/pth/damaged_record.pth";
   EXPECT_EQ(load_error(18, 7, damaged).rfind(damaged + ": corrupt torch.save archive (", 0), 0u)
       << load_error(18, 7, damaged);
+  // Found by fuzzing: a 292-byte zip whose data.pkl declares 4,194,304,000 bytes. Refused before LibTorch's
+  // reader allocates what the record declares.
+  const std::string huge_record = FLOWRUN_SOURCE_DIR "/fuzz/corpus/pth/huge_record.pth";
+  EXPECT_EQ(load_error(18, 7, huge_record),
+            huge_record + ": corrupt torch.save archive (record 'archive/data.pkl' declares 4194304000 bytes, "
+                          "more than the whole file's 292)");
 }

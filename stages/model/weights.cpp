@@ -2,9 +2,11 @@
 
 #include <caffe2/serialize/inline_container.h>
 #include <nlohmann/json.hpp>
+#include <zip.h>
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -372,9 +374,41 @@ std::vector<uint8_t> read_all(const std::string& path, size_t limit) {
   return bytes;
 }
 
+// LibTorch's zip reader allocates the size a record declares before reading
+// it: a 300-byte file declaring a 4 GB record would get 4 GB (found by
+// fuzzing). torch.save stores records uncompressed, so no record of a real
+// one is larger than the file; libzip reads the sizes without extracting.
+void check_record_sizes(const std::string& path) {
+  int code = 0;
+  std::unique_ptr<zip_t, decltype(&zip_discard)> archive(zip_open(path.c_str(), ZIP_RDONLY, &code), &zip_discard);
+  if (!archive) {
+    zip_error_t error;
+    zip_error_init_with_code(&error, code);
+    std::string why = zip_error_strerror(&error);
+    zip_error_fini(&error);
+    fail(path, "not a readable torch.save zip archive (" + why + ")");
+  }
+  std::error_code ec;
+  const uintmax_t file_size = std::filesystem::file_size(path, ec);
+  if (ec) fail(path, "cannot read its size: " + ec.message());
+  const zip_int64_t records = zip_get_num_entries(archive.get(), 0);
+  for (zip_int64_t i = 0; i < records; ++i) {
+    zip_stat_t record;
+    zip_stat_init(&record);
+    if (zip_stat_index(archive.get(), static_cast<zip_uint64_t>(i), 0, &record) != 0)
+      fail(path, "corrupt torch.save archive (record " + std::to_string(i) + ": " +
+                     zip_strerror(archive.get()) + ")");
+    if ((record.valid & ZIP_STAT_SIZE) && record.size > file_size)
+      fail(path, "corrupt torch.save archive (record '" + std::string(record.name ? record.name : "?") +
+                     "' declares " + std::to_string(record.size) + " bytes, more than the whole file's " +
+                     std::to_string(file_size) + ")");
+  }
+}
+
 }  // namespace
 
 StateDict read_torch_state_dict(const std::string& path) {
+  check_record_sizes(path);
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> zip;
   try {
     zip = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
