@@ -17,9 +17,8 @@ namespace {
 // Removes PATH.tmp.PID files whose writer is gone (killed with SIGKILL, or a
 // power cut): a half-written checkpoint is hundreds of megabytes. A temporary
 // whose PID is alive -- another run writing the same file right now -- stays.
-void remove_abandoned_temporaries(const std::filesystem::path& target) {
+void remove_abandoned_temporaries(const std::filesystem::path& dir, const std::filesystem::path& target) {
   std::error_code ec;
-  std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
   const std::string prefix = target.filename().string() + ".tmp.";
   for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
@@ -36,13 +35,14 @@ void remove_abandoned_temporaries(const std::filesystem::path& target) {
 
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write) {
   auto fail = [&](const std::string& why) { throw std::runtime_error(path + ": error: cannot write: " + why); };
-  std::filesystem::path target(path);
+  const std::filesystem::path target(path);
+  const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
   if (target.has_parent_path()) {
     std::error_code ec;
-    std::filesystem::create_directories(target.parent_path(), ec);
+    std::filesystem::create_directories(dir, ec);
     if (ec) fail(ec.message());
   }
-  remove_abandoned_temporaries(target);
+  remove_abandoned_temporaries(dir, target);
   std::string temporary = path + ".tmp." + std::to_string(getpid());
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
@@ -71,7 +71,6 @@ void write_file_atomically(const std::string& path, const std::function<void(std
     fail(why);
   }
   // The rename itself reaches the disk with the directory's entry.
-  std::string dir = target.has_parent_path() ? target.parent_path().string() : std::string(".");
   int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (dir_fd >= 0) {
     ::fsync(dir_fd);

@@ -80,10 +80,9 @@ test::CommandResult run(const std::string& dir, const std::string& graph, const 
   return test::run_flowrun(args, dir);
 }
 
-// The uninterrupted run every resumed run must reproduce, in DIR/whole and
-// DIR/whole.safetensors.
-void make_whole_run(const std::string& dir) {
-  const std::string graph = write_graph(dir, "resume.graph", graph_text());
+// The uninterrupted run of `graph` every resumed run must reproduce, in
+// DIR/whole and DIR/whole.safetensors.
+void make_whole_run(const std::string& dir, const std::string& graph) {
   auto whole = run(dir, graph, "whole");
   ASSERT_EQ(whole.exit_code, 0) << whole.err;
 }
@@ -95,7 +94,7 @@ TEST(ResumeReference, DISABLED_MakeTheWholeRun) {
   ASSERT_NE(dir, nullptr) << "FLOWRUN_RESUME_REFERENCE names the folder to make";
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
-  make_whole_run(dir);
+  make_whole_run(dir, write_graph(dir, "resume.graph", graph_text()));
 }
 
 class Resume : public ::testing::Test {
@@ -107,7 +106,7 @@ class Resume : public ::testing::Test {
     if (shared && std::filesystem::exists(std::string(shared) + "/whole.safetensors")) {
       whole_ = new std::string(std::string(shared) + "/whole");
     } else {  // run outside CTest: made here
-      make_whole_run(*dir_);
+      make_whole_run(*dir_, *graph_);
       whole_ = new std::string(*dir_ + "/whole");
     }
   }
