@@ -1,6 +1,7 @@
 #include "stage_listing.h"
 
 #include "pipeline/diagnostics.h"
+#include "pipeline/graph.h"
 
 #include <cstdio>
 #include <sstream>
@@ -23,22 +24,33 @@ std::string describe_param(const ParamSpec& spec) {
   }
   return text;
 }
+
+
+void list_params(std::ostringstream& out, const std::vector<ParamSpec>& params) {
+  char line[512];
+  for (const auto& spec : params) {
+    std::string shown_default = spec.required() ? "(required)" : "= " + format_value(*spec.default_value);
+    std::snprintf(line, sizeof line, "    %-18s %-12s %-16s %s\n", spec.name.c_str(), to_string(spec.type),
+                  shown_default.c_str(), describe_param(spec).c_str());
+    out << line;
+  }
+}
 }  // namespace
 
 std::string format_stage_listing(const Registry& registry) {
   std::ostringstream out;
-  char line[512];
+  // The settings of the run line and of phase headers first: they are not stages, but they are set the same way.
+  for (const Schema* schema : {&run_schema(), &phase_schema()}) {
+    out << schema->type() << " (" << (schema == &run_schema() ? "the run line" : "a phase header") << ")\n    "
+        << schema->doc() << "\n";
+    list_params(out, schema->params());
+  }
   for (const auto& name : registry.types()) {
     const StageType& type = *registry.find(name);
     out << name << " (" << to_string(type.schema.kind()) << ", " << type.origin << ")\n    " << type.schema.doc() << "\n";
     std::vector<ParamSpec> params = type.schema.params();
     for (const auto& extra : engine_params(type.schema.kind())) params.push_back(extra);
-    for (const auto& spec : params) {
-      std::string shown_default = spec.required() ? "(required)" : "= " + format_value(*spec.default_value);
-      std::snprintf(line, sizeof line, "    %-18s %-12s %-16s %s\n", spec.name.c_str(), to_string(spec.type),
-                    shown_default.c_str(), describe_param(spec).c_str());
-      out << line;
-    }
+    list_params(out, params);
   }
   return out.str();
 }

@@ -2,6 +2,7 @@
 
 #include <oneapi/tbb/flow_graph.h>
 #include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_scheduler_observer.h>
 #include <spdlog/spdlog.h>
 
 #include <sys/resource.h>
@@ -15,9 +16,19 @@
 #include "pipeline/interrupt.h"
 #include "pipeline/run_state.h"
 #include "pipeline/trace.h"
+#include "pipeline/worker_threads.h"
 
 namespace flowrun {
 namespace {
+
+// Gives every thread that joins the run's worker pool the per-thread
+// set-up that libraries registered (see worker_threads.h).
+class WorkerSetup : public tbb::task_scheduler_observer {
+ public:
+  explicit WorkerSetup(tbb::task_arena& arena) : tbb::task_scheduler_observer(arena) { observe(true); }
+  ~WorkerSetup() override { observe(false); }
+  void on_scheduler_entry(bool) override { run_worker_thread_setup(); }
+};
 
 namespace flow = tbb::flow;
 
@@ -71,15 +82,18 @@ class Runner : public StageDirectory {
   Runner(const ResolvedGraph& graph, const RunOptions& options) : graph_(graph), options_(options) {
     run_info_.seed = graph.run.seed;
     run_info_.threads = std::max(1, options.threads);
+    run_info_.compute_threads = static_cast<int>(graph.run.compute_threads);
     run_info_.run_dir = options.run_dir;
     if (!options.profile_path.empty()) tracer_ = std::make_unique<Tracer>();
     max_alive_ = std::vector<std::atomic<int64_t>>(graph.chains.size());
     chain_ns_.assign(graph.chains.size(), 0);
+    last_pass_ns_.assign(graph.chains.size(), 0);
   }
 
   RunResult run() {
     int64_t start = now_ns();
     tbb::task_arena arena(run_info_.threads);
+    WorkerSetup worker_setup(arena);
     RunResult result;
     RunPosition position;  // where the run stands: the next work to do
     try {
@@ -254,6 +268,20 @@ class Runner : public StageDirectory {
       if (slot->in_phase && slot->config.name == name)
         for (const auto& op : slot->ops) ops.push_back(op.get());
     return ops;
+  }
+
+  double busy_threads_besides(const std::string& name) const override {
+    for (size_t c = 0; c < graph_.chains.size(); ++c) {
+      const auto& chain = graph_.chains[c];
+      if (std::find(chain.begin(), chain.end(), name) == chain.end()) continue;
+      if (!last_pass_ns_[c]) return 0;
+      int64_t busy = 0;
+      for (const auto& other : chain)
+        if (other != name)
+          if (auto it = last_pass_busy_ns_.find(other); it != last_pass_busy_ns_.end()) busy += it->second;
+      return static_cast<double>(busy) / static_cast<double>(last_pass_ns_[c]);
+    }
+    return 0;
   }
 
   StageSlot* find_slot(const std::string& name) {
@@ -517,6 +545,9 @@ class Runner : public StageDirectory {
       chain.first_item = start;
     }
     build_chain(g, chain);
+    std::vector<int64_t> busy_before;
+    for (const StageSlot* slot : chain.stages) busy_before.push_back(slot->counters.busy_ns.load());
+    const int64_t pass_start = now_ns();
     chain.source->activate();
     g.wait_for_all();
     // A stop may come after the source is done but before every item is.
@@ -548,6 +579,10 @@ class Runner : public StageDirectory {
       chain.pending[i] = 0;
     }
     g.wait_for_all();
+    // What this pass kept busy, for stages that size their own threads by it.
+    last_pass_ns_[c] = now_ns() - pass_start;
+    for (size_t i = 0; i < chain.stages.size(); ++i)
+      last_pass_busy_ns_[chain.stages[i]->config.name] = chain.stages[i]->counters.busy_ns.load() - busy_before[i];
     if (chain.alive.load() != 0)  // an engine bug, never to pass silently
       throw std::runtime_error("the flow from '" + chain.stages[0]->config.name + "' lost " +
                                std::to_string(chain.alive.load()) + " item(s) this epoch");
@@ -621,6 +656,8 @@ class Runner : public StageDirectory {
   std::unique_ptr<Tracer> tracer_;
   std::vector<std::atomic<int64_t>> max_alive_;
   std::vector<int64_t> chain_ns_;  // per flow: time spent running it
+  std::vector<int64_t> last_pass_ns_;                 // per flow: how long its last complete pass took
+  std::map<std::string, int64_t> last_pass_busy_ns_;  // per stage: busy time in its flow's last complete pass
   std::atomic<bool> failed_{false};
   StageSlot* keeper_slot_ = nullptr;
   std::string graph_text_;
@@ -636,14 +673,17 @@ RunResult run_graph(const ResolvedGraph& graph, const RunOptions& options) {
 std::string format_stage_table(const RunResult& result) {
   std::ostringstream out;
   char line[256];
-  std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4s %10s %10s %8s %9s %9s %10s %8s %6s\n", "stage", "type",
-                "kind", "conc", "items_in", "items_out", "dropped", "busy_s", "wait_in_s", "wait_out_s", "queue_ms",
-                "busy%");
+  std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4s %4s %10s %10s %8s %9s %9s %10s %8s %6s\n", "stage", "type",
+                "kind", "conc", "thr", "items_in", "items_out", "dropped", "busy_s", "wait_in_s", "wait_out_s",
+                "queue_ms", "busy%");
   out << line;
   for (const auto& s : result.stages) {
     std::string type = s.type.size() > 22 ? s.type.substr(0, 21) + "~" : s.type;
-    std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4lld %10llu %10llu %8llu %9.3f %9.3f %10.3f %8.3f %5.1f%%\n",
-                  s.name.c_str(), type.c_str(), to_string(s.kind), static_cast<long long>(s.concurrency),
+    // Threads of its own a stage's work used (a model's tensor kernels), as it reports them.
+    auto threads = s.figures.find("compute_threads");
+    std::string thr = threads == s.figures.end() ? "-" : std::to_string(static_cast<long long>(threads->second));
+    std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4lld %4s %10llu %10llu %8llu %9.3f %9.3f %10.3f %8.3f %5.1f%%\n",
+                  s.name.c_str(), type.c_str(), to_string(s.kind), static_cast<long long>(s.concurrency), thr.c_str(),
                   static_cast<unsigned long long>(s.items_in), static_cast<unsigned long long>(s.items_out),
                   static_cast<unsigned long long>(s.dropped), s.busy_s, s.wait_input_s, s.wait_output_s,
                   s.output_queue_ms, 100 * s.utilization);

@@ -14,7 +14,9 @@ const Schema& run_schema() {
       .param(Int("seed", "seed of every random choice").def(int64_t{0}).at_least(0))
       .param(Int("in_flight", "source items alive at once per flow (bounds memory)").def(int64_t{256}).range(2, 1 << 24))
       .param(Int("epochs", "epochs when the graph declares no phase").def(int64_t{1}).range(0, 1000000))
-      .param(Int("threads", "worker threads (the command line's --threads wins)").def(Auto{}).or_auto().range(1, 1024));
+      .param(Int("threads", "worker threads (the command line's --threads wins)").def(Auto{}).or_auto().range(1, 1024))
+      .param(Int("compute_threads", "threads a model stage's tensor kernels use (LibTorch intra-op); auto = the "
+                                    "worker threads the rest of its flow leaves free").def(Auto{}).or_auto().range(1, 1024));
   return schema;
 }
 
@@ -106,6 +108,7 @@ class Resolver {
     graph.run.in_flight = run.get_int("in_flight");
     graph.run.epochs = run.get_int("epochs");
     graph.run.threads = run.get_int_or("threads", 0);
+    graph.run.compute_threads = run.get_int_or("compute_threads", 0);
     return graph;
   }
 
@@ -663,7 +666,8 @@ std::string ResolvedGraph::format() const {
   std::ostringstream out;
   out << "# resolved from " << file << "\n";
   out << "run seed=" << run.seed << " in_flight=" << run.in_flight << " epochs=" << run.epochs
-      << " threads=" << (run.threads ? std::to_string(run.threads) : std::string("auto")) << "\n";
+      << " threads=" << (run.threads ? std::to_string(run.threads) : std::string("auto"))
+      << " compute_threads=" << (run.compute_threads ? std::to_string(run.compute_threads) : std::string("auto")) << "\n";
   for (const auto& plugin : plugins) out << "plugin " << format_value(plugin) << "\n";
   const ResolvedPhase& first = phases.front();
   // Top level: the first phase's view of every stage declared outside phases.

@@ -19,6 +19,7 @@ struct RunSettings {
   int64_t in_flight = 256;  // source items alive at once, per chain
   int64_t epochs = 1;       // used when the graph declares no phase
   int64_t threads = 0;      // 0 = not set in the graph (the CLI decides)
+  int64_t compute_threads = 0;  // 0 = auto: what the rest of a model stage's flow leaves free
 };
 
 struct ResolvedOp {

@@ -6,7 +6,8 @@
 
 #include <cstdint>
 
-#define FLOWRUN_PLUGIN_API_VERSION 2u  // 2: Stage::save_state/load_state, SourceStage::skip
+#define FLOWRUN_PLUGIN_API_VERSION 3u  // 2: Stage::save_state/load_state, SourceStage::skip; 3: RunInfo::compute_threads,
+                                       // StageDirectory::busy_threads_besides
 #define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"
 
 #define FLOWRUN_STRINGIFY_INNER(x) #x

@@ -24,6 +24,7 @@ class Stage;
 struct RunInfo {
   uint64_t seed = 0;
   int threads = 1;            // --threads: what `auto` concurrency means
+  int compute_threads = 0;    // run.compute_threads: a model stage's intra-op threads; 0 = auto
   std::string graph_dir;      // directory of the graph file (paths are already resolved)
   std::string run_dir;        // where stages may write their outputs ("" = nowhere)
 };
@@ -87,6 +88,11 @@ class StageDirectory {
     if (!stage) throw std::runtime_error("no " + what + " stage named '" + name + "' in this phase");
     return *stage;
   }
+  // How many worker threads the other stages of `stage`'s flow kept busy,
+  // on average over that flow's last complete pass (0 before there was
+  // one): what a stage that brings threads of its own (a model's tensor
+  // kernels) can take without oversubscribing the machine.
+  virtual double busy_threads_besides(const std::string& stage) const { return 0; }
 };
 
 // Everything a stage is built from.

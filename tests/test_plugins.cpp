@@ -53,7 +53,7 @@ TEST(Plugins, MissingFile) {
 TEST(Plugins, VersionMismatchIsRefused) {
   EXPECT_EQ(load_error(TEST_PLUGIN_BAD_VERSION),
             std::string(TEST_PLUGIN_BAD_VERSION) +
-                ": error: plugin was built for plugin API version 43 but this flowrun uses version 2; rebuild it "
+                ": error: plugin was built for plugin API version 44 but this flowrun uses version 3; rebuild it "
                 "against this flowrun's SDK");
 }
 

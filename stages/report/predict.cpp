@@ -30,7 +30,8 @@ Predict::Predict(const StageInit& init)
       csv_path_(init.params.get_string("csv")),
       grid_path_(init.params.get_string("grid")),
       grid_count_(init.params.get_int("grid_images")),
-      columns_(init.params.get_int("columns")) {
+      columns_(init.params.get_int("columns")),
+      compute_(init) {
   std::filesystem::path target(csv_path_);
   std::error_code ec;
   if (target.has_parent_path()) std::filesystem::create_directories(target.parent_path(), ec);
@@ -41,8 +42,11 @@ Predict::Predict(const StageInit& init)
           "top4_class,top4_prob,top5_class,top5_prob\n";
 }
 
+void Predict::begin_epoch(const EpochInfo&) { compute_.begin_epoch(); }
+
 void Predict::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
+  ComputeThreads::Scope compute(compute_);
   ModelStage& model = find_model(stages_, model_name_);
   ResNet& net = model.net();
   net->eval();
@@ -103,6 +107,7 @@ void Predict::on_stop(bool interrupted) {
 void Predict::report(Report& report) const {
   report.set("predicted", static_cast<double>(predicted_));
   if (labelled_) report.set("predict_top1", static_cast<double>(correct_) / labelled_);
+  compute_.report(report);
 }
 
 FLOWRUN_REGISTER_STAGE(Predict);

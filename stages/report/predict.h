@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "pipeline/stage.h"
+#include "stages/common/compute_threads.h"
 #include "stages/report/image_grid.h"
 
 namespace flowrun::stages {
@@ -16,6 +17,7 @@ class Predict : public SerialStage {
  public:
   static Schema schema();
   explicit Predict(const StageInit& init);
+  void begin_epoch(const EpochInfo& epoch) override;
   void process(Item& item, const Emit& emit) override;
   void on_stop(bool interrupted) override;
   void report(Report& report) const override;
@@ -27,6 +29,7 @@ class Predict : public SerialStage {
   std::ofstream csv_;
   std::vector<GridTile> tiles_;
   int64_t predicted_ = 0, correct_ = 0, labelled_ = 0;
+  ComputeThreads compute_;
 };
 
 }  // namespace flowrun::stages

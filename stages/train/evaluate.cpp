@@ -24,9 +24,11 @@ Evaluate::Evaluate(const StageInit& init)
       model_name_(init.params.get_string("model")),
       prefix_(init.params.get_string("prefix")),
       run_dir_(init.run.run_dir),
+      compute_(init),
       metrics_(MetricsLog::of(init)) {}
 
 void Evaluate::begin_epoch(const EpochInfo&) {
+  compute_.begin_epoch();
   model_ = &find_model(stages_, model_name_);
   const int64_t classes = model_->classes();
   // Sums on the model's device, read once at the end of the epoch.
@@ -40,6 +42,7 @@ void Evaluate::begin_epoch(const EpochInfo&) {
 
 void Evaluate::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
+  ComputeThreads::Scope compute(compute_);
   ResNet& net = model_->net();
   net->eval();
   torch::NoGradGuard no_grad;
@@ -159,6 +162,7 @@ void Evaluate::report(Report& report) const {
   report.set(prefix_ + "_top1", last_.top1);
   report.set(prefix_ + "_top5", last_.top5);
   report.set(prefix_ + "_samples", static_cast<double>(last_.samples));
+  compute_.report(report);
 }
 
 FLOWRUN_REGISTER_STAGE(Evaluate);

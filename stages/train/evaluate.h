@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/stage.h"
+#include "stages/common/compute_threads.h"
 #include "stages/report/metrics_log.h"
 
 namespace flowrun::stages {
@@ -47,6 +48,7 @@ class Evaluate : public SerialStage {
   torch::Tensor loss_sum_, top1_, top5_, confusion_;
   int64_t seen_ = 0;
   EvaluationResult last_;
+  ComputeThreads compute_;
   std::shared_ptr<MetricsLog> metrics_;
 };
 

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "pipeline/registry.h"
+#include "pipeline/trace.h"
 #include "stages/model/model.h"
 #include "stages/model/precision.h"
 #include "stages/tensor/batch_data.h"
@@ -31,10 +32,12 @@ Train::Train(const StageInit& init)
       schedule_name_(init.params.get_string("scheduler")),
       freezer_name_(init.params.get_string("freezer")),
       label_smoothing_(init.params.get_float("label_smoothing")),
+      compute_(init),
       metrics_(MetricsLog::of(init)) {}
 
 void Train::begin_epoch(const EpochInfo& epoch) {
   epoch_ = epoch;
+  compute_.begin_epoch();
   prepared_ = false;
   model_ = &find_model(stages_, model_name_);
   optimizer_stage_ = &find_optimizer(stages_, optimizer_name_);
@@ -46,6 +49,7 @@ void Train::begin_epoch(const EpochInfo& epoch) {
   first_bad_ = torch::full({}, -1, torch::TensorOptions(torch::kLong).device(model_->device()));
   seen_ = 0;
   seen_batches_ = 0;
+  first_batch_ns_ = last_step_ns_ = 0;
 }
 
 void Train::prepare(int64_t batches_in_epoch) {
@@ -90,6 +94,8 @@ void Train::prepare(int64_t batches_in_epoch) {
 
 void Train::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
+  if (!first_batch_ns_) first_batch_ns_ = now_ns();
+  ComputeThreads::Scope compute(compute_);
   if (!prepared_) prepare(batch.batches_in_epoch);
   ResNet& net = model_->net();
   torch::optim::Optimizer& optimizer = *optimization_.optimizer;
@@ -132,6 +138,7 @@ void Train::process(Item& item, const Emit& emit) {
     check_finite();
     return loss_sum_.item<double>() / seen_;
   });
+  last_step_ns_ = now_ns();
   emit(item);
 }
 
@@ -154,9 +161,14 @@ void Train::end_epoch(const EpochInfo& epoch) {
   if (!seen_) return;
   last_loss_ = loss_sum_.item<double>() / seen_;
   last_top1_ = static_cast<double>(correct_.item<int64_t>()) / seen_;
+  if (last_step_ns_ > first_batch_ns_) {
+    images_per_s_ = seen_ / ((last_step_ns_ - first_batch_ns_) / 1e9);
+    best_images_per_s_ = std::max(best_images_per_s_, images_per_s_);
+  }
   metrics_->record(epoch, {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_}, {name_ + "_lr", last_lr_}});
-  std::fprintf(stderr, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g\n", epoch.epoch + 1, epoch.phase.c_str(),
-               epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_, last_top1_, last_lr_);
+  std::fprintf(stderr, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g (%.1f img/s)\n", epoch.epoch + 1,
+               epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_,
+               last_top1_, last_lr_, images_per_s_);
 }
 
 bool Train::save_state(std::string& out) const {
@@ -214,6 +226,8 @@ void Train::report(Report& report) const {
   report.set("train_loss", last_loss_);
   report.set("train_top1", last_top1_);
   report.set("train_steps", static_cast<double>(steps_done_));
+  if (best_images_per_s_ > 0) report.set("train_images_per_s", best_images_per_s_);  // the best epoch's
+  compute_.report(report);
 }
 
 FLOWRUN_REGISTER_STAGE(Train);

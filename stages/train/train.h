@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/stage.h"
+#include "stages/common/compute_threads.h"
 #include "stages/train/optimizer.h"
 #include "stages/report/metrics_log.h"
 #include "stages/train/progress.h"
@@ -58,7 +59,12 @@ class Train : public SerialStage {
   torch::Tensor first_bad_;   // on the device: the first batch with a non-finite loss, or -1
   double last_loss_ = 0, last_top1_ = 0, last_lr_ = 0;
   int64_t steps_done_ = 0;
+  // This epoch's first batch arrival and last step's end: images/s of the
+  // steps themselves (the pipeline filling up is not counted), best epoch kept.
+  int64_t first_batch_ns_ = 0, last_step_ns_ = 0;
+  double images_per_s_ = 0, best_images_per_s_ = 0;
   Progress progress_;
+  ComputeThreads compute_;
   std::shared_ptr<MetricsLog> metrics_;
 };
 

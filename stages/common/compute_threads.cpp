@@ -1,0 +1,69 @@
+#include "stages/common/compute_threads.h"
+
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+
+#include "pipeline/worker_threads.h"
+
+namespace flowrun::stages {
+namespace {
+
+// OpenMP's own per-thread setter, from the OpenMP runtime LibTorch loaded
+// (found at run time: linking one here could bring a second runtime beside
+// the one a pip LibTorch bundles). at::set_num_threads would also do it,
+// but it rebuilds LibTorch's pthreadpool and sets the process-wide default
+// at every call.
+using SetNumThreads = void (*)(int);
+SetNumThreads openmp_set_num_threads() {
+  static const SetNumThreads set = reinterpret_cast<SetNumThreads>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  return set;
+}
+
+// Every thread that joins a run's worker pool starts with one intra-op thread.
+const bool kWorkersStartAtOne = [] {
+  add_worker_thread_setup([] { set_intra_op_threads(1); });
+  return true;
+}();
+
+}  // namespace
+
+int set_intra_op_threads(int threads) {
+  // at::get_num_threads() also makes LibTorch do its lazy per-thread
+  // initialisation now, so that it cannot undo what follows later.
+  if (at::get_num_threads() == threads) return threads;
+  if (SetNumThreads set = openmp_set_num_threads()) set(threads);
+  if (at::get_num_threads() != threads) at::set_num_threads(threads);  // a LibTorch that is not built on OpenMP
+  return at::get_num_threads();
+}
+
+ComputeThreads::ComputeThreads(const StageInit& init)
+    : stages_(init.stages), stage_(init.name), fixed_(init.run.compute_threads), threads_(init.run.threads) {
+  begin_epoch();
+}
+
+void ComputeThreads::begin_epoch() {
+  if (fixed_ > 0) {
+    chosen_ = fixed_;
+    return;
+  }
+  const double others = stages_.busy_threads_besides(stage_);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int chosen = std::clamp(threads_ - static_cast<int>(std::lround(others)), 1, std::min(threads_, cores));
+  if (chosen != chosen_) spdlog::debug("{}: {} compute threads (the rest of its flow kept {:.2f} busy)", stage_, chosen, others);
+  chosen_ = chosen;
+}
+
+ComputeThreads::Scope::Scope(ComputeThreads& owner) { owner.seen_ = set_intra_op_threads(owner.chosen_); }
+
+ComputeThreads::Scope::~Scope() { set_intra_op_threads(1); }
+
+void ComputeThreads::report(Report& report) const {
+  if (seen_) report.set("compute_threads", seen_);
+}
+
+}  // namespace flowrun::stages
