@@ -17,7 +17,9 @@
 #include "pipeline/interrupt.h"
 #include "pipeline/plugin_loader.h"
 #include "pipeline/summary.h"
+#include "job_launch.h"
 #include "stage_listing.h"
+#include "stages/dist/job.h"
 
 namespace po = boost::program_options;
 using namespace flowrun;
@@ -31,6 +33,7 @@ struct Options {
   std::vector<std::string> sets, plugins;
   bool check = false, list_stages = false;
   int threads = 0;
+  int nproc = 1;
   int64_t seed = -1;
   std::string log_level = "warn", profile, summary_json, run_dir;
 };
@@ -50,6 +53,9 @@ po::options_description describe_options(Options& o) {
                                                "STAGE.OP.PARAM, PHASE.STAGE.PARAM, PHASE.epochs, run.SETTING")
       ("plugin", po::value(&o.plugins)->composing(), "load a stage plugin .so (repeatable)")
       ("threads", po::value(&o.threads), "worker threads (default: the graph's run.threads, else all cores)")
+      ("nproc", po::value(&o.nproc), "N: run as a job of N processes on this machine (data-parallel training; "
+                                     "as torchrun --standalone). Under torchrun, srun or a script that sets RANK, "
+                                     "WORLD_SIZE, MASTER_ADDR and MASTER_PORT, each process is one rank")
       ("seed", po::value(&o.seed), "seed of every random choice (overrides run.seed)")
       ("log-level", po::value(&o.log_level)->default_value("warn"), "trace, debug, info, warn, error or off")
       ("profile", po::value(&o.profile), "write a Chrome trace-event JSON of stage activity to FILE")
@@ -85,12 +91,25 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
 
+  if (o.nproc < 1 || o.nproc > 1024) return usage_error("--nproc must be 1..1024");
+  JobInfo job;
+  try {
+    job = job_from_environment();
+  } catch (const std::invalid_argument& e) {
+    return usage_error(std::string("this process's place in a job: ") + e.what());
+  }
+  if (o.nproc > 1 && job.distributed())
+    return usage_error("--nproc starts the ranks itself; this process is already rank " + std::to_string(job.rank) +
+                       " of a job of " + std::to_string(job.world_size) + " (RANK and WORLD_SIZE are set)");
+
   auto level = spdlog::level::from_str(o.log_level);
   if (level == spdlog::level::off && o.log_level != "off")
     return usage_error("--log-level must be trace, debug, info, warn, error or off (got '" + o.log_level + "')");
   spdlog::set_default_logger(spdlog::stderr_color_mt("flowrun"));
   spdlog::set_level(level);
-  spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
+  // The ranks of a job say which they are in every log line.
+  spdlog::set_pattern(job.distributed() ? "[%H:%M:%S.%e] [rank " + std::to_string(job.rank) + "] [%^%l%$] %v"
+                                        : std::string("[%H:%M:%S.%e] [%^%l%$] %v"));
 
   if (vm.count("threads") && (o.threads < 1 || o.threads > 1024)) return usage_error("--threads must be 1..1024");
   if (vm.count("seed") && o.seed < 0) return usage_error("--seed must be a non-negative integer");
@@ -143,13 +162,37 @@ int main(int argc, char** argv) {
   }
   if (o.list_stages) return kExitOk;
 
+  if (o.nproc > 1) {
+    // The graph is valid: start the ranks, each this command without --nproc.
+    std::vector<std::string> args;
+    for (int i = 0; i < argc; ++i) {
+      std::string arg = argv[i];
+      if (arg == "--nproc") {
+        ++i;
+        continue;
+      }
+      if (arg.rfind("--nproc=", 0) == 0) continue;
+      args.push_back(arg);
+    }
+    try {
+      return run_local_ranks(o.nproc, args, graph.run.timeout_s + 10);
+    } catch (const std::exception& e) {
+      std::cerr << "flowrun: error: " << e.what() << "\n";
+      return kExitRunFailed;
+    }
+  }
+
   RunOptions options;
+  // By default a process takes every core; the ranks of a job on one
+  // machine share them out.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   options.threads = vm.count("threads") ? o.threads
                     : graph.run.threads ? static_cast<int>(graph.run.threads)
-                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+                                        : std::max(1, cores / std::max(1, job.local_world_size));
   options.profile_path = o.profile;
   options.run_dir = o.run_dir;
-  if (!o.run_dir.empty()) {
+  options.job = job;
+  if (!o.run_dir.empty() && job.writes_files()) {
     try {
       write_file_atomically(o.run_dir + "/graph.resolved", graph.format());
     } catch (const std::exception& e) {
@@ -164,15 +207,25 @@ int main(int argc, char** argv) {
     result = run_graph(graph, options);
   } catch (const std::exception& e) {
     std::cerr << "flowrun: error: " << e.what() << "\n";
+    stages::Job::report_failure(e.what());  // where the other ranks of a job look
     return kExitRunFailed;
   }
-  std::cerr << format_stage_table(result);
+  stages::Job::leave();
+  const std::string rank_suffix = job.distributed() ? ".rank" + std::to_string(job.rank) : "";
+  // Every rank's own table, in one write (the ranks of a job share stderr).
+  std::cerr << (job.distributed() ? "rank " + std::to_string(job.rank) + " of " + std::to_string(job.world_size) + ":\n"
+                                  : std::string()) + format_stage_table(result) << std::flush;
+  // Rank 0 writes the run directory and the summary; the other ranks of a
+  // job their own summaries beside it (SUMMARY.rankN), with their counters.
   std::vector<std::string> summaries;
-  if (!o.summary_json.empty()) summaries.push_back(o.summary_json);
-  if (!o.run_dir.empty()) summaries.push_back(o.run_dir + "/summary.json");
+  if (!o.summary_json.empty()) summaries.push_back(job.rank ? o.summary_json + rank_suffix : o.summary_json);
+  if (!o.run_dir.empty() && job.writes_files()) summaries.push_back(o.run_dir + "/summary.json");
+  nlohmann::json summary = summary_json(result);
+  summary["rank"] = job.rank;
+  summary["world_size"] = job.world_size;
   for (const auto& path : summaries) {
     try {
-      write_file_atomically(path, summary_json(result).dump(2) + "\n");
+      write_file_atomically(path, summary.dump(2) + "\n");
     } catch (const std::exception& e) {
       std::cerr << "flowrun: error: " << e.what() << "\n";
       return kExitRunFailed;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <set>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -84,6 +85,9 @@ class Runner : public StageDirectory {
     run_info_.threads = std::max(1, options.threads);
     run_info_.compute_threads = static_cast<int>(graph.run.compute_threads);
     run_info_.run_dir = options.run_dir;
+    run_info_.job = options.job;
+    run_info_.job.backend = graph.run.backend;
+    run_info_.job.timeout_s = graph.run.timeout_s;
     if (!options.profile_path.empty()) tracer_ = std::make_unique<Tracer>();
     max_alive_ = std::vector<std::atomic<int64_t>>(graph.chains.size());
     chain_ns_.assign(graph.chains.size(), 0);
@@ -92,8 +96,11 @@ class Runner : public StageDirectory {
 
   RunResult run() {
     int64_t start = now_ns();
-    tbb::task_arena arena(run_info_.threads);
-    WorkerSetup worker_setup(arena);
+    // Flows run on `threads` workers, or on one when a stage asks for it
+    // (run_flow_on_one_thread).
+    tbb::task_arena arena(run_info_.threads), single(1);
+    WorkerSetup worker_setup(arena), single_setup(single);
+    arenas_ = {&arena, &single};
     RunResult result;
     RunPosition position;  // where the run stands: the next work to do
     try {
@@ -116,6 +123,10 @@ class Runner : public StageDirectory {
         for (int64_t e = 0; e < phase.epochs; ++e, ++global_epoch) {
           if (resume && global_epoch < resume->position.epoch) continue;
           position = RunPosition{global_epoch, 0, 0};
+          // Ranks of a job agree on a stop at every epoch boundary too (a
+          // collective: every rank passes here at the same epoch).
+          if (const StopAgreement& agree = stop_agreement(); agree && !stop_requested() && agree(stop_wanted()))
+            request_stop();
           if (stop_requested()) {
             result.interrupted = true;
             break;
@@ -130,7 +141,7 @@ class Runner : public StageDirectory {
             resume.reset();
           }
           bool completed = false;
-          arena.execute([&] { completed = run_epoch_flow(position); });
+          completed = run_epoch_flow(position);
           if (!completed) {
             result.interrupted = true;
             break;
@@ -268,6 +279,14 @@ class Runner : public StageDirectory {
       if (slot->in_phase && slot->config.name == name)
         for (const auto& op : slot->ops) ops.push_back(op.get());
     return ops;
+  }
+
+  void run_flow_on_one_thread(const std::string& name, bool one) const override {
+    for (size_t c = 0; c < graph_.chains.size(); ++c)
+      if (std::find(graph_.chains[c].begin(), graph_.chains[c].end(), name) != graph_.chains[c].end()) {
+        if (one) one_thread_.insert(c);
+        else one_thread_.erase(c);
+      }
   }
 
   double busy_threads_besides(const std::string& name) const override {
@@ -516,7 +535,9 @@ class Runner : public StageDirectory {
       uint64_t items = position.items;
       position.flow = static_cast<int>(c);
       position.items = 0;
-      if (!run_chain(c, items, position.items)) return false;
+      bool completed = false;
+      arenas_[one_thread_.count(c) ? 1 : 0]->execute([&] { completed = run_chain(c, items, position.items); });
+      if (!completed) return false;
     }
     position.flow = 0;
     return true;
@@ -658,6 +679,8 @@ class Runner : public StageDirectory {
   std::vector<int64_t> chain_ns_;  // per flow: time spent running it
   std::vector<int64_t> last_pass_ns_;                 // per flow: how long its last complete pass took
   std::map<std::string, int64_t> last_pass_busy_ns_;  // per stage: busy time in its flow's last complete pass
+  mutable std::set<size_t> one_thread_;                     // flows that run on one worker thread
+  std::vector<tbb::task_arena*> arenas_;              // all the workers, one worker
   std::atomic<bool> failed_{false};
   StageSlot* keeper_slot_ = nullptr;
   std::string graph_text_;

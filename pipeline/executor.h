@@ -35,6 +35,7 @@ struct RunOptions {
   int threads = 1;
   std::string run_dir;       // given to stages through RunInfo
   std::string profile_path;  // Chrome trace output; empty = no tracing
+  JobInfo job;               // this process's place in a job (rank, world size...); backend and timeout come from the graph
 };
 
 struct StageStats {

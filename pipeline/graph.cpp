@@ -16,7 +16,11 @@ const Schema& run_schema() {
       .param(Int("epochs", "epochs when the graph declares no phase").def(int64_t{1}).range(0, 1000000))
       .param(Int("threads", "worker threads (the command line's --threads wins)").def(Auto{}).or_auto().range(1, 1024))
       .param(Int("compute_threads", "threads a model stage's tensor kernels use (LibTorch intra-op); auto = the "
-                                    "worker threads the rest of its flow leaves free").def(Auto{}).or_auto().range(1, 1024));
+                                    "worker threads the rest of its flow leaves free").def(Auto{}).or_auto().range(1, 1024))
+      .param(String("backend", "collectives of a job of several processes: auto (NCCL when the model is on CUDA, "
+                               "else Gloo), gloo or nccl").def(std::string("auto")).one_of({"auto", "gloo", "nccl"}))
+      .param(Float("timeout", "seconds a job's ranks wait for each other (rendezvous, every collective) before "
+                              "giving up").def(600.0).range(1, 86400));
   return schema;
 }
 
@@ -109,6 +113,8 @@ class Resolver {
     graph.run.epochs = run.get_int("epochs");
     graph.run.threads = run.get_int_or("threads", 0);
     graph.run.compute_threads = run.get_int_or("compute_threads", 0);
+    graph.run.backend = run.get_string("backend");
+    graph.run.timeout_s = run.get_float("timeout");
     return graph;
   }
 
@@ -667,7 +673,8 @@ std::string ResolvedGraph::format() const {
   out << "# resolved from " << file << "\n";
   out << "run seed=" << run.seed << " in_flight=" << run.in_flight << " epochs=" << run.epochs
       << " threads=" << (run.threads ? std::to_string(run.threads) : std::string("auto"))
-      << " compute_threads=" << (run.compute_threads ? std::to_string(run.compute_threads) : std::string("auto")) << "\n";
+      << " compute_threads=" << (run.compute_threads ? std::to_string(run.compute_threads) : std::string("auto"))
+      << " backend=" << run.backend << " timeout=" << format_value(Value(run.timeout_s)) << "\n";
   for (const auto& plugin : plugins) out << "plugin " << format_value(plugin) << "\n";
   const ResolvedPhase& first = phases.front();
   // Top level: the first phase's view of every stage declared outside phases.

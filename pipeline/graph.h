@@ -20,6 +20,8 @@ struct RunSettings {
   int64_t epochs = 1;       // used when the graph declares no phase
   int64_t threads = 0;      // 0 = not set in the graph (the CLI decides)
   int64_t compute_threads = 0;  // 0 = auto: what the rest of a model stage's flow leaves free
+  std::string backend = "auto";  // a job's collectives: auto, gloo or nccl
+  double timeout_s = 600;        // a job's rendezvous and collectives
 };
 
 struct ResolvedOp {

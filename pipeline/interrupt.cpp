@@ -7,9 +7,17 @@
 namespace flowrun {
 namespace {
 std::atomic<bool> g_stop{false};
+std::atomic<bool> g_wanted{false};
+std::atomic<bool> g_agreed{false};  // stops wait for the ranks to agree
+
+StopAgreement& agreement_slot() {
+  static StopAgreement agreement;
+  return agreement;
+}
 
 void on_signal(int signal) {
-  if (g_stop.exchange(true)) _exit(128 + signal);  // second signal: stop now
+  if (g_wanted.exchange(true)) _exit(128 + signal);  // second signal: stop now
+  if (!g_agreed.load()) g_stop.store(true);
   static const char message[] = "\nflowrun: stopping at the next safe point (signal again to quit now)\n";
   ssize_t ignored = write(STDERR_FILENO, message, sizeof(message) - 1);
   (void)ignored;
@@ -26,6 +34,19 @@ void install_stop_signal_handlers() {
 
 bool stop_requested() { return g_stop.load(std::memory_order_relaxed); }
 void request_stop() { g_stop.store(true); }
-void clear_stop_request() { g_stop.store(false); }
+void clear_stop_request() {
+  g_stop.store(false);
+  g_wanted.store(false);
+}
+
+bool stop_wanted() { return g_wanted.load(std::memory_order_relaxed); }
+
+void agree_on_stops(StopAgreement agreement) {
+  agreement_slot() = std::move(agreement);
+  g_agreed.store(static_cast<bool>(agreement_slot()));
+  if (!g_agreed.load() && g_wanted.load()) g_stop.store(true);
+}
+
+const StopAgreement& stop_agreement() { return agreement_slot(); }
 
 }  // namespace flowrun

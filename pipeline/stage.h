@@ -20,6 +20,25 @@ namespace flowrun {
 
 class Stage;
 
+// This process's place in a data-parallel job of several processes (from
+// torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, or
+// Slurm's, or `flowrun --nproc`); a process alone is rank 0 of 1. The engine
+// only carries it: stages that work across processes (stages/dist/) use it.
+struct JobInfo {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;        // on this machine: the GPU a rank takes
+  int local_world_size = 1;  // ranks on this machine: they share its cores
+  std::string master_addr;   // where the ranks meet (rank 0's c10d store)
+  int master_port = 0;
+  std::string backend = "auto";  // run.backend: auto, gloo or nccl
+  double timeout_s = 600;        // run.timeout: rendezvous and every collective
+  bool distributed() const { return world_size > 1; }
+  // Whether this process writes the run's files (the run directory,
+  // weights, checkpoints, predictions, plots): rank 0 alone.
+  bool writes_files() const { return rank == 0; }
+};
+
 // Facts about the whole run that stages may need.
 struct RunInfo {
   uint64_t seed = 0;
@@ -27,6 +46,7 @@ struct RunInfo {
   int compute_threads = 0;    // run.compute_threads: a model stage's intra-op threads; 0 = auto
   std::string graph_dir;      // directory of the graph file (paths are already resolved)
   std::string run_dir;        // where stages may write their outputs ("" = nowhere)
+  JobInfo job;
 };
 
 struct EpochInfo {
@@ -93,6 +113,13 @@ class StageDirectory {
   // one): what a stage that brings threads of its own (a model's tensor
   // kernels) can take without oversubscribing the machine.
   virtual double busy_threads_besides(const std::string& stage) const { return 0; }
+  // Runs `stage`'s flow on one worker thread from its next pass on (false:
+  // on all of them again): for a stage whose own kernels take every core (a
+  // model on the CPU). The flow's other stages then run in the gaps between
+  // its batches: beside its parallel kernels they would slow each parallel
+  // step to the pace of its slowest thread, and the stage would hop between
+  // worker threads, each with a team of kernel threads of its own.
+  virtual void run_flow_on_one_thread(const std::string& stage, bool one) const {}
 };
 
 // Everything a stage is built from.

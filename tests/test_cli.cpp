@@ -134,7 +134,7 @@ TEST(Cli, CheckPrintsTheResolvedGraphAndRunsNothing) {
   auto result = run_flowrun({"--check", path, "--seed", "9", "--set", "source.start=4"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_EQ(result.out, "# resolved from " + path +
-                            "\nrun seed=9 in_flight=256 epochs=1 threads=auto compute_threads=auto\nsource = count count=3 start=4\n"
+                            "\nrun seed=9 in_flight=256 epochs=1 threads=auto compute_threads=auto backend=auto timeout=600.0\nsource = count count=3 start=4\n"
                             "sink = sink us=1000000\nflow source -> sink\n");
 }
 

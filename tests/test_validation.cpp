@@ -232,7 +232,7 @@ TEST(Validation, CommandLineOverrideErrors) {
             "--set #2:1:6: error: unknown parameter 'sz' for stage 'work' (sleep) (parameters: us, spin, drop_every)\n"
             "--set #3:1:9: error: parameter 'us' expects an int but got a word 'x'\n"
             "--set #4:1:5: error: unknown setting 'sed' for the run line; did you mean 'seed'? (settings: seed, "
-            "in_flight, epochs, threads, compute_threads)\n"
+            "in_flight, epochs, threads, compute_threads, backend, timeout)\n"
             "--set #5:1:8: error: expected '=' after 'work.us' but found end of file\n");
 }
 

@@ -42,11 +42,14 @@ int set_intra_op_threads(int threads) {
 }
 
 ComputeThreads::ComputeThreads(const StageInit& init)
-    : stages_(init.stages), stage_(init.name), fixed_(init.run.compute_threads), threads_(init.run.threads) {
-  begin_epoch();
+    : stages_(init.stages), stage_(init.name), fixed_(init.run.compute_threads), threads_(init.run.threads) {}
+
+void ComputeThreads::begin_epoch(bool on_cpu) {
+  decide();
+  stages_.run_flow_on_one_thread(stage_, on_cpu && chosen_ > 1 && chosen_ >= threads_);
 }
 
-void ComputeThreads::begin_epoch() {
+void ComputeThreads::decide() {
   if (fixed_ > 0) {
     chosen_ = fixed_;
     return;

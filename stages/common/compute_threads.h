@@ -27,10 +27,15 @@ int set_intra_op_threads(int threads);
 class ComputeThreads {
  public:
   explicit ComputeThreads(const StageInit& init);
-  // Decides this epoch's count.
-  void begin_epoch();
+  // Decides this epoch's count. When the stage's kernels run on the CPU
+  // and take every worker thread, its flow runs on one worker thread this
+  // epoch (StageDirectory::run_flow_on_one_thread): the data stages then
+  // work in the gaps between batches, not beside the parallel kernels.
+  void begin_epoch(bool on_cpu);
   int chosen() const { return chosen_; }
 
+  // The calling thread runs tensor kernels on chosen() threads while a
+  // Scope lives, then on 1 again (as every worker thread).
   // The calling thread runs tensor kernels on chosen() threads while a
   // Scope lives, then on 1 again (as every worker thread).
   class Scope {
@@ -46,6 +51,8 @@ class ComputeThreads {
   void report(Report& report) const;
 
  private:
+  void decide();
+
   const StageDirectory& stages_;
   std::string stage_;
   int fixed_;    // run.compute_threads, 0 = auto

@@ -8,7 +8,10 @@ ParamSpec DatasetSource::sampler_param() {
 }
 
 DatasetSource::DatasetSource(const StageInit& init, std::string dataset_name)
-    : stages_(init.stages), sampler_(init.params.get_string("sampler")), dataset_name_(std::move(dataset_name)) {}
+    : stages_(init.stages),
+      sampler_(init.params.get_string("sampler")),
+      dataset_name_(std::move(dataset_name)),
+      job_(init.run.job) {}
 
 void DatasetSource::set_dataset(std::vector<int64_t> labels, std::vector<std::string> class_names) {
   labels_ = std::move(labels);
@@ -17,6 +20,8 @@ void DatasetSource::set_dataset(std::vector<int64_t> labels, std::vector<std::st
 
 void DatasetSource::begin_epoch(const EpochInfo& epoch) {
   epoch_ = sample_epoch(stages_, sampler_, labels_, class_names_, epoch.epoch);
+  // In a job every rank takes its share, unless the sampler already cut one.
+  if (job_.distributed() && !epoch_.sharded) shard_for_rank(epoch_, job_.rank, job_.world_size);
   auto info = std::make_shared<DatasetInfo>();
   info->name = dataset_name_;
   info->class_names = epoch_.class_names;
@@ -27,6 +32,7 @@ void DatasetSource::begin_epoch(const EpochInfo& epoch) {
 bool DatasetSource::next(Item& item) {
   if (position_ >= epoch_.indices.size()) return false;
   Sample sample;
+  sample.padding = position_ >= epoch_.indices.size() - static_cast<size_t>(epoch_.padded);
   sample.index = epoch_.indices[position_++];
   sample.label = epoch_.labels[sample.index];
   sample.dataset = info_;

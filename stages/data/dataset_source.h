@@ -38,6 +38,7 @@ class DatasetSource : public SourceStage {
   std::vector<std::string> class_names_;
   SampleSet epoch_;
   std::shared_ptr<const DatasetInfo> info_;
+  JobInfo job_;
   size_t position_ = 0;
   int64_t visited_ = 0;
 };

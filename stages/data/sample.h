@@ -33,6 +33,9 @@ struct Sample {
   int64_t index = -1;  // position in the source's dataset: the key of per-sample randomness
   int64_t label = -1;
   int64_t epoch_size = 0;  // samples the source visits this epoch (0 = unknown)
+  // A repeat that only evens out the shards of a job's ranks (as
+  // DistributedSampler pads): trained on, but not counted by evaluation.
+  bool padding = false;
   std::string path;    // the file, for file sources ("" otherwise)
   std::shared_ptr<const DatasetInfo> dataset;
   Image image;         // 8-bit RGB once decoded

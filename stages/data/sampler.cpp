@@ -29,9 +29,26 @@ SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler,
   for (Stage* op : ops) {
     auto* sampler_op = dynamic_cast<SamplerOp*>(op);
     if (!sampler_op) throw std::runtime_error("stage '" + sampler + "' is not a sampler");
+    if (set.sharded)
+      throw std::runtime_error("sampler '" + sampler + "': shard must be its last op (it cuts the final order)");
     sampler_op->apply(set, epoch);
   }
   return set;
+}
+
+void shard_for_rank(SampleSet& set, int64_t rank, int64_t world) {
+  set.sharded = true;
+  const std::vector<int64_t>& all = set.indices;
+  if (all.empty() || world <= 1) return;
+  const size_t n = all.size(), per_rank = (n + world - 1) / world;
+  std::vector<int64_t> mine;
+  mine.reserve(per_rank);
+  for (size_t i = 0; i < per_rank; ++i) {
+    const size_t position = rank + i * world;  // in the order padded to per_rank * world
+    mine.push_back(all[position % n]);
+    if (position >= n) ++set.padded;
+  }
+  set.indices = std::move(mine);
 }
 
 std::vector<int64_t> keep_in_order(const std::vector<int64_t>& indices, std::vector<int64_t> keep) {

@@ -18,7 +18,16 @@ struct SampleSet {
   std::vector<int64_t> indices;          // dataset indices in epoch order (may repeat)
   std::vector<int64_t> labels;           // label of every dataset index; -1 = not in use
   std::vector<std::string> class_names;  // after any relabelling
+  bool sharded = false;                  // cut to one rank's share of a job (see shard_for_rank)
+  int64_t padded = 0;                    // the last `padded` indices only even out the ranks' shares
 };
+
+// One rank's share of the epoch's order, as PyTorch's DistributedSampler
+// (drop_last=False) takes it: the order is padded to a multiple of `world`
+// by repeating it from its start, then every world-th sample from `rank`
+// is this rank's. Every rank gets as many samples (so every rank takes as
+// many steps); the repeats are marked as padding (set.padded).
+void shard_for_rank(SampleSet& set, int64_t rank, int64_t world);
 
 class SamplerOp : public ComponentStage {
  public:
@@ -35,7 +44,7 @@ ParamSpec sampler_seed_param();
 
 // The samples of one epoch: all of them in order when `sampler` is "",
 // else what the named sampler stage's ops leave. Throws when `sampler`
-// names no sampler stage.
+// names no sampler stage, or a `shard` op is not its last op.
 SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler, std::vector<int64_t> labels,
                        std::vector<std::string> class_names, int epoch);
 

@@ -12,6 +12,7 @@
 
 #include "pipeline/registry.h"
 #include "stages/common/random.h"
+#include "stages/dist/job.h"
 #include "stages/model/checkpoint_format.h"
 #include "stages/tensor/device.h"
 
@@ -83,7 +84,8 @@ Schema ModelStage::schema() {
                  .def(std::string("")))
       .param(String("device", "auto (CUDA when available), cpu or cuda").def(std::string("auto"))
                  .one_of({"auto", "cpu", "cuda"}))
-      .param(Int("index", "CUDA device index").def(int64_t{0}).range(0, 63))
+      .param(Int("index", "CUDA device index; auto = the rank's LOCAL_RANK in a job of several processes, else 0")
+                 .def(Auto{}).or_auto().range(0, 63))
       .param(String("precision", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16").def(std::string("auto"))
                  .one_of({"auto", "fp32", "bf16"}))
       .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}))
@@ -132,7 +134,15 @@ ModelStage::ModelStage(const StageInit& init)
   torch::manual_seed(mix64(init.run.seed ^ hash_name(init.name)));
   net_ = ResNet(depth, classes_);
   const std::string pretrain = init.params.get_string("pretrain");
-  if (!weights_.empty() && !pretrain.empty() && !std::filesystem::exists(weights_)) make_weights(pretrain, weights_);
+  Job* job = Job::of(init.run.job);
+  if (!weights_.empty() && !pretrain.empty() && !std::filesystem::exists(weights_)) {
+    // In a job, rank 0 makes the file; the others wait for it (a pretraining
+    // run takes far longer than a collective's timeout).
+    const std::string made = "made " + weights_;
+    if (!job || job->rank() == 0) make_weights(pretrain, weights_);
+    if (job && job->rank() == 0) job->announce(made);
+    if (job && job->rank() != 0) job->wait_for(made, 7 * 24 * 3600.0);
+  }
   if (!weights_.empty()) {
     StateDict weights = read_model_weights(weights_, name_);
     load_ = load_state_dict(*net_, weights, /*allow_new_head=*/true, weights_);
@@ -148,7 +158,7 @@ ModelStage::ModelStage(const StageInit& init)
   const std::string layout = init.params.get_string("channels_last");
   channels_last_ = layout == "yes" || (layout == "auto" && cuda);
   if (cuda) {
-    device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(init.params.get_int("index")));
+    device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(init.params.get_int_or("index", init.run.job.local_rank)));
     net_->to(device_);
     at::globalContext().setBenchmarkCuDNN(true);  // fixed input sizes: let cuDNN pick its fastest kernels
   }
@@ -157,6 +167,14 @@ ModelStage::ModelStage(const StageInit& init)
     torch::NoGradGuard no_grad;
     for (auto& p : net_->parameters())
       if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+  }
+  if (job) {
+    // Every rank starts from rank 0's weights (DDP does the same), whatever
+    // each initialised or loaded.
+    torch::NoGradGuard no_grad;
+    std::vector<at::Tensor> tensors;
+    for (const auto& [key, tensor] : state_dict(*net_)) tensors.push_back(tensor);
+    job->broadcast(tensors, 0, "rank 0's initial weights of '" + name_ + "'");
   }
 }
 

@@ -14,10 +14,13 @@ Schema SaveWeights::schema() {
 }
 
 SaveWeights::SaveWeights(const StageInit& init)
-    : stages_(init.stages), model_(init.params.get_string("model")), path_(init.params.get_string("path")) {}
+    : stages_(init.stages),
+      model_(init.params.get_string("model")),
+      path_(init.params.get_string("path")),
+      writes_(init.run.job.writes_files()) {}
 
 void SaveWeights::on_stop(bool interrupted) {
-  if (interrupted) return;
+  if (interrupted || !writes_) return;  // in a job rank 0 writes (every rank holds the same weights)
   write_safetensors(path_, state_dict(*find_model(stages_, model_).net()));
   saved_ = true;
   spdlog::info("saved weights to {}", path_);

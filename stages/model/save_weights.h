@@ -18,6 +18,7 @@ class SaveWeights : public ComponentStage {
  private:
   const StageDirectory& stages_;
   std::string model_, path_;
+  bool writes_;  // rank 0 of a job writes
   bool saved_ = false;
 };
 

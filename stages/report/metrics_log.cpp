@@ -22,7 +22,7 @@ std::shared_ptr<MetricsLog> MetricsLog::of(const StageInit& init) {
   std::lock_guard<std::mutex> lock(mutex);
   auto log = init.services.find<MetricsLog>("metrics");
   if (!log) {
-    log = std::make_shared<MetricsLog>(init.run.run_dir);
+    log = std::make_shared<MetricsLog>(init.run.job.writes_files() ? init.run.run_dir : "");  // rank 0 writes
     init.services.provide("metrics", log);
   }
   return log;

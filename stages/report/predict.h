@@ -9,6 +9,7 @@
 
 #include "pipeline/stage.h"
 #include "stages/common/compute_threads.h"
+#include "stages/dist/job.h"
 #include "stages/report/image_grid.h"
 
 namespace flowrun::stages {
@@ -23,6 +24,9 @@ class Predict : public SerialStage {
   void report(Report& report) const override;
 
  private:
+  // In a job: every rank's rows, merged by rank 0 in the order of a process alone.
+  void merge_shares(bool interrupted);
+
   const StageDirectory& stages_;
   std::string model_name_, csv_path_, grid_path_, temporary_;
   int64_t grid_count_, columns_;
@@ -30,6 +34,7 @@ class Predict : public SerialStage {
   std::vector<GridTile> tiles_;
   int64_t predicted_ = 0, correct_ = 0, labelled_ = 0;
   ComputeThreads compute_;
+  Job* job_;  // the job of several processes this rank is in; null alone
 };
 
 }  // namespace flowrun::stages

@@ -28,11 +28,12 @@ ShowBatch::ShowBatch(const StageInit& init)
       max_images_(init.params.get_int("max_images")),
       epoch_wanted_(init.params.get_int("epoch")),
       batch_wanted_(init.params.get_int("batch")),
-      tile_px_(init.params.get_int("tile")) {}
+      tile_px_(init.params.get_int("tile")),
+      writes_(init.run.job.writes_files()) {}
 
 void ShowBatch::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
-  if (epoch_ == epoch_wanted_ && batch.number == batch_wanted_) {
+  if (writes_ && epoch_ == epoch_wanted_ && batch.number == batch_wanted_) {
     const int64_t n = std::min<int64_t>(batch.size(), max_images_);
     at::Tensor labels = batch.labels.to(at::kCPU);
     std::vector<GridTile> tiles;

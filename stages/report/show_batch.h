@@ -19,6 +19,7 @@ class ShowBatch : public SerialStage {
   int64_t columns_, max_images_, epoch_wanted_, batch_wanted_, tile_px_;
   int epoch_ = 0;
   bool written_ = false;
+  bool writes_;  // rank 0 of a job writes; the others pass batches on
 };
 
 }  // namespace flowrun::stages

@@ -93,12 +93,16 @@ void BatchStage::emit_batch(const Emit& emit) {
     if (!s.tensor.empty()) std::memcpy(out, s.tensor.data.data(), per_sample * sizeof(float));
     else s.normalization->apply(s.image, out);
   });
+  bool padded = false;
   for (int64_t i = 0; i < n; ++i) {
     const Sample& s = pending_[i];
     labels[i] = s.label;
     batch.indices.push_back(s.index);
     batch.paths.push_back(s.path);
+    padded |= s.padding;
   }
+  if (padded)
+    for (const Sample& s : pending_) batch.padding.push_back(s.padding ? 1 : 0);
   batch.dataset = pending_.front().dataset;
   batch.mean = pending_.front().normalization->mean;
   batch.std = pending_.front().normalization->std;

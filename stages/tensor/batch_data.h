@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,13 @@ struct Batch {
   at::Tensor labels;                 // [N] int64
   std::vector<int64_t> indices;      // dataset index of every sample
   std::vector<std::string> paths;    // file of every sample ("" for in-memory sources)
+  std::vector<uint8_t> padding;      // per sample, 1 = a repeat evening out a job's shards; empty = none
+  // The samples that are not padding (all of them, mostly).
+  int64_t real_size() const {
+    int64_t n = size();
+    for (uint8_t p : padding) n -= p;
+    return n;
+  }
   std::shared_ptr<const DatasetInfo> dataset;
   std::array<float, 3> mean{0, 0, 0}, std{1, 1, 1};  // the normalization applied
   int64_t number = 0;                // position of the batch in its epoch

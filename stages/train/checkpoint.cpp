@@ -23,7 +23,7 @@ uint64_t parse_count(const std::string& path, const Metadata& metadata, const st
 }
 }  // namespace
 
-RunState read_checkpoint(const std::string& path) {
+RunState read_checkpoint(const std::string& path, int* world_size) {
   Metadata metadata;
   StateDict tensors = read_safetensors(path, &metadata);
   if (metadata["format"] != kFormat) throw std::runtime_error(path + ": not a flowrun checkpoint");
@@ -36,6 +36,10 @@ RunState read_checkpoint(const std::string& path) {
   state.position.flow = static_cast<int>(flow);
   state.position.items = parse_count(path, metadata, "items");
   state.graph = metadata["graph"];
+  if (world_size) {  // older checkpoints say nothing: a process alone wrote them
+    *world_size = metadata.count("world_size") ? static_cast<int>(parse_count(path, metadata, "world_size")) : 1;
+    if (*world_size < 1 || *world_size > (1 << 20)) throw std::runtime_error(path + ": checkpoint world size is out of range");
+  }
   for (const auto& [name, tensor] : tensors) {
     if (name.rfind(kStagePrefix, 0) != 0) throw std::runtime_error(path + ": unexpected tensor '" + name + "'");
     try {
@@ -47,13 +51,14 @@ RunState read_checkpoint(const std::string& path) {
   return state;
 }
 
-void write_checkpoint(const std::string& path, const RunState& state) {
+void write_checkpoint(const std::string& path, const RunState& state, int world_size) {
   Metadata metadata = {{"format", kFormat},
                        {"version", kVersion},
                        {"epoch", std::to_string(state.position.epoch)},
                        {"flow", std::to_string(state.position.flow)},
                        {"items", std::to_string(state.position.items)},
-                       {"graph", state.graph}};
+                       {"graph", state.graph},
+                       {"world_size", std::to_string(world_size)}};
   StateDict tensors;
   // Views of the state bytes, not copies: a checkpoint can be most of memory.
   for (const auto& [name, bytes] : state.stages)
@@ -77,6 +82,8 @@ Checkpoint::Checkpoint(const StageInit& init)
       path_(init.params.get_string("path")),
       resume_(init.params.get_string("resume")),
       every_(init.params.get_int("every")),
+      world_size_(init.run.job.world_size),
+      writes_(init.run.job.writes_files()),
       metrics_(MetricsLog::of(init)) {
   if (path_.empty()) {
     if (init.run.run_dir.empty())
@@ -87,24 +94,32 @@ Checkpoint::Checkpoint(const StageInit& init)
 
 std::optional<RunState> Checkpoint::resume_state() {
   if (resume_.empty()) return std::nullopt;
-  return read_checkpoint(resume_);
+  int written_by = 1;
+  RunState state = read_checkpoint(resume_, &written_by);
+  // The position counts each rank's own items, and ranks cut the data by
+  // their number: a checkpoint resumes with the world size that wrote it.
+  if (written_by != world_size_)
+    throw std::runtime_error(resume_ + ": written by a job of " + std::to_string(written_by) + " process(es); resume it "
+                             "with as many (this run has " + std::to_string(world_size_) + ")");
+  return state;
 }
 
 void Checkpoint::write(const RunState& state) const {
-  write_checkpoint(path_, state);
+  if (!writes_) return;  // the state was gathered (collectives), rank 0 keeps it
+  write_checkpoint(path_, state, world_size_);
   ++written_;
 }
 
 void Checkpoint::epoch_ended(const RunPosition& next, const StateCollector& collect) {
   if (every_ > 0 && next.epoch % every_ == 0) {
     write(collect());
-    spdlog::info("checkpoint: {} (to resume at {})", path_, next.describe());
+    if (writes_) spdlog::info("checkpoint: {} (to resume at {})", path_, next.describe());
   }
 }
 
 void Checkpoint::run_stopped(const RunPosition& next, bool interrupted, const StateCollector& collect) {
   write(collect());
-  if (interrupted)
+  if (interrupted && writes_)
     spdlog::warn("checkpoint: {} holds the run up to {}; go on with --set {}.resume={}", path_, next.describe(), name_,
                  path_);
 }

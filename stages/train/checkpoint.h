@@ -38,13 +38,16 @@ class Checkpoint : public ComponentStage, public StateKeeper {
   std::string path_;
   std::string resume_;
   int64_t every_;
+  int world_size_;  // a job's ranks; a checkpoint resumes with as many
+  bool writes_;     // rank 0 of a job writes (every rank gathers the state: that takes collectives)
   mutable int64_t written_ = 0;
   std::shared_ptr<MetricsLog> metrics_;
 };
 
 // Reads a checkpoint file; throws std::runtime_error("PATH: what is wrong").
-RunState read_checkpoint(const std::string& path);
+// `world_size`, when given, is what the file's writer ran with.
+RunState read_checkpoint(const std::string& path, int* world_size = nullptr);
 // Writes one, atomically.
-void write_checkpoint(const std::string& path, const RunState& state);
+void write_checkpoint(const std::string& path, const RunState& state, int world_size = 1);
 
 }  // namespace flowrun::stages

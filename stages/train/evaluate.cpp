@@ -23,13 +23,14 @@ Evaluate::Evaluate(const StageInit& init)
       name_(init.name),
       model_name_(init.params.get_string("model")),
       prefix_(init.params.get_string("prefix")),
-      run_dir_(init.run.run_dir),
+      run_dir_(init.run.job.writes_files() ? init.run.run_dir : ""),
       compute_(init),
+      job_(Job::of(init.run.job)),
       metrics_(MetricsLog::of(init)) {}
 
 void Evaluate::begin_epoch(const EpochInfo&) {
-  compute_.begin_epoch();
   model_ = &find_model(stages_, model_name_);
+  compute_.begin_epoch(model_->device().is_cpu());
   const int64_t classes = model_->classes();
   // Sums on the model's device, read once at the end of the epoch.
   const torch::Device device = model_->device();
@@ -52,6 +53,15 @@ void Evaluate::process(Item& item, const Emit& emit) {
     logits = net->forward(model_->input(batch.images)).to(torch::kFloat);
   }
   torch::Tensor labels = model_->labels(batch.labels);
+  if (!batch.padding.empty()) {
+    // Repeats that only even out a job's shards count once, on the rank that has the original.
+    std::vector<int64_t> real;
+    for (size_t i = 0; i < batch.padding.size(); ++i)
+      if (!batch.padding[i]) real.push_back(static_cast<int64_t>(i));
+    torch::Tensor keep = torch::tensor(real, torch::kLong).to(logits.device());
+    logits = logits.index_select(0, keep);
+    labels = labels.index_select(0, keep);
+  }
   const int64_t classes = logits.size(1);
   loss_sum_ += torch::nn::functional::cross_entropy(
                    logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
@@ -63,20 +73,31 @@ void Evaluate::process(Item& item, const Emit& emit) {
   top5_ += hits.any(1).sum();
   torch::Tensor predicted = topk.select(1, 0);
   confusion_ += torch::bincount(labels * classes + predicted, {}, classes * classes);
-  seen_ += batch.size();
+  seen_ += logits.size(0);
   if (class_names_.empty() && batch.dataset) class_names_ = batch.dataset->class_names;
   emit(item);
 }
 
+Evaluate::Sums Evaluate::global_sums() const {
+  Sums sums{loss_sum_.clone(), top1_.clone(), top5_.clone(), confusion_.clone(),
+            torch::full({}, seen_, torch::TensorOptions(torch::kLong).device(top1_.device()))};
+  if (job_) job_->allreduce_sum({sums.loss, sums.top1, sums.top5, sums.confusion, sums.seen},
+                                "the evaluation sums of '" + name_ + "'");
+  return sums;
+}
+
 void Evaluate::end_epoch(const EpochInfo& epoch) {
-  if (!seen_) return;
+  // Over every rank of a job: each evaluated its shard, the sums are all-reduced.
+  const Sums sums = global_sums();
+  const int64_t seen = sums.seen.item<int64_t>();
+  if (!seen) return;
   EvaluationResult r;
-  r.samples = seen_;
-  r.loss = loss_sum_.item<double>() / seen_;
-  r.top1 = static_cast<double>(top1_.item<int64_t>()) / seen_;
-  r.top5 = static_cast<double>(top5_.item<int64_t>()) / seen_;
-  r.classes = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(confusion_.numel()))));
-  torch::Tensor confusion = confusion_.cpu().contiguous();
+  r.samples = seen;
+  r.loss = sums.loss.item<double>() / seen;
+  r.top1 = static_cast<double>(sums.top1.item<int64_t>()) / seen;
+  r.top5 = static_cast<double>(sums.top5.item<int64_t>()) / seen;
+  r.classes = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(sums.confusion.numel()))));
+  torch::Tensor confusion = sums.confusion.cpu().contiguous();
   r.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
   for (int64_t c = 0; c < r.classes; ++c) {
     int64_t total = 0;
@@ -86,6 +107,7 @@ void Evaluate::end_epoch(const EpochInfo& epoch) {
   last_ = r;
   metrics_->record(epoch, {{prefix_ + "_loss", r.loss}, {prefix_ + "_top1", r.top1}, {prefix_ + "_top5", r.top5}});
   if (!run_dir_.empty()) write_confusion();
+  if (job_ && job_->rank() != 0) return;  // the epoch line once per job
   std::fprintf(stderr, "epoch %d (%s %d/%d) %s: %s_loss %.4f %s_top1 %.4f %s_top5 %.4f (%lld samples)\n",
                epoch.epoch + 1, epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(),
                prefix_.c_str(), r.loss, prefix_.c_str(), r.top1, prefix_.c_str(), r.top5, static_cast<long long>(r.samples));
@@ -109,12 +131,15 @@ void Evaluate::write_confusion() const {
 
 bool Evaluate::save_state(std::string& out) const {
   torch::serialize::OutputArchive archive;
-  archive.write("seen", c10::IValue(seen_));
-  if (seen_) {
-    archive.write("loss_sum", loss_sum_.cpu());
-    archive.write("top1", top1_.cpu());
-    archive.write("top5", top5_.cpu());
-    archive.write("confusion", confusion_.cpu());
+  // A job's rank 0 keeps every rank's sums so far (the others restart theirs from 0).
+  const Sums sums = loss_sum_.defined() ? global_sums() : Sums{};
+  const int64_t seen = sums.seen.defined() ? sums.seen.item<int64_t>() : 0;
+  archive.write("seen", c10::IValue(seen));
+  if (seen) {
+    archive.write("loss_sum", sums.loss.cpu());
+    archive.write("top1", sums.top1.cpu());
+    archive.write("top5", sums.top5.cpu());
+    archive.write("confusion", sums.confusion.cpu());
   }
   archive.write("last_samples", c10::IValue(last_.samples));
   archive.write("last_loss", c10::IValue(last_.loss));
@@ -139,6 +164,10 @@ void Evaluate::load_state(const std::string& in) {
     archive.read("confusion", confusion_);
     const torch::Device device = model_ ? model_->device() : torch::Device(torch::kCPU);
     for (torch::Tensor* t : {&loss_sum_, &top1_, &top5_, &confusion_}) *t = t->to(device);
+    if (job_ && job_->rank() != 0) {  // rank 0 holds the job's sums so far
+      for (torch::Tensor* t : {&loss_sum_, &top1_, &top5_, &confusion_}) t->zero_();
+      seen_ = 0;
+    }
   }
   last_.samples = read_int(archive, "last_samples");
   last_.loss = read_double(archive, "last_loss");

@@ -8,6 +8,7 @@
 
 #include "pipeline/stage.h"
 #include "stages/common/compute_threads.h"
+#include "stages/dist/job.h"
 #include "stages/report/metrics_log.h"
 
 namespace flowrun::stages {
@@ -38,6 +39,12 @@ class Evaluate : public SerialStage {
   const EvaluationResult& last() const { return last_; }
 
  private:
+  struct Sums {
+    torch::Tensor loss, top1, top5, confusion, seen;
+  };
+  // The epoch's sums so far over every rank of a job (a collective).
+  Sums global_sums() const;
+
   const StageDirectory& stages_;
   std::string name_;
   std::string model_name_;
@@ -49,6 +56,7 @@ class Evaluate : public SerialStage {
   int64_t seen_ = 0;
   EvaluationResult last_;
   ComputeThreads compute_;
+  Job* job_;  // the job of several processes this rank is in; null alone
   std::shared_ptr<MetricsLog> metrics_;
 };
 

@@ -27,11 +27,18 @@ Schema Freeze::schema() {
                  .one_of({"stem", "layer1", "layer2", "layer3", "layer4"}))
       .param(Int("unfreeze_every", "unfreeze one more block from the top every N epochs; 0 = never").def(int64_t{0})
                  .at_least(0))
-      .param(Bool("train_bn", "let BatchNorm layers in frozen blocks update their statistics").def(false));
+      .param(Bool("train_bn", "let BatchNorm layers in frozen blocks update their statistics").def(false))
+      .param(Bool("bn_eval", "every BatchNorm layer in eval mode, frozen or not: batches are normalised with the "
+                             "running statistics, which stay as they are (fine-tuning with small batches)").def(false))
+      .check([](const Params& p) {
+        return p.get_bool("bn_eval") && p.get_bool("train_bn") ? "train_bn and bn_eval contradict each other" : "";
+      });
 }
 
 Freeze::Freeze(const StageInit& init)
-    : unfreeze_every_(init.params.get_int("unfreeze_every")), train_bn_(init.params.get_bool("train_bn")) {
+    : unfreeze_every_(init.params.get_int("unfreeze_every")),
+      train_bn_(init.params.get_bool("train_bn")),
+      bn_eval_(init.params.get_bool("bn_eval")) {
   const std::string mode = init.params.get_string("mode");
   const auto& blocks = resnet_blocks();
   if (mode == "none") frozen_count_ = 0;
@@ -62,7 +69,7 @@ void Freeze::set_modes(torch::nn::Module& model, int epoch_in_phase) const {
   std::vector<std::string> frozen = frozen_blocks(epoch_in_phase);
   for (auto& item : model.named_modules("", false))
     if (item.value()->as<torch::nn::BatchNorm2d>() &&
-        std::find(frozen.begin(), frozen.end(), block_of(item.key())) != frozen.end())
+        (bn_eval_ || std::find(frozen.begin(), frozen.end(), block_of(item.key())) != frozen.end()))
       item.value()->eval();
 }
 

@@ -3,7 +3,8 @@
 // then unfreezes one more block from the top every N epochs of the phase
 // (gradual unfreezing). Frozen parameters get no gradient and no update;
 // BatchNorm layers in frozen parts stay in eval mode (their running
-// statistics unchanged) unless train_bn=true.
+// statistics unchanged) unless train_bn=true; bn_eval=true puts every
+// BatchNorm layer in eval mode.
 #pragma once
 
 #include <torch/torch.h>
@@ -29,6 +30,7 @@ class Freeze : public ComponentStage {
   int frozen_count_;  // blocks frozen from the bottom: stem, layer1..4, fc
   int64_t unfreeze_every_;
   bool train_bn_;
+  bool bn_eval_;  // every BatchNorm layer in eval mode
 };
 
 // The blocks of a ResNet from the bottom: stem (conv1, bn1), layer1..4, fc.

@@ -35,7 +35,7 @@ void Progress::update(int64_t images, const std::function<double()>& loss) {
   ++batches_;
   images_ += images;
   int64_t now = now_ns();
-  if (now - last_draw_ns_ < (terminal_ ? kTerminalInterval : kLogInterval)) return;
+  if (silent_ || now - last_draw_ns_ < (terminal_ ? kTerminalInterval : kLogInterval)) return;
   last_draw_ns_ = now;
   draw(loss(), false);
 }

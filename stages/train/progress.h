@@ -17,6 +17,8 @@ class Progress {
   // After each batch; `loss` is called only when a line is drawn.
   void update(int64_t images, const std::function<double()>& loss);
   void end();  // clears the bar
+  // Draws nothing (the ranks of a job other than rank 0).
+  void silence() { silent_ = true; }
 
  private:
   void draw(double loss, bool final_line);
@@ -25,6 +27,7 @@ class Progress {
   int64_t total_ = 0, batches_ = 0, images_ = 0;
   int64_t start_ns_ = 0, last_draw_ns_ = 0;
   bool drawn_ = false;
+  bool silent_ = false;
 };
 
 }  // namespace flowrun::stages

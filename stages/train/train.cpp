@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "pipeline/interrupt.h"
 #include "pipeline/registry.h"
 #include "pipeline/trace.h"
 #include "stages/model/model.h"
@@ -33,16 +34,19 @@ Train::Train(const StageInit& init)
       freezer_name_(init.params.get_string("freezer")),
       label_smoothing_(init.params.get_float("label_smoothing")),
       compute_(init),
-      metrics_(MetricsLog::of(init)) {}
+      job_(Job::of(init.run.job)),
+      metrics_(MetricsLog::of(init)) {
+  if (job_ && job_->rank() != 0) progress_.silence();
+}
 
 void Train::begin_epoch(const EpochInfo& epoch) {
   epoch_ = epoch;
-  compute_.begin_epoch();
   prepared_ = false;
   model_ = &find_model(stages_, model_name_);
   optimizer_stage_ = &find_optimizer(stages_, optimizer_name_);
   schedule_ = find_schedule(stages_, schedule_name_);
   freezer_ = freezer_name_.empty() ? nullptr : &stages_.require<Freeze>(freezer_name_, "freeze");
+  compute_.begin_epoch(model_->device().is_cpu());
   // The running sums live on the model's device: no host synchronisation per step.
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kDouble).device(model_->device()));
   correct_ = torch::zeros({}, torch::TensorOptions(torch::kLong).device(model_->device()));
@@ -71,6 +75,7 @@ void Train::prepare(int64_t batches_in_epoch) {
   }
   if (!optimization_.optimizer || frozen != frozen_) {
     optimization_ = optimizer_stage_->build(*net);
+    if (job_) sync_ = std::make_unique<GradientSync>(*job_, *net);  // over what trains now
     // A resumed run: the moments saved for the same trainable set.
     if (!saved_optimizer_.empty() && frozen == frozen_) {
       torch::serialize::InputArchive archive;
@@ -108,11 +113,16 @@ void Train::process(Item& item, const Emit& emit) {
   last_lr_ = optimization_.peak_lr.front() * factor;
 
   const torch::Tensor images = model_->input(batch.images), labels = model_->labels(batch.labels);
+  // In a job the ranks vote on stopping at every step (the vote travels while the step computes).
+  if (job_) job_->start_stop_vote(stop_wanted());
+  const int64_t t0 = now_ns();
+  if (sync_) sync_->before_forward();
   AutocastScope autocast(model_->bf16());
   torch::Tensor logits = net->forward(images);
   torch::Tensor loss = torch::nn::functional::cross_entropy(
       logits, labels, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(label_smoothing_));
   autocast.end();  // before backward, clearing the cast cache (the weights change at the step)
+  if (sync_) sync_->before_backward();
   const int64_t batch_number = seen_batches_++;
   if (!model_->device().is_cuda()) {
     // On the CPU the check costs nothing: stop before a bad step touches the weights.
@@ -123,10 +133,21 @@ void Train::process(Item& item, const Emit& emit) {
     torch::Tensor bad = torch::logical_not(torch::isfinite(loss.detach()));
     first_bad_ = torch::where(bad & (first_bad_ < 0), torch::full_like(first_bad_, batch_number), first_bad_);
   }
+  const int64_t t1 = now_ns();
   optimizer.zero_grad();
-  loss.backward();
+  try {
+    loss.backward();
+  } catch (const std::exception& e) {
+    if (job_) job_->failed("the gradient all-reduce", e);  // the Reducer's, during backward
+    throw;
+  }
+  const int64_t t2 = now_ns();
   optimizer_stage_->clip(optimization_);
   optimizer.step();
+  const int64_t t3 = now_ns();
+  forward_ns_ += t1 - t0;
+  backward_ns_ += t2 - t1;
+  optimizer_ns_ += t3 - t2;
   ++step_;
   ++steps_done_;
   // Metrics stay tensors: no host synchronisation inside a step.
@@ -139,6 +160,8 @@ void Train::process(Item& item, const Emit& emit) {
     return loss_sum_.item<double>() / seen_;
   });
   last_step_ns_ = now_ns();
+  // Every rank of a job stops after the same step.
+  if (job_ && job_->finish_stop_vote()) request_stop();
   emit(item);
 }
 
@@ -155,17 +178,27 @@ void Train::throw_nonfinite(double value, int64_t batch) const {
   throw std::runtime_error(text);
 }
 
+std::tuple<double, int64_t, int64_t> Train::global_sums() const {
+  torch::Tensor loss = loss_sum_.clone(), correct = correct_.clone();
+  torch::Tensor seen = torch::full({}, seen_, torch::TensorOptions(torch::kLong).device(correct.device()));
+  if (job_) job_->allreduce_sum({loss, correct, seen}, "the training figures of '" + name_ + "'");
+  return {loss.item<double>(), correct.item<int64_t>(), seen.item<int64_t>()};
+}
+
 void Train::end_epoch(const EpochInfo& epoch) {
   progress_.end();
   check_finite();
-  if (!seen_) return;
-  last_loss_ = loss_sum_.item<double>() / seen_;
-  last_top1_ = static_cast<double>(correct_.item<int64_t>()) / seen_;
+  // The epoch's figures over every rank (all-reduced: every rank reports the same).
+  const auto [loss_sum, correct, seen] = global_sums();
+  if (!seen) return;
+  last_loss_ = loss_sum / seen;
+  last_top1_ = static_cast<double>(correct) / seen;
   if (last_step_ns_ > first_batch_ns_) {
-    images_per_s_ = seen_ / ((last_step_ns_ - first_batch_ns_) / 1e9);
+    images_per_s_ = seen / ((last_step_ns_ - first_batch_ns_) / 1e9);  // the whole job's: ranks step together
     best_images_per_s_ = std::max(best_images_per_s_, images_per_s_);
   }
   metrics_->record(epoch, {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_}, {name_ + "_lr", last_lr_}});
+  if (job_ && job_->rank() != 0) return;  // the epoch line once per job
   std::fprintf(stderr, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g (%.1f img/s)\n", epoch.epoch + 1,
                epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_,
                last_top1_, last_lr_, images_per_s_);
@@ -177,14 +210,20 @@ bool Train::save_state(std::string& out) const {
   archive.write("step", c10::IValue(step_));
   archive.write("total_steps", c10::IValue(total_steps_));
   archive.write("steps_done", c10::IValue(steps_done_));
-  archive.write("seen", c10::IValue(seen_));
   archive.write("seen_batches", c10::IValue(seen_batches_));
   archive.write("last_loss", c10::IValue(last_loss_));
   archive.write("last_top1", c10::IValue(last_top1_));
   archive.write("last_lr", c10::IValue(last_lr_));
   write_lines(archive, "frozen", frozen_);
-  if (loss_sum_.defined()) archive.write("loss_sum", loss_sum_.cpu());
-  if (correct_.defined()) archive.write("correct", correct_.cpu());
+  if (loss_sum_.defined() && correct_.defined()) {
+    // A job's rank 0 keeps every rank's sums so far (the others restart theirs from 0).
+    const auto [loss_sum, correct, seen] = global_sums();
+    archive.write("loss_sum", torch::full({}, loss_sum, torch::kDouble));
+    archive.write("correct", torch::full({}, correct, torch::kLong));
+    archive.write("seen", c10::IValue(seen));
+  } else {
+    archive.write("seen", c10::IValue(seen_));
+  }
   std::string optimizer = saved_optimizer_;
   if (optimization_.optimizer) {
     torch::serialize::OutputArchive moments;
@@ -215,6 +254,11 @@ void Train::load_state(const std::string& in) {
     loss_sum_ = sum.to(device);
     correct_ = correct.to(device);
   }
+  if (job_ && job_->rank() != 0) {  // rank 0 holds the job's sums so far
+    if (loss_sum_.defined()) loss_sum_.zero_();
+    if (correct_.defined()) correct_.zero_();
+    seen_ = 0;
+  }
   torch::Tensor bytes;
   archive.read("optimizer", bytes);
   saved_optimizer_ = tensor_bytes(bytes);
@@ -227,6 +271,10 @@ void Train::report(Report& report) const {
   report.set("train_top1", last_top1_);
   report.set("train_steps", static_cast<double>(steps_done_));
   if (best_images_per_s_ > 0) report.set("train_images_per_s", best_images_per_s_);  // the best epoch's
+  // Where a step's time goes (host time: on a GPU the calls only queue work).
+  report.set("forward_s", forward_ns_ / 1e9);
+  report.set("backward_s", backward_ns_ / 1e9);
+  report.set("optimizer_s", optimizer_ns_ / 1e9);
   compute_.report(report);
 }
 

@@ -10,6 +10,8 @@
 
 #include "pipeline/stage.h"
 #include "stages/common/compute_threads.h"
+#include "stages/dist/gradient_sync.h"
+#include "stages/dist/job.h"
 #include "stages/train/optimizer.h"
 #include "stages/report/metrics_log.h"
 #include "stages/train/progress.h"
@@ -34,6 +36,8 @@ class Train : public SerialStage {
 
  private:
   void prepare(int64_t batches_in_epoch);
+  // The epoch's loss sum, correct count and images so far, over every rank of a job.
+  std::tuple<double, int64_t, int64_t> global_sums() const;
   // A NaN or infinite loss stops the run, naming where it happened.
   void check_finite() const;
   [[noreturn]] void throw_nonfinite(double value, int64_t batch) const;
@@ -62,9 +66,12 @@ class Train : public SerialStage {
   // This epoch's first batch arrival and last step's end: images/s of the
   // steps themselves (the pipeline filling up is not counted), best epoch kept.
   int64_t first_batch_ns_ = 0, last_step_ns_ = 0;
+  int64_t forward_ns_ = 0, backward_ns_ = 0, optimizer_ns_ = 0;  // summed over the run
   double images_per_s_ = 0, best_images_per_s_ = 0;
   Progress progress_;
   ComputeThreads compute_;
+  Job* job_;                            // the job of several processes this rank is in; null alone
+  std::unique_ptr<GradientSync> sync_;  // in a job: gradients averaged over the ranks, bucket by bucket
   std::shared_ptr<MetricsLog> metrics_;
 };
 
