@@ -18,6 +18,7 @@
 #include "pipeline/plugin_loader.h"
 #include "pipeline/summary.h"
 #include "job_launch.h"
+#include "range_test.h"
 #include "stage_listing.h"
 #include "stages/dist/job.h"
 
@@ -34,6 +35,7 @@ struct Options {
   bool check = false, list_stages = false;
   int threads = 0;
   int nproc = 1;
+  int64_t lr_find = 0;
   int64_t seed = -1;
   std::string log_level = "warn", profile, summary_json, run_dir;
 };
@@ -58,6 +60,10 @@ po::options_description describe_options(Options& o) {
                                      "WORLD_SIZE, MASTER_ADDR and MASTER_PORT, each process is one rank")
       ("seed", po::value(&o.seed), "seed of every random choice (overrides run.seed)")
       ("log-level", po::value(&o.log_level)->default_value("warn"), "trace, debug, info, warn, error or off")
+      ("lr-find", po::value(&o.lr_find)->implicit_value(100),
+       "[=N] the learning-rate range test on the training flow (N batches, default 100, from 1e-7 to 10): writes "
+       "lr_find.csv and lr_find.png into the run directory (default ./lr_find), prints the suggested rates, "
+       "puts the weights back")
       ("profile", po::value(&o.profile), "write a Chrome trace-event JSON of stage activity to FILE")
       ("summary-json", po::value(&o.summary_json), "write the run's final figures as JSON to FILE")
       ("run-dir", po::value(&o.run_dir), "write the resolved graph, per-epoch metrics (CSV, JSON Lines, plots) and "
@@ -155,6 +161,15 @@ int main(int argc, char** argv) {
   } catch (const GraphError& e) {
     std::cerr << e.what();
     return kExitUsage;
+  }
+  if (vm.count("lr-find")) {
+    if (o.lr_find < 2 || o.lr_find > 100000) return usage_error("--lr-find takes 2..100000 batches");
+    try {
+      graph = range_test_graph(graph, o.lr_find);
+    } catch (const std::invalid_argument& e) {
+      return usage_error(e.what());
+    }
+    if (o.run_dir.empty()) o.run_dir = "lr_find";
   }
   if (o.check) {
     std::cout << graph.format();

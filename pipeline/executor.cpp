@@ -113,7 +113,8 @@ class Runner : public StageDirectory {
         if (resume) result.resumed_from = resume->position;
       }
       int global_epoch = 0;
-      for (size_t p = 0; p < graph_.phases.size() && !result.interrupted; ++p) {
+      bool stopped = false;  // by a signal, or by a stage that finished the run early
+      for (size_t p = 0; p < graph_.phases.size() && !stopped; ++p) {
         const ResolvedPhase& phase = graph_.phases[p];
         if (resume && global_epoch + phase.epochs <= resume->position.epoch) {
           global_epoch += static_cast<int>(phase.epochs);  // done before the stop
@@ -128,7 +129,7 @@ class Runner : public StageDirectory {
           if (const StopAgreement& agree = stop_agreement(); agree && !stop_requested() && agree(stop_wanted()))
             request_stop();
           if (stop_requested()) {
-            result.interrupted = true;
+            stopped = true;
             break;
           }
           EpochInfo info{phase.name, static_cast<int>(p), global_epoch, static_cast<int>(e),
@@ -140,10 +141,8 @@ class Runner : public StageDirectory {
             position = resume->position;
             resume.reset();
           }
-          bool completed = false;
-          completed = run_epoch_flow(position);
-          if (!completed) {
-            result.interrupted = true;
+          if (!run_epoch_flow(position)) {
+            stopped = true;
             break;
           }
           for_each_stage([&](StageSlot& slot, Stage& stage) { stage.end_epoch(info); });
@@ -151,11 +150,13 @@ class Runner : public StageDirectory {
           if (StateKeeper* k = keeper()) call_stage(*keeper_slot_, [&] { k->epoch_ended(next, collector(next)); });
         }
       }
+      // A stage that ended the run early (finish_requested) completed it.
+      result.interrupted = stopped && !finish_requested();
       if (resume) {  // resumed a run that had already finished: its final state is the result
         prepare_phase(graph_.phases.back());
         load_states(*resume);
         position = resume->position;
-      } else if (!result.interrupted) {
+      } else if (!stopped) {
         position = RunPosition{global_epoch, 0, 0};
       }
       if (StateKeeper* k = keeper())

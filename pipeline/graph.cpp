@@ -107,6 +107,7 @@ class Resolver {
 
     apply_command_line(overrides, graph, run);
     check_ops(graph);
+    resolve_stage_refs(graph);
 
     graph.run.seed = static_cast<uint64_t>(run.get_int("seed"));
     graph.run.in_flight = run.get_int("in_flight");
@@ -616,6 +617,65 @@ class Resolver {
         }
   }
 
+  // Stage references (StageRef parameters): `auto` becomes the phase's one
+  // stage with the role (or none, when optional); a name given must be a
+  // stage of the phase with that role. Each problem once, at the stage.
+  void resolve_stage_refs(ResolvedGraph& graph) {
+    std::set<std::string> reported;
+    auto report = [&](const Location& where, const std::string& message) {
+      if (reported.insert(where_text(where) + message).second) error(where, message);
+    };
+    for (auto& phase : graph.phases) {
+      std::map<std::string, std::vector<std::string>> players;  // role -> stages that play it
+      std::map<std::string, std::set<std::string>> roles_of;     // stage -> its roles
+      for (const auto& stage : phase.stages)
+        for (const auto& op : stage.ops)
+          if (op.stage_type)
+            for (const auto& role : op.stage_type->schema.roles()) {
+              if (roles_of[stage.name].insert(role).second) players[role].push_back(stage.name);
+            }
+      const std::string in_phase = graph.implicit_phase ? "" : " in phase '" + phase.name + "'";
+      for (auto& stage : phase.stages)
+        for (auto& op : stage.ops) {
+          if (!op.params_valid || !op.stage_type) continue;
+          const std::string owner = "stage '" + stage.name + "' (" + op.type + ")";
+          for (const auto& spec : op.stage_type->schema.params()) {
+            if (spec.role.empty() || !op.params.has(spec.name)) continue;
+            const std::vector<std::string>& candidates = players[spec.role];
+            if (op.params.is_auto(spec.name)) {
+              if (candidates.size() == 1) {
+                op.params.set(spec.name, Value(candidates.front()));
+              } else if (candidates.empty() && spec.role_optional) {
+                op.params.set(spec.name, Value(std::string()));
+              } else if (candidates.empty()) {
+                std::vector<std::string> types;
+                for (const auto& type : registry_.types())
+                  for (const auto& role : registry_.find(type)->schema.roles())
+                    if (role == spec.role) types.push_back(type);
+                report(op.where, owner + ": no " + spec.role + " stage for '" + spec.name + "'" + in_phase +
+                                     "; declare one (" + spec.role + " types: " + join_names(types) + ")");
+              } else {
+                report(op.where, owner + ": '" + spec.name + "' could be any of " + join_names(candidates) + in_phase +
+                                     "; name one (" + spec.name + "=" + candidates.front() + ")");
+              }
+              continue;
+            }
+            const std::string& named = op.params.get_string(spec.name);
+            if (named.empty() && spec.role_optional) continue;
+            if (!roles_of.count(named) && !phase.find(named)) {
+              report(op.where, owner + ": " + spec.name + "='" + named + "' names no stage" + in_phase +
+                                   did_you_mean(named, candidates) + (candidates.empty() ? std::string()
+                                   : " (" + spec.role + " stages: " + join_names(candidates) + ")"));
+            } else if (!roles_of[named].count(spec.role)) {
+              report(op.where, owner + ": " + spec.name + "='" + named + "' is not a " + spec.role + " stage" +
+                                   (candidates.empty() ? std::string() : " (" + spec.role + " stages: " +
+                                   join_names(candidates) + ")"));
+            }
+          }
+        }
+    }
+  }
+
   bool apply_setting(const Schema& schema, const ParamOverride& o, Params& params, const std::string& owner) {
     if (o.path.size() != 2) {
       error(o.path_where[0], "expected " + o.path[0] + ".SETTING=VALUE");
@@ -662,7 +722,9 @@ std::string format_stage(const ResolvedStage& stage) {
 ResolvedGraph resolve_graph(const GraphSpec& spec, const Registry& registry,
                             const std::vector<CommandLineOverride>& overrides) {
   Diagnostics diagnostics;
-  Resolver resolver(spec, registry, diagnostics);
+  GraphSpec expanded = spec;
+  expand_copies(expanded, diagnostics);
+  Resolver resolver(expanded, registry, diagnostics);
   ResolvedGraph graph = resolver.resolve(overrides);
   if (!diagnostics.empty()) throw GraphError(std::move(diagnostics));
   return graph;

@@ -206,7 +206,7 @@ class Parser {
         continue;
       }
       if (!at(Tok::Ident)) {
-        error(current(), std::string("expected a statement (a stage, flow, phase, plugin or run line) but found ") +
+        error(current(), std::string("expected a statement (a stage, flow, phase, copy, plugin or run line) but found ") +
                              describe(current().kind));
         skip_statement();
         continue;
@@ -218,6 +218,7 @@ class Parser {
       else if (keyword_position && word == "run") ok = parse_settings_line(graph.run_settings);
       else if (keyword_position && word == "flow") ok = parse_flow(graph);
       else if (keyword_position && word == "phase") ok = parse_phase(graph);
+      else if (keyword_position && word == "copy") ok = parse_copy(graph);
       else {
         StageDecl stage;
         ok = parse_stage(stage);
@@ -322,6 +323,18 @@ class Parser {
     stage.where = current().where;
     next();
     if (!expect(Tok::Eq, "after stage name '" + stage.name + "'")) return false;
+    if (at(Tok::Ident) && current().text == "like" && next_is(Tok::Ident)) {
+      next();  // like
+      stage.like = current().text;
+      stage.like_where = current().where;
+      next();
+      while (at(Tok::Ident) || at(Tok::Int)) {
+        ParamOverride change;
+        if (!parse_path_value(change, "'param = value' or 'op.param = value'")) return false;
+        stage.changes.push_back(std::move(change));
+      }
+      return true;
+    }
     do {
       skip_newlines_if(!stage.ops.empty());
       if (!at(Tok::Ident)) {
@@ -390,6 +403,76 @@ class Parser {
     graph.phases.push_back(std::move(phase));
     return true;
   }
+  // copy SOURCE... as PREFIX [{ STAGE.PARAM = VALUE ... }]
+  bool parse_copy(GraphSpec& graph) {
+    CopyDecl copy;
+    copy.where = current().where;
+    next();  // copy
+    while (at(Tok::Ident) && current().text != "as") {
+      copy.sources.push_back(current().text);
+      copy.sources_where.push_back(current().where);
+      next();
+    }
+    if (copy.sources.empty()) {
+      error(current(), std::string("expected the source stage of a flow to copy but found ") + describe(current().kind));
+      return false;
+    }
+    if (!at(Tok::Ident) || current().text != "as") {
+      error(current(), std::string("expected 'as PREFIX' after the flows to copy but found ") + describe(current().kind));
+      return false;
+    }
+    next();  // as
+    if (!at(Tok::Ident)) {
+      error(current(), "expected the prefix of the copies' names after 'as'");
+      return false;
+    }
+    copy.prefix = current().text;
+    copy.prefix_where = current().where;
+    next();
+    const size_t before_block = pos_;
+    skip_newlines();  // the block may open on the next line
+    if (!at(Tok::LBrace)) pos_ = before_block;
+    if (at(Tok::LBrace)) {
+      Token open = current();
+      next();
+      while (true) {
+        if (accept(Tok::Newline) || accept(Tok::Semi)) continue;
+        if (at(Tok::End)) {
+          error(open, "unclosed '{' of copy (missing '}')");
+          break;
+        }
+        if (accept(Tok::RBrace)) break;
+        bool ok = at(Tok::Ident);
+        if (!ok) {
+          error(current(), std::string("expected 'stage.param = value' in copy but found ") + describe(current().kind));
+        } else {
+          ParamOverride change;
+          ok = parse_override(change);
+          if (ok) copy.changes.push_back(std::move(change));
+        }
+        if (ok) ok = expect_statement_end(true);
+        if (!ok) skip_statement();
+      }
+    }
+    graph.copies.push_back(std::move(copy));
+    return true;
+  }
+
+  // PATH = VALUE, the path's parts names or op indexes joined by '.'.
+  bool parse_path_value(ParamOverride& out, const std::string& expected) {
+    do {
+      if (!at(Tok::Ident) && !at(Tok::Int)) {
+        error(current(), "expected " + expected + " but found " + describe(current().kind));
+        return false;
+      }
+      out.path.push_back(current().text);
+      out.path_where.push_back(current().where);
+      next();
+    } while (accept(Tok::Dot));
+    if (!expect(Tok::Eq, "after '" + join(out.path) + "'")) return false;
+    return parse_value(out.value);
+  }
+
   // A broken phase header: skip its block too, so its contents are not read as top-level lines.
   void skip_block() {
     while (!at(Tok::End) && !at(Tok::LBrace) && !at(Tok::Newline)) next();

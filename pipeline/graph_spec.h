@@ -34,18 +34,36 @@ struct OpDecl {
   std::vector<ParamAssign> params;
 };
 
-// `NAME = OP | OP ...`: several transform ops run fused, one after another.
-struct StageDecl {
-  std::string name;
-  Location where;
-  std::vector<OpDecl> ops;
-};
-
 // `STAGE.PARAM = VALUE` or, for a piped stage, `STAGE.OP.PARAM = VALUE`.
 struct ParamOverride {
   std::vector<std::string> path;
   std::vector<Location> path_where;
   RawValue value;
+};
+
+// `NAME = OP | OP ...`: several transform ops run fused, one after another.
+// `NAME = like BASE PARAM=VALUE OP.PARAM=VALUE ...`: a copy of stage BASE
+// with some parameters changed (expanded before validation).
+struct StageDecl {
+  std::string name;
+  Location where;
+  std::vector<OpDecl> ops;
+  std::string like;                     // the stage this one copies; "" = none
+  Location like_where;
+  std::vector<ParamOverride> changes;   // paths relative to the stage: [param] or [op, param]
+};
+
+// `copy SOURCE... as PREFIX { STAGE.PARAM = VALUE ... }`: the flows that
+// start at the named sources again, every stage copied as PREFIX + its name,
+// with the block's changes (STAGE names an original stage) applied to the
+// copies (expanded before validation).
+struct CopyDecl {
+  Location where;
+  std::vector<std::string> sources;
+  std::vector<Location> sources_where;
+  std::string prefix;
+  Location prefix_where;
+  std::vector<ParamOverride> changes;
 };
 
 // `phase NAME epochs=N { ... }`: a named run of epochs with its own settings.
@@ -75,7 +93,13 @@ struct GraphSpec {
   std::vector<StageDecl> stages;
   std::vector<FlowDecl> flows;
   std::vector<PhaseDecl> phases;
+  std::vector<CopyDecl> copies;
 };
+
+// Expands `like` stages and `copy` statements into plain stage and flow
+// declarations, in place; problems go to `diagnostics` with their places.
+// (resolve_graph does this first; --check prints the expanded graph.)
+void expand_copies(GraphSpec& spec, Diagnostics& diagnostics);
 
 // Parses graph text. Syntax errors go to `diagnostics` (all of them, with
 // their places); the result holds whatever could be read.

@@ -9,6 +9,7 @@ namespace {
 std::atomic<bool> g_stop{false};
 std::atomic<bool> g_wanted{false};
 std::atomic<bool> g_agreed{false};  // stops wait for the ranks to agree
+std::atomic<bool> g_finish{false};  // the stop is the run's end, asked by a stage
 
 StopAgreement& agreement_slot() {
   static StopAgreement agreement;
@@ -37,7 +38,14 @@ void request_stop() { g_stop.store(true); }
 void clear_stop_request() {
   g_stop.store(false);
   g_wanted.store(false);
+  g_finish.store(false);
 }
+
+void request_finish() {
+  g_finish.store(true);
+  g_stop.store(true);
+}
+bool finish_requested() { return g_finish.load(); }
 
 bool stop_wanted() { return g_wanted.load(std::memory_order_relaxed); }
 

@@ -20,6 +20,12 @@ bool stop_requested();
 void request_stop();
 void clear_stop_request();
 
+// A stage ends the run early as complete (a learning-rate range test that
+// is done, early stopping): the executor stops as for a stop request, but
+// the run counts as finished, not interrupted.
+void request_finish();
+bool finish_requested();
+
 // Whether a signal asked this process to stop (agreed on or not yet).
 bool stop_wanted();
 

@@ -33,6 +33,21 @@ ParamSpec IntList(std::string name, std::string doc) { return make(std::move(nam
 ParamSpec FloatList(std::string name, std::string doc) { return make(std::move(name), ValueType::FloatList, std::move(doc)); }
 ParamSpec StringList(std::string name, std::string doc) { return make(std::move(name), ValueType::StringList, std::move(doc)); }
 
+ParamSpec StageRef(std::string name, std::string doc, std::string role) {
+  ParamSpec spec = String(std::move(name), std::move(doc) + "; auto = the phase's one " + role + " stage");
+  spec.def(Auto{}).or_auto();
+  spec.role = std::move(role);
+  return spec;
+}
+
+ParamSpec OptionalStageRef(std::string name, std::string doc, std::string role) {
+  ParamSpec spec = String(std::move(name), std::move(doc) + "; auto = the phase's one " + role + " stage, or none; \"\" = none");
+  spec.def(Auto{}).or_auto();
+  spec.role = std::move(role);
+  spec.role_optional = true;
+  return spec;
+}
+
 std::string ParamSpec::format_bound(double bound) const {
   bool integral = type == ValueType::Int || type == ValueType::IntList;
   return integral ? std::to_string(static_cast<int64_t>(bound)) : format_value(bound);

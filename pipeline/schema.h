@@ -30,6 +30,11 @@ struct ParamSpec {
   std::optional<double> min, max;      // inclusive bounds for numbers (each list element too)
   std::vector<std::string> choices;    // allowed words for strings
   bool allow_auto = false;             // accepts the keyword `auto`
+  // A stage reference: the name of another stage of the phase that has
+  // this role (see Schema::provides). `auto` (its default) takes the one
+  // stage with the role, or none ("") when the reference is optional.
+  std::string role;
+  bool role_optional = false;
 
   ParamSpec& def(Value value) { default_value = std::move(value); return *this; }
   ParamSpec& at_least(double lo) { min = lo; return *this; }
@@ -51,6 +56,10 @@ ParamSpec Path(std::string name, std::string doc);
 ParamSpec IntList(std::string name, std::string doc);
 ParamSpec FloatList(std::string name, std::string doc);
 ParamSpec StringList(std::string name, std::string doc);
+// The name of another stage that has `role` ("model", "optimizer"...);
+// `auto` by default. An optional one may be "" (none).
+ParamSpec StageRef(std::string name, std::string doc, std::string role);
+ParamSpec OptionalStageRef(std::string name, std::string doc, std::string role);
 
 // The validated parameter values of one stage instance: every schema
 // parameter has a value (given or default). Accessors throw std::logic_error
@@ -92,6 +101,10 @@ class Schema {
   using Check = std::function<std::string(const Params&)>;
   Schema& check(Check rule) { checks_.push_back(std::move(rule)); return *this; }
   const std::vector<Check>& checks() const { return checks_; }
+  // A role this stage plays for others (a model, an optimizer...): what
+  // their stage references (StageRef) look for.
+  Schema& provides(std::string role) { roles_.push_back(std::move(role)); return *this; }
+  const std::vector<std::string>& roles() const { return roles_; }
 
   const std::string& type() const { return type_; }
   const std::string& doc() const { return doc_; }
@@ -107,6 +120,7 @@ class Schema {
   StageKind kind_ = StageKind::Transform;
   std::vector<ParamSpec> params_;
   std::vector<Check> checks_;
+  std::vector<std::string> roles_;
 };
 
 // Engine parameters every flow stage (not sources) accepts besides its own.

@@ -157,7 +157,15 @@ TEST(Model, BadFilesAreClearErrors) {
     return dir + "/" + name;
   };
   std::string empty = write("empty.safetensors", "");
-  EXPECT_EQ(load_error(18, 7, empty), empty + ": too short for safetensors");
+  EXPECT_EQ(load_error(18, 7, empty), empty + ": empty: not a PyTorch .pth (zip) or safetensors file");
+  // Neither a zip nor safetensors, whatever the name says.
+  std::string text = write("notes.pth", "these are not weights, just a text file\n");
+  EXPECT_EQ(load_error(18, 7, text), text + ": not a PyTorch .pth (zip) or safetensors file");
+  std::string tiny = write("tiny.safetensors", "{}");
+  EXPECT_EQ(load_error(18, 7, tiny), tiny + ": not a PyTorch .pth (zip) or safetensors file");
+  std::string legacy = write("legacy.pth", std::string("\x80\x02\x8a\x0alz\xfc\x9cF\xf9 j\xa8P\x19.", 17));
+  EXPECT_EQ(load_error(18, 7, legacy).rfind(legacy + ": a torch.save file in the legacy (pre-1.6, not zip) format", 0), 0u)
+      << load_error(18, 7, legacy);
   std::string huge = write("huge.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}");
   EXPECT_EQ(load_error(18, 7, huge), huge + ": safetensors header size is out of range");
   std::string json = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1000000,1000000],\"data_offsets\":[0,4]}}";

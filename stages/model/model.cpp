@@ -76,6 +76,7 @@ LoadReport load_state_dict(torch::nn::Module& model, const StateDict& weights, b
 
 Schema ModelStage::schema() {
   return Schema("resnet", "ResNet-18/34/50/101 with torchvision's keys; weights from .pth (torch.save) or safetensors")
+      .provides("model")
       .param(Int("depth", "18, 34, 50 or 101").def(int64_t{50}).range(18, 101))
       .param(Int("classes", "outputs of the head (fc)").range(1, 1000000))
       .param(Path("weights", "a torchvision .pth, a safetensors file or a flowrun checkpoint (its model of this "

@@ -9,7 +9,7 @@ namespace flowrun::stages {
 
 Schema SaveWeights::schema() {
   return Schema("save_weights", "writes the model's weights as safetensors when the run completes")
-      .param(String("model", "the model stage").def(std::string("model")))
+      .param(StageRef("model", "the model stage", "model"))
       .param(Path("path", "the .safetensors file to write"));
 }
 

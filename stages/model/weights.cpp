@@ -551,10 +551,18 @@ void write_safetensors(const std::string& path, const StateDict& tensors, const 
 StateDict read_weights(const std::string& path, Metadata* metadata) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open weight file");
-  char magic[4] = {};
-  in.read(magic, 4);
-  if (in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_torch_state_dict(path);
-  return read_safetensors(path, metadata);
+  // What the file is, from its first bytes: a zip (torch.save since PyTorch
+  // 1.6), safetensors (an 8-byte header length, then the JSON header's '{'),
+  // the legacy torch.save pickle, or none of them.
+  unsigned char magic[9] = {};
+  in.read(reinterpret_cast<char*>(magic), 9);
+  const std::streamsize got = in.gcount();
+  if (got >= 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_torch_state_dict(path);
+  if (got == 9 && magic[8] == '{') return read_safetensors(path, metadata);
+  if (got >= 2 && magic[0] == 0x80 && magic[1] >= 2 && magic[1] <= 5)
+    fail(path, "a torch.save file in the legacy (pre-1.6, not zip) format: load it in PyTorch and save it again "
+               "with torch.save(state_dict, path), or as safetensors");
+  fail(path, got ? "not a PyTorch .pth (zip) or safetensors file" : "empty: not a PyTorch .pth (zip) or safetensors file");
 }
 
 }  // namespace flowrun::stages

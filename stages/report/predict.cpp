@@ -18,7 +18,7 @@ namespace flowrun::stages {
 
 Schema Predict::schema() {
   return Schema("predict", "the model's predictions: a CSV with top-5 probabilities and a PNG grid true/predicted")
-      .param(String("model", "the model stage").def(std::string("model")))
+      .param(StageRef("model", "the model stage", "model"))
       .param(Path("csv", "the CSV to write"))
       .param(Path("grid", "the PNG grid to write; \"\" = none").def(std::string("")))
       .param(Int("grid_images", "images in the grid (the recipe shows 9)").def(int64_t{9}).range(1, 1024))

@@ -4,7 +4,9 @@
 
 namespace flowrun::stages {
 
-Schema Constant::schema() { return Schema("constant", "a constant learning rate (each group's own)"); }
+Schema Constant::schema() {
+  return Schema("constant", "a constant learning rate (each group's own)").provides("scheduler");
+}
 
 FLOWRUN_REGISTER_STAGE(Constant);
 

@@ -8,6 +8,7 @@ namespace flowrun::stages {
 
 Schema Cosine::schema() {
   return Schema("cosine", "linear warm-up, then cosine decay of the learning rate, stepped per batch")
+      .provides("scheduler")
       .param(Float("warmup", "share of the steps spent warming up from 0").def(0.0).range(0, 1))
       .param(Float("final", "final lr as a share of the peak").def(0.0).range(0, 1));
 }

@@ -14,7 +14,7 @@ namespace flowrun::stages {
 
 Schema Evaluate::schema() {
   return Schema("evaluate", "evaluates the model over the whole flow: loss, top-1, top-5, per class, confusion matrix")
-      .param(String("model", "the model stage").def(std::string("model")))
+      .param(StageRef("model", "the model stage", "model"))
       .param(String("prefix", "names of the reported figures: PREFIX_loss, PREFIX_top1, ...").def(std::string("val")));
 }
 

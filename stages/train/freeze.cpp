@@ -21,6 +21,7 @@ std::string block_of(const std::string& key) {
 
 Schema Freeze::schema() {
   return Schema("freeze", "freezes part of a ResNet: none, the backbone, or up to a layer; optional gradual unfreezing")
+      .provides("freezer")
       .param(String("mode", "none, backbone (all but the head) or until").def(std::string("backbone"))
                  .one_of({"none", "backbone", "until"}))
       .param(String("until", "with mode=until: the last frozen block").def(std::string("layer3"))

@@ -8,6 +8,7 @@ namespace flowrun::stages {
 
 Schema OneCycle::schema() {
   return Schema("onecycle", "one-cycle learning rate (PyTorch's OneCycleLR), stepped per batch")
+      .provides("scheduler")
       .param(Float("pct_start", "share of the steps spent warming up").def(0.3).range(0, 1))
       .param(Float("div_factor", "start lr = peak / div_factor").def(25.0).at_least(1e-12))
       .param(Float("final_div_factor", "final lr = start lr / final_div_factor").def(1e4).at_least(1e-12))

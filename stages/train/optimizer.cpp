@@ -5,7 +5,8 @@
 namespace flowrun::stages {
 
 void OptimizerStage::declare_common(Schema& schema) {
-  schema.param(Float("lr", "peak learning rate of the head").def(1e-3).range(0, 100))
+  schema.provides("optimizer")
+      .param(Float("lr", "peak learning rate of the head").def(1e-3).range(0, 100))
       .param(Float("wd", "weight decay").def(0.0).range(0, 10))
       .param(Bool("no_decay_bn_bias", "no weight decay on BatchNorm weights and biases").def(true))
       .param(Float("backbone_lr_factor", "backbone lr = lr x this (discriminative learning rates)").def(1.0).range(0, 1000))

@@ -18,11 +18,18 @@ namespace flowrun::stages {
 
 Schema Train::schema() {
   return Schema("train", "trains the model on each batch: cross-entropy on logits, optimizer and schedule per batch")
-      .param(String("model", "the model stage").def(std::string("model")))
-      .param(String("optimizer", "the optimizer stage").def(std::string("optim")))
-      .param(String("scheduler", "the schedule stage; \"\" = constant").def(std::string("sched")))
-      .param(String("freezer", "the freeze stage; \"\" = all trainable").def(std::string("freezer")))
-      .param(Float("label_smoothing", "cross-entropy label smoothing").def(0.0).range(0, 1));
+      .param(StageRef("model", "the model stage", "model"))
+      .param(StageRef("optimizer", "the optimizer stage", "optimizer"))
+      .param(OptionalStageRef("scheduler", "the schedule stage (none: constant)", "scheduler"))
+      .param(OptionalStageRef("freezer", "the freeze stage (none: all trainable)", "freezer"))
+      .param(Float("label_smoothing", "cross-entropy label smoothing").def(0.0).range(0, 1))
+      .param(Int("lr_find", "run the learning-rate range test over this many batches instead of training, then put "
+                            "the weights back and end the run (flowrun --lr-find); 0 = off").def(int64_t{0}).range(0, 100000))
+      .param(Float("lr_find_start", "the range test's first learning rate").def(1e-7).range(1e-12, 1e3))
+      .param(Float("lr_find_end", "the range test's last learning rate").def(10.0).range(1e-12, 1e6))
+      .check([](const Params& p) {
+        return p.get_float("lr_find_start") < p.get_float("lr_find_end") ? "" : "lr_find_start must be below lr_find_end";
+      });
 }
 
 Train::Train(const StageInit& init)
@@ -37,6 +44,9 @@ Train::Train(const StageInit& init)
       job_(Job::of(init.run.job)),
       metrics_(MetricsLog::of(init)) {
   if (job_ && job_->rank() != 0) progress_.silence();
+  if (const int64_t steps = init.params.get_int("lr_find"))
+    finder_ = std::make_unique<LrFinder>(steps, init.params.get_float("lr_find_start"), init.params.get_float("lr_find_end"),
+                                         init.run.job.writes_files() ? (init.run.run_dir.empty() ? "." : init.run.run_dir) : "");
 }
 
 void Train::begin_epoch(const EpochInfo& epoch) {
@@ -104,11 +114,15 @@ void Train::process(Item& item, const Emit& emit) {
   if (!prepared_) prepare(batch.batches_in_epoch);
   ResNet& net = model_->net();
   torch::optim::Optimizer& optimizer = *optimization_.optimizer;
-  // The schedule, stepped per batch.
-  double factor = schedule_ ? schedule_->lr_factor(step_, total_steps_) : 1.0;
+  if (finder_ && finder_->finished()) return;  // the range test is over: the run is ending
+  // The schedule, stepped per batch; the range test's exponential sweep instead
+  // (each group's rate in proportion to its peak, as discriminative rates).
+  double factor = finder_ ? finder_->lr(step_) / optimization_.peak_lr.front()
+                  : schedule_ ? schedule_->lr_factor(step_, total_steps_) : 1.0;
+  if (finder_ && step_ == 0) finder_->begin(*net);
   auto& groups = optimizer.param_groups();
   for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(optimization_.peak_lr[g] * factor);
-  if (schedule_)
+  if (schedule_ && !finder_)
     if (auto momentum = schedule_->momentum(step_, total_steps_)) optimizer_stage_->set_momentum(optimizer, *momentum);
   last_lr_ = optimization_.peak_lr.front() * factor;
 
@@ -124,7 +138,13 @@ void Train::process(Item& item, const Emit& emit) {
   autocast.end();  // before backward, clearing the cast cache (the weights change at the step)
   if (sync_) sync_->before_backward();
   const int64_t batch_number = seen_batches_++;
-  if (!model_->device().is_cuda()) {
+  if (finder_) {
+    // The range test reads every loss; one that is not finite ends it (no step).
+    if (!finder_->record(last_lr_, loss.item<double>()) && !std::isfinite(loss.item<double>())) {
+      finish_range_test();
+      return;
+    }
+  } else if (!model_->device().is_cuda()) {
     // On the CPU the check costs nothing: stop before a bad step touches the weights.
     if (double value = loss.item<double>(); !std::isfinite(value)) throw_nonfinite(value, batch_number);
   } else {
@@ -160,9 +180,21 @@ void Train::process(Item& item, const Emit& emit) {
     return loss_sum_.item<double>() / seen_;
   });
   last_step_ns_ = now_ns();
+  if (finder_ && finder_->finished()) finish_range_test();
   // Every rank of a job stops after the same step.
   if (job_ && job_->finish_stop_vote()) request_stop();
   emit(item);
+}
+
+void Train::finish_range_test() {
+  const LrSuggestion suggestion = finder_->finish(*model_->net());
+  suggestion_ = suggestion;
+  optimization_ = Optimization();  // the weights are back: whatever follows starts a fresh optimizer
+  sync_.reset();
+  if (!job_ || job_->rank() == 0)
+    std::fprintf(stderr, "lr_find %s: %lld steps up to lr %.3g; suggested learning rates: valley %.3g, steep %.3g\n",
+                 name_.c_str(), static_cast<long long>(step_), last_lr_, suggestion.valley, suggestion.steep);
+  request_finish();  // the run is complete
 }
 
 void Train::check_finite() const {
@@ -270,6 +302,10 @@ void Train::report(Report& report) const {
   report.set("train_loss", last_loss_);
   report.set("train_top1", last_top1_);
   report.set("train_steps", static_cast<double>(steps_done_));
+  if (suggestion_) {
+    report.set("lr_find_valley", suggestion_->valley);
+    report.set("lr_find_steep", suggestion_->steep);
+  }
   if (best_images_per_s_ > 0) report.set("train_images_per_s", best_images_per_s_);  // the best epoch's
   // Where a step's time goes (host time: on a GPU the calls only queue work).
   report.set("forward_s", forward_ns_ / 1e9);

@@ -8,12 +8,15 @@
 
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "pipeline/stage.h"
 #include "stages/common/compute_threads.h"
 #include "stages/dist/gradient_sync.h"
 #include "stages/dist/job.h"
 #include "stages/train/optimizer.h"
 #include "stages/report/metrics_log.h"
+#include "stages/train/lr_finder.h"
 #include "stages/train/progress.h"
 
 namespace flowrun::stages {
@@ -36,6 +39,8 @@ class Train : public SerialStage {
 
  private:
   void prepare(int64_t batches_in_epoch);
+  // The learning-rate range test is over: weights back, files written, the run ends.
+  void finish_range_test();
   // The epoch's loss sum, correct count and images so far, over every rank of a job.
   std::tuple<double, int64_t, int64_t> global_sums() const;
   // A NaN or infinite loss stops the run, naming where it happened.
@@ -70,8 +75,10 @@ class Train : public SerialStage {
   double images_per_s_ = 0, best_images_per_s_ = 0;
   Progress progress_;
   ComputeThreads compute_;
-  Job* job_;                            // the job of several processes this rank is in; null alone
-  std::unique_ptr<GradientSync> sync_;  // in a job: gradients averaged over the ranks, bucket by bucket
+  Job* job_;                                // the job of several processes this rank is in; null alone
+  std::unique_ptr<GradientSync> sync_;      // in a job: gradients averaged over the ranks, bucket by bucket
+  std::unique_ptr<LrFinder> finder_;        // lr_find: the range test instead of training
+  std::optional<LrSuggestion> suggestion_;  // what the range test suggested
   std::shared_ptr<MetricsLog> metrics_;
 };
 
