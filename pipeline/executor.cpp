@@ -2,7 +2,6 @@
 
 #include <oneapi/tbb/flow_graph.h>
 #include <oneapi/tbb/task_arena.h>
-#include <oneapi/tbb/task_scheduler_observer.h>
 #include <spdlog/spdlog.h>
 
 #include <sys/resource.h>
@@ -21,15 +20,6 @@
 
 namespace flowrun {
 namespace {
-
-// Gives every thread that joins the run's worker pool the per-thread
-// set-up that libraries registered (see worker_threads.h).
-class WorkerSetup : public tbb::task_scheduler_observer {
- public:
-  explicit WorkerSetup(tbb::task_arena& arena) : tbb::task_scheduler_observer(arena) { observe(true); }
-  ~WorkerSetup() override { observe(false); }
-  void on_scheduler_entry(bool) override { run_worker_thread_setup(); }
-};
 
 namespace flow = tbb::flow;
 
@@ -99,7 +89,6 @@ class Runner : public StageDirectory {
     // Flows run on `threads` workers, or on one when a stage asks for it
     // (run_flow_on_one_thread).
     tbb::task_arena arena(run_info_.threads), single(1);
-    WorkerSetup worker_setup(arena), single_setup(single);
     arenas_ = {&arena, &single};
     RunResult result;
     RunPosition position;  // where the run stands: the next work to do
@@ -150,8 +139,10 @@ class Runner : public StageDirectory {
           if (StateKeeper* k = keeper()) call_stage(*keeper_slot_, [&] { k->epoch_ended(next, collector(next)); });
         }
       }
-      // A stage that ended the run early (finish_requested) completed it.
+      // A stage that ended the run early (finish_requested) completed it;
+      // the request is this run's alone.
       result.interrupted = stopped && !finish_requested();
+      if (finish_requested()) clear_stop_request();
       if (resume) {  // resumed a run that had already finished: its final state is the result
         prepare_phase(graph_.phases.back());
         load_states(*resume);
@@ -416,6 +407,7 @@ class Runner : public StageDirectory {
         unordered |= concurrency > 1;
         auto node = std::make_unique<flow::function_node<Item, flow::continue_msg>>(
             g, static_cast<size_t>(concurrency), [this, &chain, &slot, i](const Item& input) {
+              ensure_worker_thread_setup();
               Item item = input;
               int64_t begin = now_ns();
               count_queue_wait(item, begin);
@@ -449,6 +441,7 @@ class Runner : public StageDirectory {
       } else {
         auto node = std::make_unique<flow::function_node<Item, flow::continue_msg>>(
             g, flow::serial, [this, &chain, &slot, i](const Item& input) {
+              ensure_worker_thread_setup();
               Item item = input;
               int64_t begin = now_ns();
               count_queue_wait(item, begin);
@@ -492,6 +485,7 @@ class Runner : public StageDirectory {
 
     StageSlot& source_slot = *chain.stages[0];
     chain.source = std::make_unique<flow::input_node<Item>>(g, [this, &chain, &source_slot](tbb::flow_control& control) {
+      ensure_worker_thread_setup();
       int64_t begin = now_ns();
       if (chain.last_return_ns) source_slot.counters.wait_output_ns.fetch_add(begin - chain.last_return_ns);
       if (stop_requested() || failed_.load()) {

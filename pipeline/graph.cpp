@@ -667,7 +667,7 @@ class Resolver {
                                    did_you_mean(named, candidates) + (candidates.empty() ? std::string()
                                    : " (" + spec.role + " stages: " + join_names(candidates) + ")"));
             } else if (!roles_of[named].count(spec.role)) {
-              report(op.where, owner + ": " + spec.name + "='" + named + "' is not a " + spec.role + " stage" +
+              report(op.where, owner + ": " + spec.name + "='" + named + "': stage '" + named + "' is no " + spec.role +
                                    (candidates.empty() ? std::string() : " (" + spec.role + " stages: " +
                                    join_names(candidates) + ")"));
             }

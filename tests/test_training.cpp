@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -13,7 +16,9 @@
 #include "stages/model/model.h"
 #include "stages/tensor/batch_data.h"
 #include "stages/train/evaluate.h"
+#include "pipeline/executor.h"
 #include "stages/train/freeze.h"
+#include "stages/train/lr_finder.h"
 #include "stages/train/optimizer.h"
 #include "stages/train/schedule.h"
 #include "stages/train/train.h"
@@ -202,4 +207,98 @@ TEST(Train, ANonFiniteLossStopsBeforeTheStepNamingPhaseEpochAndBatch) {
   }
   size_t i = 0;
   for (const auto& p : net->parameters()) EXPECT_TRUE(torch::equal(p, before[i++]));  // no step was taken
+}
+
+TEST(StageRefs, DefaultsTakeThePhasesOneStageOfTheRoleOrNone) {
+  const std::string base = "source = count\ntrain = train\nmodel = resnet depth=18 classes=3\n";
+  ResolvedGraph graph = test::resolve_text(base + "optim = sgd\n");
+  const Params& train = graph.phases[0].find("train")->ops[0].params;
+  EXPECT_EQ(train.get_string("model"), "model");
+  EXPECT_EQ(train.get_string("optimizer"), "optim");
+  EXPECT_EQ(train.get_string("scheduler"), "");  // none: a constant rate
+  EXPECT_EQ(train.get_string("freezer"), "");    // none: everything trains
+  EXPECT_NE(graph.format().find("model=\"model\" optimizer=\"optim\" scheduler=\"\""), std::string::npos)
+      << graph.format();
+  // Per phase: each phase's own optimizer.
+  ResolvedGraph phased = test::resolve_text(base + "phase a epochs=1 { sgd_a = sgd }\nphase b epochs=1 { adam_b = adam }\n");
+  EXPECT_EQ(phased.phases[0].find("train")->ops[0].params.get_string("optimizer"), "sgd_a");
+  EXPECT_EQ(phased.phases[1].find("train")->ops[0].params.get_string("optimizer"), "adam_b");
+}
+
+TEST(StageRefs, MissingAmbiguousOrWrongReferencesAreErrors) {
+  const std::string base = "source = count\ntrain = train\nmodel = resnet depth=18 classes=3\n";
+  EXPECT_EQ(test::errors_of(base),
+            "test.graph:2:9: error: stage 'train' (train): no optimizer stage for 'optimizer'; declare one (optimizer "
+            "types: adam, adamw, sgd)\n");
+  EXPECT_EQ(test::errors_of(base + "optim = sgd\nother = resnet depth=18 classes=3\n"),
+            "test.graph:2:9: error: stage 'train' (train): 'model' could be any of model, other; name one "
+            "(model=model)\n");
+  EXPECT_EQ(test::errors_of(base + "optim = sgd\n", {"train.optimizer=model"}),
+            "test.graph:2:9: error: stage 'train' (train): optimizer='model': stage 'model' is no optimizer "
+            "(optimizer stages: optim)\n");
+  EXPECT_EQ(test::errors_of(base + "optim = sgd\n", {"train.model=modle"}),
+            "test.graph:2:9: error: stage 'train' (train): model='modle' names no stage; did you mean 'model'? "
+            "(model stages: model)\n");
+}
+
+TEST(LrFind, SuggestionsFollowFastaisRules) {
+  // A loss that falls like a half cosine from lr 1e-7 to 1e-2, then shoots up.
+  std::vector<double> lrs, losses;
+  for (int i = 0; i < 100; ++i) {
+    lrs.push_back(1e-7 * std::pow(10.0, 8.0 * i / 99));
+    losses.push_back(i <= 62 ? 2 + std::cos(M_PI * i / 62.0) : 1 + 0.5 * (i - 62));
+  }
+  LrSuggestion s = suggest_learning_rates(lrs, losses);
+  // steep: where the cosine falls fastest (i = 31); valley: half way down the
+  // longest fall (from the first tenth, i = 10, to its bottom, i = 62).
+  EXPECT_GE(s.steep, lrs[29]);
+  EXPECT_LE(s.steep, lrs[33]);
+  EXPECT_GE(s.valley, lrs[33]);
+  EXPECT_LE(s.valley, lrs[38]);
+}
+
+TEST(LrFind, TheRangeTestSuggestsARateAndPutsTheWeightsBack) {
+  std::string dir = test::temp_dir();
+  std::string root = test::make_jpeg_folder({"a", "b", "c"}, 8, 40, 36);
+  auto graph = [&](const std::string& train, int epochs) {
+    return "run epochs=" + std::to_string(epochs) + " seed=5\n"
+           "src = imagefolder root=\"" + root + "\" sampler=shuffle\nshuffle = shuffle\n"
+           "prep = decode | resize size=32 | center_crop size=32 | normalize\nbatch = batch size=4\n" + train + "\n"
+           "model = resnet depth=18 classes=3\noptim = adam lr=1e-3\nsave = save_weights path=\"" + dir + "/" +
+           std::to_string(epochs) + ".safetensors\"\n";
+  };
+  RunOptions options;
+  options.threads = 2;
+  run_graph(test::resolve_text(graph("train = train", 0)), options);  // the initial weights
+  options.run_dir = dir + "/run";
+  RunResult result = run_graph(test::resolve_text(graph("train = train lr_find=40 lr_find_end=100", 40)), options);
+  EXPECT_FALSE(result.interrupted);  // the range test ended the run as complete
+  std::map<std::string, double> figures;
+  for (const auto& stage : result.stages)
+    if (stage.name == "train") figures = stage.figures;
+  ASSERT_TRUE(figures.count("lr_find_valley"));
+  EXPECT_GT(figures["lr_find_valley"], 1e-7);
+  EXPECT_LT(figures["lr_find_valley"], 100.0);
+  EXPECT_GE(figures["train_steps"], 10.0);  // it stepped (and diverged, or ran its 40 batches)
+  EXPECT_LE(figures["train_steps"], 40.0);
+  std::ifstream csv(dir + "/run/lr_find.csv");
+  std::string line;
+  int rows = -1;
+  while (std::getline(csv, line)) ++rows;
+  EXPECT_EQ(rows, static_cast<int>(figures["train_steps"]));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/run/lr_find.png"));
+  // The weights are back as they were before the test.
+  StateDict before = read_weights(dir + "/0.safetensors"), after = read_weights(dir + "/40.safetensors");
+  ASSERT_EQ(before.size(), after.size());
+  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(torch::equal(before[i].second, after[i].second)) << before[i].first;
+
+  // The command line: --lr-find takes the training flow of the graph as it is.
+  std::string file = dir + "/g.graph";
+  std::ofstream(file) << graph("train = train", 3) + "checkpoint = checkpoint path=\"" + dir + "/ck.ckpt\"\n";
+  auto cli = test::run_flowrun({file, "--lr-find=12", "--run-dir", dir + "/cli"});
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_NE(cli.err.find("suggested learning rates: valley "), std::string::npos) << cli.err;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/cli/lr_find.png"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/ck.ckpt"));  // no checkpoint, no saved weights from a range test
+  EXPECT_FALSE(std::filesystem::exists(dir + "/3.safetensors"));
 }

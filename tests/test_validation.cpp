@@ -265,3 +265,69 @@ TEST(Validation, ResolvedGraphPrintsBackToTheSameGraph) {
           << graph.phases[p].stages[s].name;
   }
 }
+
+TEST(Validation, ALikeStageCopiesItsBaseWithChanges) {
+  const std::string base = "source = count count=10\naug = sleep us=2 spin=true | kitchen size=3 p=0.25\nsink = sink\n";
+  ResolvedGraph graph = resolve_text(base + "aug2 = like aug kitchen.size=5 0.us=7\nsink2 = like sink us=4\n"
+                                     "src2 = like source\nflow source -> aug -> sink\nflow src2 -> aug2 -> sink2\n");
+  const ResolvedStage& copy = stage_of(graph, "aug2");
+  ASSERT_EQ(copy.ops.size(), 2u);
+  EXPECT_EQ(copy.ops[0].params.get_int("us"), 7);
+  EXPECT_TRUE(copy.ops[0].params.get_bool("spin"));  // kept from the base
+  EXPECT_EQ(copy.ops[1].params.get_int("size"), 5);
+  EXPECT_DOUBLE_EQ(copy.ops[1].params.get_float("p"), 0.25);
+  EXPECT_EQ(stage_of(graph, "sink2").ops[0].params.get_int("us"), 4);
+  EXPECT_EQ(stage_of(graph, "aug").ops[1].params.get_int("size"), 3);  // the base is unchanged
+  // A copy of a copy (declared before its base); --check prints the copies
+  // spelled out, and that parses back to the same graph.
+  ResolvedGraph chained = resolve_text(base + "a3 = like a2 0.us=9\na2 = like aug kitchen.p=0.5\n"
+                                       "s2 = like source\ns3 = like sink\nflow source -> aug -> sink\n"
+                                       "flow s2 -> a3 -> s3\ns4 = like source\ns5 = like sink\nflow s4 -> a2 -> s5\n");
+  EXPECT_DOUBLE_EQ(stage_of(chained, "a3").ops[1].params.get_float("p"), 0.5);
+  EXPECT_EQ(stage_of(chained, "a3").ops[0].params.get_int("us"), 9);
+  EXPECT_EQ(stage_of(chained, "a2").ops[0].params.get_int("us"), 2);
+  const std::string printed = chained.format();
+  EXPECT_EQ(printed.find("like"), std::string::npos) << printed;
+  EXPECT_EQ(resolve_text(printed).format().substr(printed.find('\n')), printed.substr(printed.find('\n')));
+}
+
+TEST(Validation, LikeErrorsPointAtTheirPlace) {
+  const std::string base = "source = count\naug = sleep | kitchen size=3\nsink = sink\nflow source -> aug -> sink\n";
+  const std::string used = "src2 = like source\nflow src2 -> x\n";
+  EXPECT_EQ(errors_of(base + "x = like agu\n"),
+            "test.graph:5:10: error: stage 'x' is declared like 'agu', but there is no top-level stage of that name\n");
+  EXPECT_EQ(errors_of(base + "a = like b\nb = like a\n"),
+            "test.graph:5:10: error: stage 'a' is declared like 'b', which is (in turn) declared like it: a loop\n"
+            "test.graph:6:10: error: stage 'b' is declared like 'a', which is (in turn) declared like it: a loop\n");
+  EXPECT_EQ(errors_of(base + "x = like aug size=4\n" + used),
+            "test.graph:5:14: error: stage 'x' pipes 2 ops: name the op of 'size' (e.g. 'sleep.size' or '0.size')\n");
+  EXPECT_EQ(errors_of(base + "x = like aug oven.size=4\n" + used),
+            "test.graph:5:14: error: stage 'x' has no op 'oven' (its ops: sleep, kitchen)\n");
+  // A changed parameter is checked where it is written.
+  EXPECT_EQ(errors_of(base + "x = like aug kitchen.size=big\n" + used),
+            "test.graph:5:27: error: parameter 'size' expects an int but got a word 'big'\n");
+}
+
+TEST(Validation, CopyRepeatsWholeFlowsUnderANewName) {
+  const std::string text = "a = count count=3\nwork = sleep us=2\nend = sink\nb = count count=4\nend2 = sink us=1\n"
+                           "flow a -> work -> end\nflow b -> end2\n"
+                           "copy a b as x_ {\n  work.us = 9\n  end2.us = 5\n}\n";
+  ResolvedGraph graph = resolve_text(text);
+  EXPECT_EQ(graph.chains, (std::vector<std::vector<std::string>>{
+                              {"a", "work", "end"}, {"b", "end2"}, {"x_a", "x_work", "x_end"}, {"x_b", "x_end2"}}));
+  EXPECT_EQ(stage_of(graph, "x_work").ops[0].params.get_int("us"), 9);
+  EXPECT_EQ(stage_of(graph, "work").ops[0].params.get_int("us"), 2);
+  EXPECT_EQ(stage_of(graph, "x_end2").ops[0].params.get_int("us"), 5);
+  EXPECT_EQ(stage_of(graph, "x_a").ops[0].params.get_int("count"), 3);
+  // --set reaches the copies by their names.
+  EXPECT_EQ(stage_of(resolve_text(text, {"x_work.us=4"}), "x_work").ops[0].params.get_int("us"), 4);
+  const std::string flows = "a = count\nwork = sleep\nend = sink\nflow a -> work -> end\n";
+  EXPECT_EQ(errors_of(flows + "copy z as x_\n"),
+            "test.graph:5:6: error: copy: no flow starts at 'z' (copy names the first stage of a 'flow' line)\n");
+  EXPECT_EQ(errors_of(flows + "copy a as x_ { nope.us = 1 }\n"),
+            "test.graph:5:16: error: copy: 'nope' is not a stage of the copied flows (a, end, work)\n");
+  EXPECT_EQ(errors_of(flows + "x_work = sleep\ncopy a as x_\n"),
+            "test.graph:6:11: error: copy: the copy of 'work' would be named 'x_work', which is taken\n");
+  EXPECT_EQ(errors_of(flows + "copy a x_\n"),
+            "test.graph:5:10: error: expected 'as PREFIX' after the flows to copy but found end of line\n");
+}
