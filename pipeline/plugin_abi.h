@@ -6,8 +6,13 @@
 
 #include <cstdint>
 
-#define FLOWRUN_PLUGIN_API_VERSION 3u  // 2: Stage::save_state/load_state, SourceStage::skip; 3: RunInfo::compute_threads,
-                                       // StageDirectory::busy_threads_besides
+#define FLOWRUN_PLUGIN_API_VERSION 4u  // 2: Stage::save_state/load_state, SourceStage::skip; 3: RunInfo::compute_threads,
+                                       // StageDirectory::busy_threads_besides; 4: stage_api_version
+// The stage API: the built-in stages' public types a plugin may use
+// (<flowrun/data.h>: Sample, Image, Rng, RandomImageOp, SamplerOp;
+// <flowrun/model.h>: Batch, ModelStage, the loss hook). Bumped whenever one
+// of them changes layout or meaning. The engine compares it as a number.
+#define FLOWRUN_STAGE_API_VERSION 1u
 #define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"
 
 #define FLOWRUN_STRINGIFY_INNER(x) #x
@@ -28,6 +33,7 @@ struct flowrun_plugin_info {
   const char* cxx_abi;    // FLOWRUN_CXX_ABI the plugin was built with
   const char* name;       // shown by --list-stages
   void (*register_stages)(flowrun::Registry& registry);
+  uint32_t stage_api_version;  // FLOWRUN_STAGE_API_VERSION it was built against; 0: the engine's API alone
 };
 typedef const flowrun_plugin_info* (*flowrun_plugin_entry_fn)(void);
 }

@@ -74,6 +74,10 @@ void load_plugin(const std::string& requested, Registry& registry) {
   if (!info->cxx_abi || std::strcmp(info->cxx_abi, FLOWRUN_CXX_ABI) != 0)
     fail(std::string("was built with C++ ABI '") + (info->cxx_abi ? info->cxx_abi : "?") + "' but flowrun uses '" +
          FLOWRUN_CXX_ABI + "'");
+  if (info->stage_api_version != 0 && info->stage_api_version != FLOWRUN_STAGE_API_VERSION)
+    fail(std::string("'") + (info->name ? info->name : "?") + "' was built against stage API version " +
+         std::to_string(info->stage_api_version) + " but this flowrun has stage API version " +
+         std::to_string(FLOWRUN_STAGE_API_VERSION) + "; rebuild it against this flowrun's SDK");
   if (!info->register_stages) fail("registers no stages");
   registry.set_origin(path);
   try {

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "pipeline/executor.h"
+#include "pipeline/plugin_abi.h"
 #include "pipeline/plugin_loader.h"
 #include "test_support.h"
 
@@ -53,8 +54,9 @@ TEST(Plugins, MissingFile) {
 TEST(Plugins, VersionMismatchIsRefused) {
   EXPECT_EQ(load_error(TEST_PLUGIN_BAD_VERSION),
             std::string(TEST_PLUGIN_BAD_VERSION) +
-                ": error: plugin was built for plugin API version 44 but this flowrun uses version 3; rebuild it "
-                "against this flowrun's SDK");
+                ": error: plugin was built for plugin API version " + std::to_string(FLOWRUN_PLUGIN_API_VERSION + 41) +
+                " but this flowrun uses version " + std::to_string(FLOWRUN_PLUGIN_API_VERSION) +
+                "; rebuild it against this flowrun's SDK");
 }
 
 TEST(Plugins, MissingEntryPointIsRefused) {

@@ -11,17 +11,20 @@
 #include "stages/model/precision.h"
 #include "stages/tensor/batch_data.h"
 #include "stages/train/freeze.h"
+#include "stages/train/loss.h"
 #include "stages/train/schedule.h"
 #include "stages/train/state_bytes.h"
 
 namespace flowrun::stages {
 
 Schema Train::schema() {
-  return Schema("train", "trains the model on each batch: cross-entropy on logits, optimizer and schedule per batch")
+  return Schema("train", "trains the model on each batch: the loss (cross-entropy unless a loss stage is named), "
+                         "optimizer and schedule per batch")
       .param(StageRef("model", "the model stage", "model"))
       .param(StageRef("optimizer", "the optimizer stage", "optimizer"))
       .param(OptionalStageRef("scheduler", "the schedule stage (none: constant)", "scheduler"))
       .param(OptionalStageRef("freezer", "the freeze stage (none: all trainable)", "freezer"))
+      .param(OptionalStageRef("loss", "a loss stage, e.g. from a plugin (none: cross-entropy)", "loss"))
       .param(Float("label_smoothing", "cross-entropy label smoothing").def(0.0).range(0, 1))
       .param(Int("lr_find", "run the learning-rate range test over this many batches instead of training, then put "
                             "the weights back and end the run (flowrun --lr-find); 0 = off").def(int64_t{0}).range(0, 100000))
@@ -39,6 +42,7 @@ Train::Train(const StageInit& init)
       optimizer_name_(init.params.get_string("optimizer")),
       schedule_name_(init.params.get_string("scheduler")),
       freezer_name_(init.params.get_string("freezer")),
+      loss_name_(init.params.get_string("loss")),
       label_smoothing_(init.params.get_float("label_smoothing")),
       compute_(init),
       job_(Job::of(init.run.job)),
@@ -56,6 +60,10 @@ void Train::begin_epoch(const EpochInfo& epoch) {
   optimizer_stage_ = &find_optimizer(stages_, optimizer_name_);
   schedule_ = find_schedule(stages_, schedule_name_);
   freezer_ = freezer_name_.empty() ? nullptr : &stages_.require<Freeze>(freezer_name_, "freeze");
+  loss_ = loss_name_.empty() ? nullptr : &stages_.require<LossStage>(loss_name_, "loss");
+  if (loss_ && label_smoothing_ > 0)
+    throw std::runtime_error("label_smoothing belongs to the built-in cross-entropy; loss stage '" + loss_name_ +
+                             "' has its own parameters");
   compute_.begin_epoch(model_->device().is_cpu());
   // The running sums live on the model's device: no host synchronisation per step.
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kDouble).device(model_->device()));
@@ -133,8 +141,13 @@ void Train::process(Item& item, const Emit& emit) {
   if (sync_) sync_->before_forward();
   AutocastScope autocast(model_->bf16());
   torch::Tensor logits = net->forward(images);
-  torch::Tensor loss = torch::nn::functional::cross_entropy(
-      logits, labels, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(label_smoothing_));
+  torch::Tensor loss = loss_ ? loss_->loss(logits, labels)
+                            : torch::nn::functional::cross_entropy(
+                                  logits, labels,
+                                  torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(label_smoothing_));
+  if (loss_ && loss.dim() != 0)
+    throw std::runtime_error("loss stage '" + loss_name_ + "' returned a tensor of " + std::to_string(loss.dim()) +
+                             " dimensions, not the batch's mean loss (a scalar)");
   autocast.end();  // before backward, clearing the cast cache (the weights change at the step)
   if (sync_) sync_->before_backward();
   const int64_t batch_number = seen_batches_++;

@@ -23,6 +23,7 @@ namespace flowrun::stages {
 
 class ModelStage;
 class Freeze;
+class LossStage;
 class ScheduleStage;
 
 class Train : public SerialStage {
@@ -49,7 +50,7 @@ class Train : public SerialStage {
 
   const StageDirectory& stages_;
   std::string name_;
-  std::string model_name_, optimizer_name_, schedule_name_, freezer_name_;
+  std::string model_name_, optimizer_name_, schedule_name_, freezer_name_, loss_name_;
   double label_smoothing_;
   EpochInfo epoch_;
   bool prepared_ = false;
@@ -59,6 +60,7 @@ class Train : public SerialStage {
   OptimizerStage* optimizer_stage_ = nullptr;
   ScheduleStage* schedule_ = nullptr;
   Freeze* freezer_ = nullptr;
+  LossStage* loss_ = nullptr;  // none: cross-entropy
   Optimization optimization_;
   std::string saved_optimizer_;  // restored state, loaded once the optimizer is built
   int64_t step_ = 0, total_steps_ = 0;

@@ -1,0 +1,280 @@
+// The example plugins of plugins/ (each built outside the tree against the
+// installed SDK, as a user builds one): random_erasing against torchvision,
+// the weighted sampler's draws, focal loss inside the train stage, and all
+// three in one graph run by the flowrun program. Also: a plugin built for
+// another stage API is refused by name.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "data_support.h"
+#include "pipeline/plugin_abi.h"
+#include "pipeline/plugin_loader.h"
+#include "pipeline/registry.h"
+#include "stages/data/sample.h"
+#include "stages/data/sampler.h"
+#include "stages/model/model.h"
+#include "stages/tensor/batch_data.h"
+#include "stages/train/loss.h"
+#include "stages/train/train.h"
+#include "test_support.h"
+
+using namespace flowrun;
+using namespace flowrun::stages;
+
+namespace {
+
+const std::string kErasing = FLOWRUN_PLUGIN_DIR "/libflowrun_random_erasing.so";
+const std::string kWeighted = FLOWRUN_PLUGIN_DIR "/libflowrun_weighted_sampler.so";
+const std::string kFocal = FLOWRUN_PLUGIN_DIR "/libflowrun_focal_loss.so";
+
+void load(const std::string& path) { load_plugin(path, Registry::global()); }
+
+std::string load_error(const std::string& path) {
+  try {
+    load(path);
+    return "";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
+void write_floats(const std::string& path, const FloatImage& image) {
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(image.data.data()), static_cast<std::streamsize>(image.data.size() * 4));
+}
+
+Item sample_item(const Image& image, int64_t index) {
+  Sample sample;
+  sample.index = index;
+  sample.image = image;
+  Item item;
+  item.set(std::move(sample));
+  return item;
+}
+
+EpochInfo epoch(int number) {
+  EpochInfo info;
+  info.phase = "main";
+  info.epoch = info.epoch_in_phase = number;
+  info.epochs_in_phase = 10;
+  return info;
+}
+
+}  // namespace
+
+TEST(ExamplePlugins, RandomErasingMatchesTorchvision) {
+  ASSERT_EQ(load_error(kErasing), "");
+  EXPECT_EQ(Registry::global().find("random_erasing")->origin, kErasing);
+  std::string dir = test::temp_dir();
+  struct Case {
+    int width, height;
+    double scale, ratio;
+    std::string value;
+    std::vector<double> torch_value;
+  };
+  // Fixed scale and ratio fix the rectangle's size; its place is the sample's draw.
+  const std::vector<Case> cases = {{40, 30, 0.1, 1.0, "[0]", {0}},
+                                   {40, 30, 0.2, 2.5, "[0.5, -1, 2]", {0.5, -1, 2}},
+                                   {33, 51, 0.05, 0.4, "[-0.25]", {-0.25}},
+                                   {24, 24, 0.7, 3.0, "[1]", {1}}};  // too tall to fit: torchvision leaves it
+  nlohmann::json jobs = nlohmann::json::array();
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const Case& c = cases[k];
+    char scale[64], ratio[64];
+    std::snprintf(scale, sizeof scale, "[%g, %g]", c.scale, c.scale);
+    std::snprintf(ratio, sizeof ratio, "[%g, %g]", c.ratio, c.ratio);
+    test::StageBench bench(std::string("source = count\nnorm = normalize stats=imagenet in_batch=false\n") +
+                           "erase = random_erasing p=1 scale=" + scale + " ratio=" + ratio + " value=" + c.value + "\n");
+    Item item = sample_item(test::pattern_image(c.width, c.height, static_cast<int>(k)), static_cast<int64_t>(k));
+    static_cast<TransformStage&>(bench.stage("norm")).process(item);
+    const std::string in = dir + "/in" + std::to_string(k) + ".f32", out = dir + "/out" + std::to_string(k) + ".f32";
+    write_floats(in, item.get<Sample>().tensor);
+    static_cast<TransformStage&>(bench.stage("erase")).process(item);
+    write_floats(out, item.get<Sample>().tensor);
+    jobs.push_back({{"input", in}, {"output", out}, {"shape", {3, c.height, c.width}}, {"scale", {c.scale, c.scale}},
+                    {"ratio", {c.ratio, c.ratio}}, {"value", c.torch_value}});
+  }
+  std::ofstream(dir + "/cases.json") << jobs.dump();
+  std::string command =
+      "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_erasing.py' '" + dir + "/cases.json'";
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[4096];
+  while (fgets(buffer, sizeof buffer, pipe)) output += buffer;
+  ASSERT_EQ(pclose(pipe), 0) << command;
+  nlohmann::json results = nlohmann::json::parse(output);
+  ASSERT_EQ(results.size(), cases.size());
+  for (size_t k = 0; k < cases.size(); ++k) {
+    SCOPED_TRACE("case " + std::to_string(k));
+    if (results[k]["erased"].get<bool>()) {
+      // torchvision's erase of that size at one place gives exactly our tensor.
+      EXPECT_EQ(results[k]["matches"].size(), 1u) << results[k].dump();
+      EXPECT_FALSE(results[k]["unchanged"].get<bool>());
+    } else {
+      EXPECT_TRUE(results[k]["unchanged"].get<bool>()) << "no rectangle fits, as in torchvision: no erasing";
+    }
+  }
+  EXPECT_FALSE(results[3]["erased"].get<bool>());  // the case meant to exercise the ten failed tries
+}
+
+TEST(ExamplePlugins, RandomErasingIsTheSamplesOwnDrawOnBytesToo) {
+  ASSERT_EQ(load_error(kErasing), "");
+  test::StageBench bench("source = count\nerase = random_erasing p=0.5 value=[7]\n");
+  auto& erase = static_cast<TransformStage&>(bench.stage("erase"));
+  const Image original = test::pattern_image(32, 32, 9);
+  auto erased = [&](int64_t index, int epoch_number) {
+    erase.begin_epoch(epoch(epoch_number));
+    Item item = sample_item(original, index);
+    erase.process(item);
+    return item.get<Sample>().image.pixels;
+  };
+  int changed = 0;
+  for (int64_t index = 0; index < 400; ++index) {
+    auto pixels = erased(index, 0);
+    if (pixels != original.pixels) {
+      ++changed;
+      // Every changed byte is the fill value.
+      for (size_t b = 0; b < pixels.size(); ++b)
+        if (pixels[b] != original.pixels[b]) ASSERT_EQ(pixels[b], 7);
+    }
+    EXPECT_EQ(pixels, erased(index, 0)) << "a function of (seed, epoch, index)";
+  }
+  // p = 0.5 of 400: 200 expected, 4.5 standard deviations either side.
+  EXPECT_GT(changed, 155);
+  EXPECT_LT(changed, 245);
+  int differ = 0;
+  for (int64_t index = 0; index < 50; ++index) differ += erased(index, 0) != erased(index, 1);
+  EXPECT_GT(differ, 10) << "another epoch draws again";
+  EXPECT_NE(test::errors_of("source = count\nerase = random_erasing scale=[0.5, 0.1]\n").find(
+                "scale must be [min, max] with 0 < min <= max <= 1"),
+            std::string::npos);
+}
+
+TEST(ExamplePlugins, WeightedSamplerDrawsByTheCsvWeights) {
+  ASSERT_EQ(load_error(kWeighted), "");
+  std::string dir = test::temp_dir();
+  std::ofstream(dir + "/classes.csv") << "class,weight\na,1\nb,3\n";  // c leaves out: weight 0
+  std::ofstream(dir + "/samples.csv") << "index,weight\n2,1\n5,0\n7,2.5\n";
+  std::vector<int64_t> labels;
+  for (int i = 0; i < 30; ++i) labels.push_back(i % 3);
+  const std::vector<std::string> names = {"a", "b", "c"};
+
+  test::StageBench by_class("source = count\nsampler = weighted weights=\"" + dir + "/classes.csv\" num_samples=8000\n");
+  SampleSet set = sample_epoch(by_class, "sampler", labels, names, 0);
+  ASSERT_EQ(set.indices.size(), 8000u);
+  std::map<int64_t, int> per_class;
+  for (int64_t index : set.indices) ++per_class[labels[static_cast<size_t>(index)]];
+  EXPECT_EQ(per_class[2], 0);
+  // b weighs three times a: 6000 +- 4.5 sd (sd = sqrt(8000 * 0.75 * 0.25) = 38.7).
+  EXPECT_NEAR(per_class[1], 6000, 175);
+  EXPECT_EQ(sample_epoch(by_class, "sampler", labels, names, 0).indices, set.indices) << "same seed, same draws";
+  EXPECT_NE(sample_epoch(by_class, "sampler", labels, names, 1).indices, set.indices) << "each epoch draws again";
+
+  test::StageBench by_sample("source = count\nsampler = weighted weights=\"" + dir +
+                             "/samples.csv\" replacement=false num_samples=2\n");
+  SampleSet two = sample_epoch(by_sample, "sampler", labels, names, 0);
+  std::sort(two.indices.begin(), two.indices.end());
+  EXPECT_EQ(two.indices, (std::vector<int64_t>{2, 7})) << "without replacement: the two samples that weigh anything";
+
+  // Bad files name the file and line.
+  std::ofstream(dir + "/bad.csv") << "class,weight\na,1\nb,-2\n";
+  try {
+    test::StageBench bad("source = count\nsampler = weighted weights=\"" + dir + "/bad.csv\"\n");
+    FAIL() << "a negative weight was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(dir + "/bad.csv:3: weight '-2' is not a finite number >= 0"),
+              std::string::npos)
+        << e.what();
+  }
+  std::ofstream(dir + "/unknown.csv") << "class,weight\nzebra,1\n";
+  test::StageBench unknown("source = count\nsampler = weighted weights=\"" + dir + "/unknown.csv\"\n");
+  try {
+    sample_epoch(unknown, "sampler", labels, names, 0);
+    FAIL() << "an unknown class was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_EQ(std::string(e.what()), dir + "/unknown.csv: class 'zebra' is not in the dataset");
+  }
+}
+
+TEST(ExamplePlugins, FocalLossIsWhatItSaysAndTrainsTheModel) {
+  ASSERT_EQ(load_error(kFocal), "");
+  test::StageBench bench("source = count\nmodel = resnet depth=18 classes=3\noptim = adam lr=0.01\n"
+                         "sched = onecycle\nfocal = focal_loss gamma=2 alpha=0.5\nce = focal_loss gamma=0\n"
+                         "train = train freezer=\"\" loss=focal\n");
+  auto& focal = dynamic_cast<LossStage&>(bench.stage("focal"));
+  auto& ce = dynamic_cast<LossStage&>(bench.stage("ce"));
+  torch::manual_seed(3);
+  torch::Tensor logits = torch::randn({16, 3}) * 3, labels = torch::randint(3, {16}, torch::kLong);
+  EXPECT_NEAR(ce.loss(logits, labels).item<double>(), torch::nn::functional::cross_entropy(logits, labels).item<double>(),
+              1e-6);
+  torch::Tensor p = torch::softmax(logits.to(torch::kDouble), 1).gather(1, labels.unsqueeze(1)).squeeze(1);
+  double expected = (-0.5 * torch::pow(1 - p, 2) * torch::log(p)).mean().item<double>();
+  EXPECT_NEAR(focal.loss(logits, labels).item<double>(), expected, 1e-6);
+
+  // The train stage steps on the plugin's loss: it falls on a fixed batch.
+  torch::manual_seed(7);
+  Batch batch;
+  batch.images = torch::randn({16, 3, 32, 32});
+  batch.labels = torch::randint(3, {16}, torch::kLong);
+  batch.batches_in_epoch = 20;
+  Item item;
+  item.set(batch);
+  ResNet& net = find_model(bench, "model").net();
+  auto focal_now = [&] {  // in training mode (batch statistics): what the steps minimise
+    net->train();
+    torch::NoGradGuard no_grad;
+    return focal.loss(net->forward(batch.images), batch.labels).item<double>();
+  };
+  const double before = focal_now();
+  auto& train = static_cast<Train&>(bench.stage("train"));
+  train.begin_epoch(epoch(0));
+  for (int step = 0; step < 15; ++step) train.process(item, [](Item) {});
+  train.end_epoch(epoch(0));
+  EXPECT_LT(focal_now(), before * 0.5);
+  EXPECT_NE(test::errors_of("source = count\nmodel = resnet depth=18 classes=3\noptim = adam\n"
+                            "train = train loss=optim\n")
+                .find("stage 'optim' is no loss"),
+            std::string::npos);
+}
+
+TEST(ExamplePlugins, AllThreeInOneGraphRunByFlowrun) {
+  std::string root = test::make_jpeg_folder({"a", "b", "c"}, 6, 40, 40);
+  std::string dir = test::temp_dir();
+  std::ofstream(dir + "/weights.csv") << "class,weight\na,1\nb,1\nc,4\n";
+  std::ofstream(dir + "/job.graph")
+      << "plugin \"" << kErasing << "\"\nplugin \"" << kWeighted << "\"\nplugin \"" << kFocal << "\"\n"
+      << "run seed=5 epochs=2 compute_threads=1\n"
+      << "sampler = weighted weights=\"" << dir << "/weights.csv\" num_samples=24\n"
+      << "source = imagefolder root=\"" << root << "\" sampler=sampler\n"
+      << "prep = decode | resize size=32 | center_crop size=32 | normalize stats=imagenet in_batch=false | random_erasing p=0.5\n"
+      << "batch = batch size=8\n"
+      << "train = train loss=focal\n"
+      << "flow source -> prep -> batch -> train\n"
+      << "model = resnet depth=18 classes=3\noptim = adam lr=0.001\nfocal = focal_loss\n";
+  auto run = test::run_flowrun({dir + "/job.graph", "--threads", "2", "--summary-json", dir + "/summary.json",
+                                "--run-dir", dir + "/run"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  nlohmann::json summary = nlohmann::json::parse(std::ifstream(dir + "/summary.json"));
+  EXPECT_EQ(summary["train_steps"].get<double>(), 6.0)  // 24 draws a epoch, batches of 8, 2 epochs
+      << summary.dump();
+  EXPECT_TRUE(std::isfinite(summary["train_loss"].get<double>()));
+
+  // --list-stages names each plugin stage's origin.
+  auto list = test::run_flowrun({"--plugin", kErasing, "--list-stages"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find("random_erasing"), std::string::npos);
+  EXPECT_NE(list.out.find(kErasing), std::string::npos) << list.out;
+}
+
+TEST(ExamplePlugins, APluginForAnotherStageApiIsRefusedByName) {
+  EXPECT_EQ(load_error(TEST_PLUGIN_BAD_STAGE_API),
+            std::string(TEST_PLUGIN_BAD_STAGE_API) + ": error: plugin 'old-augmentations' was built against stage API "
+                "version " + std::to_string(FLOWRUN_STAGE_API_VERSION + 6) + " but this flowrun has stage API version " +
+                std::to_string(FLOWRUN_STAGE_API_VERSION) + "; rebuild it against this flowrun's SDK");
+}
