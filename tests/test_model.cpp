@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
+#include "data_support.h"
 #include "stages/model/model.h"
 #include "test_support.h"
 
@@ -193,4 +195,58 @@ TEST(Model, BadFilesAreClearErrors) {
   EXPECT_EQ(load_error(18, 7, huge_record),
             huge_record + ": corrupt torch.save archive (record 'archive/data.pkl' declares 4194304000 bytes, "
                           "more than the whole file's 292)");
+}
+
+TEST(Features, MatchTorchvisionsBackboneOnTheSameFiles) {
+  std::string root = test::make_jpeg_folder({"cat", "dog", "fox"}, 3, 40, 48);
+  std::string dir = test::temp_dir();
+  const std::string weights = oracle_dir() + "/50.safetensors";
+  std::ofstream(dir + "/features.graph")
+      << "run epochs=1 compute_threads=1\n"
+      << "src = imagefolder root=\"" << root << "\"\n"
+      << "prep = decode | resize size=32 | center_crop size=32 | normalize stats=imagenet\n"
+      << "batch = batch size=4\n"
+      << "model = resnet depth=50 classes=7 weights=\"" << weights << "\"\n"
+      << "feats = features path=\"" << dir << "/out/train.safetensors\"\n"
+      << "flow src -> prep -> batch -> feats\n";
+  auto run = test::run_flowrun({dir + "/features.graph", "--threads", "2", "--summary-json", dir + "/summary.json"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+
+  Metadata metadata;
+  StateDict file = read_safetensors(dir + "/out/train.safetensors", &metadata);
+  ASSERT_EQ(keys_of(file), (std::vector<std::string>{"features", "indices", "labels"}));
+  const at::Tensor& features = file[0].second;
+  ASSERT_EQ(features.sizes().vec(), (std::vector<int64_t>{9, 2048}));
+  EXPECT_EQ(metadata.at("layer"), "avgpool");
+  // The CSV beside it names every row's file; torchvision computes the same rows from those files.
+  std::ifstream table(dir + "/out/train.csv");
+  std::string line;
+  std::getline(table, line);
+  EXPECT_EQ(line, "row,index,label,class,path");
+  std::vector<std::string> rows;
+  while (std::getline(table, line)) rows.push_back(line);
+  ASSERT_EQ(rows.size(), 9u);
+  for (int64_t r = 0; r < 9; ++r) {
+    std::string expected_start = std::to_string(r) + "," + std::to_string(file[1].second[r].item<int64_t>()) + "," +
+                                 std::to_string(file[2].second[r].item<int64_t>()) + ",";
+    EXPECT_EQ(rows[r].rfind(expected_start, 0), 0u) << rows[r];
+  }
+  EXPECT_NE(rows[8].find(",fox," + root + "/fox/"), std::string::npos) << rows[8];
+  std::string oracle = dir + "/torchvision.f32";
+  std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_resnet.py' --features 50 '" +
+                        weights + "' '" + dir + "/out/train.csv' 32 4 '" + oracle + "'";
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  EXPECT_LE(max_difference(features, read_f32(oracle, {9, 2048})), 1e-4f);
+
+  // A named layer: that block's output, pooled (layer2 of a ResNet-50 has 512 channels).
+  run = test::run_flowrun({dir + "/features.graph", "--threads", "2", "--set", "feats.layer=layer2", "--set",
+                           "feats.path=" + dir + "/out/layer2.safetensors"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(read_safetensors(dir + "/out/layer2.safetensors")[0].second.sizes().vec(),
+            (std::vector<int64_t>{9, 512}));
+  // Nothing is left beside the outputs but the outputs.
+  std::vector<std::string> left;
+  for (const auto& entry : std::filesystem::directory_iterator(dir + "/out")) left.push_back(entry.path().filename());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"layer2.csv", "layer2.safetensors", "train.csv", "train.safetensors"}));
 }

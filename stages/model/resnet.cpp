@@ -105,15 +105,22 @@ void ResNetImpl::replace_head(int64_t classes) {
   fc = replace_module("fc", nn::Linear(features_, classes));
 }
 
-torch::Tensor ResNetImpl::forward(torch::Tensor x) {
+torch::Tensor ResNetImpl::forward(torch::Tensor x) { return fc(features(x)); }
+
+torch::Tensor ResNetImpl::features(torch::Tensor x, const std::string& layer) {
   x = torch::relu(bn1(conv1(x)));
   x = torch::max_pool2d(x, 3, 2, 1);
-  x = layer1->forward(x);
-  x = layer2->forward(x);
-  x = layer3->forward(x);
-  x = layer4->forward(x);
-  x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
-  return fc(x);
+  if (layer != "stem") {
+    x = layer1->forward(x);
+    if (layer != "layer1") {
+      x = layer2->forward(x);
+      if (layer != "layer2") {
+        x = layer3->forward(x);
+        if (layer != "layer3") x = layer4->forward(x);
+      }
+    }
+  }
+  return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
 }
 
 }  // namespace flowrun::stages

@@ -33,6 +33,10 @@ struct ResNetImpl : torch::nn::Module {
   // depth: 18, 34, 50 or 101; classes: the size of the head (fc).
   ResNetImpl(int depth, int64_t classes);
   torch::Tensor forward(torch::Tensor x);
+  // The backbone's output for `x` [N, D]: up to `layer` ("stem", "layer1"
+  // ... "layer4"), globally average-pooled; "avgpool" (the default) is what
+  // fc sees, as torchvision's nn.Sequential(*list(model.children())[:-1]).
+  torch::Tensor features(torch::Tensor x, const std::string& layer = "avgpool");
   // Replaces the head with a freshly initialised one of `classes` outputs.
   void replace_head(int64_t classes);
   int depth() const { return depth_; }

@@ -11,7 +11,15 @@ missing, an unexpected and a mis-shaped key.
 /usr/bin/python3 torchvision_resnet.py --check DEPTH FILE.safetensors INPUT.f32 OUT.f32
 loads a safetensors file (written by flowrun) into torchvision's ResNet with
 load_state_dict(strict=True) and writes its eval logits.
+
+/usr/bin/python3 torchvision_resnet.py --features DEPTH WEIGHTS.safetensors FEATURES.csv SIZE BATCH OUT.f32
+the features torchvision gives for the images of a features CSV (flowrun's
+`features` stage), in its row order: Resize(SIZE), CenterCrop(SIZE),
+ToTensor, Normalize(ImageNet), then nn.Sequential(*list(model.children())[:-1])
+on batches of BATCH rows, as flowrun batched them (the batch size alone moves
+float32 features of a random ResNet-50 by ~2e-4: other kernels, other sums).
 """
+import csv
 import collections
 import json
 import os
@@ -67,7 +75,28 @@ class Evil:
         return (os.system, ("touch " + os.path.join(sys.argv[2], "PWNED"),))
 
 
+def features(depth, weights, table, size, batch, out):
+    from PIL import Image
+    from torchvision import transforms as T
+    state = load_safetensors(weights)
+    model = make_model(depth, state["fc.weight"].shape[0])
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    backbone = torch.nn.Sequential(*list(model.children())[:-1])
+    prep = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    with open(table) as f:
+        paths = [row["path"] for row in csv.DictReader(f)]
+    x = torch.stack([prep(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        rows = [backbone(x[i:i + batch]).flatten(1) for i in range(0, len(x), batch)]
+    torch.cat(rows).numpy().astype("<f4").tofile(out)
+
+
 def main():
+    if sys.argv[1] == "--features":
+        features(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
+        return
     if sys.argv[1] == "--check":
         depth, weights, inp, out = int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
         state = load_safetensors(weights)
