@@ -21,6 +21,7 @@
 #include "range_test.h"
 #include "stage_listing.h"
 #include "stages/dist/job.h"
+#include "stages/train/precompute_plan.h"
 
 namespace po = boost::program_options;
 using namespace flowrun;
@@ -172,7 +173,7 @@ int main(int argc, char** argv) {
     if (o.run_dir.empty()) o.run_dir = "lr_find";
   }
   if (o.check) {
-    std::cout << graph.format();
+    std::cout << graph.format() << stages::precompute_notes(graph);
     return kExitOk;
   }
   if (o.list_stages) return kExitOk;

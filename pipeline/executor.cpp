@@ -281,6 +281,8 @@ class Runner : public StageDirectory {
       }
   }
 
+  const ResolvedGraph* resolved_graph() const override { return &graph_; }
+
   double busy_threads_besides(const std::string& name) const override {
     for (size_t c = 0; c < graph_.chains.size(); ++c) {
       const auto& chain = graph_.chains[c];

@@ -105,6 +105,11 @@ class Schema {
   // their stage references (StageRef) look for.
   Schema& provides(std::string role) { roles_.push_back(std::move(role)); return *this; }
   const std::vector<std::string>& roles() const { return roles_; }
+  // The stage's output depends on random draws made anew every epoch (an
+  // augmentation): a stage that keeps results across epochs (a cache of
+  // computed features) must not rely on what comes through it.
+  Schema& randomized() { randomized_ = true; return *this; }
+  bool is_randomized() const { return randomized_; }
 
   const std::string& type() const { return type_; }
   const std::string& doc() const { return doc_; }
@@ -121,6 +126,7 @@ class Schema {
   std::vector<ParamSpec> params_;
   std::vector<Check> checks_;
   std::vector<std::string> roles_;
+  bool randomized_ = false;
 };
 
 // Engine parameters every flow stage (not sources) accepts besides its own.

@@ -93,9 +93,15 @@ class Report {
 // The stages of the current phase by name, for stages that work with another
 // named stage (a source asks its sampler for the epoch's order). Look up at
 // begin_epoch, not in the constructor: a phase may rebuild a stage.
+struct ResolvedGraph;
+
 class StageDirectory {
  public:
   virtual ~StageDirectory() = default;
+  // The graph being run (its flows, and every phase's stages and
+  // parameters), for a stage whose choices depend on the stages around it;
+  // null outside a run.
+  virtual const ResolvedGraph* resolved_graph() const { return nullptr; }
   // The ops of stage `name` (one, or several for a piped stage); empty when
   // the current phase has no such stage.
   virtual std::vector<Stage*> find(const std::string& name) const = 0;

@@ -102,8 +102,8 @@ std::string make_jpeg_folder(const std::vector<std::string>& classes, int per_cl
 
 StageBench::StageBench(const std::string& graph_text, uint64_t seed) {
   run_.seed = seed;
-  ResolvedGraph graph = resolve_text(graph_text);
-  for (const auto& stage : graph.phases.front().stages)
+  graph_ = resolve_text(graph_text);
+  for (const auto& stage : graph_.phases.front().stages)
     for (const auto& op : stage.ops)
       stages_[stage.name].push_back(op.stage_type->make(StageInit{stage.name, op.params, run_, services_, *this}));
 }

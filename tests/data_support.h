@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "pipeline/graph.h"
 #include "pipeline/registry.h"
 #include "pipeline/stage.h"
 #include "stages/image/image.h"
@@ -31,8 +32,10 @@ class StageBench : public StageDirectory {
   explicit StageBench(const std::string& graph_text, uint64_t seed = 0);
   Stage& stage(const std::string& name);  // the first op of the named stage
   std::vector<Stage*> find(const std::string& name) const override;
+  const ResolvedGraph* resolved_graph() const override { return &graph_; }
 
  private:
+  ResolvedGraph graph_;
   RunInfo run_;
   Services services_;
   std::map<std::string, std::vector<std::unique_ptr<Stage>>> stages_;

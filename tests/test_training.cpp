@@ -19,6 +19,7 @@
 #include "pipeline/executor.h"
 #include "stages/train/freeze.h"
 #include "stages/train/lr_finder.h"
+#include "stages/train/precompute.h"
 #include "stages/train/optimizer.h"
 #include "stages/train/schedule.h"
 #include "stages/train/train.h"
@@ -301,4 +302,136 @@ TEST(LrFind, TheRangeTestSuggestsARateAndPutsTheWeightsBack) {
   EXPECT_TRUE(std::filesystem::exists(dir + "/cli/lr_find.png"));
   EXPECT_FALSE(std::filesystem::exists(dir + "/ck.ckpt"));  // no checkpoint, no saved weights from a range test
   EXPECT_FALSE(std::filesystem::exists(dir + "/3.safetensors"));
+}
+
+namespace {
+std::string precompute_graph(const std::string& root, const std::string& prep, const std::string& train,
+                             const std::string& freezer, const std::string& save, int epochs = 4) {
+  return "run epochs=" + std::to_string(epochs) + " seed=5\n"
+         "src = imagefolder root=\"" + root + "\" sampler=shuffle\nshuffle = shuffle\n"
+         "prep = decode | resize size=32 | center_crop size=32 | " + prep + "normalize\nbatch = batch size=8\n"
+         "train = " + train + "\nflow src -> prep -> batch -> train\n"
+         "model = resnet depth=18 classes=3\nfreezer = " + freezer + "\noptim = adam lr=1e-2\n" +
+         (save.empty() ? "" : "save = save_weights path=\"" + save + "\"\n");
+}
+}  // namespace
+
+TEST(Precompute, AFrozenBackbonePhaseTrainsTheSameHeadFromCachedFeatures) {
+  std::string dir = test::temp_dir();
+  std::string root = test::make_jpeg_folder({"a", "b", "c"}, 8, 40, 36);
+  RunOptions options;
+  options.threads = 2;
+  std::map<std::string, std::map<std::string, double>> figures;
+  for (const char* mode : {"on", "off"}) {
+    RunResult result = run_graph(test::resolve_text(precompute_graph(
+                                     root, "", std::string("train precompute=") + mode, "freeze mode=backbone",
+                                     dir + "/" + mode + ".safetensors")),
+                                 options);
+    for (const auto& stage : result.stages)
+      if (stage.name == "train") figures[mode] = stage.figures;
+  }
+  // 24 images in batches of 8, 4 epochs: epochs 2-4 train from the cache.
+  EXPECT_EQ(figures["on"]["precompute_batches"], 9.0);
+  EXPECT_EQ(figures["off"]["precompute_batches"], 0.0);
+  EXPECT_EQ(figures["on"]["train_steps"], figures["off"]["train_steps"]);
+  StateDict on = read_weights(dir + "/on.safetensors"), off = read_weights(dir + "/off.safetensors");
+  ASSERT_EQ(on.size(), off.size());
+  for (size_t i = 0; i < on.size(); ++i)
+    EXPECT_LE((on[i].second.to(torch::kDouble) - off[i].second.to(torch::kDouble)).abs().max().item<double>(), 1e-5)
+        << on[i].first;
+  // The head trained; the backbone did not.
+  run_graph(test::resolve_text(precompute_graph(root, "", "train", "freeze mode=backbone", dir + "/start.safetensors",
+                                                0)),
+            options);
+  StateDict start = read_weights(dir + "/start.safetensors");
+  ASSERT_EQ(start.size(), on.size());
+  for (size_t i = 0; i < on.size(); ++i) {
+    const bool head = on[i].first.rfind("fc.", 0) == 0;
+    EXPECT_EQ(torch::equal(on[i].second, start[i].second), !head) << on[i].first;
+  }
+}
+
+TEST(Precompute, RandomAugmentationOrATrainingBackboneTurnItOffAndCheckSaysWhy) {
+  std::string dir = test::temp_dir();
+  std::string root = test::make_jpeg_folder({"a", "b", "c"}, 2, 40, 36);
+  auto check = [&](const std::string& text) {
+    std::ofstream(dir + "/g.graph") << text;
+    auto run = test::run_flowrun({"--check", dir + "/g.graph"});
+    EXPECT_EQ(run.exit_code, 0) << run.err;
+    return run.out;
+  };
+  EXPECT_NE(check(precompute_graph(root, "", "train", "freeze mode=backbone", ""))
+                .find("# phase 'main', stage 'train': precompute on: the backbone stays frozen"),
+            std::string::npos);
+  EXPECT_NE(check(precompute_graph(root, "hflip | ", "train", "freeze mode=backbone", ""))
+                .find("# phase 'main', stage 'train': precompute off: stage 'prep' (hflip) draws new random "
+                      "augmentations every epoch"),
+            std::string::npos);
+  EXPECT_NE(check(precompute_graph(root, "", "train", "freeze mode=until until=layer3", ""))
+                .find("precompute off: freezer 'freezer' trains part of the backbone (mode=until)"),
+            std::string::npos);
+  EXPECT_NE(check(precompute_graph(root, "", "train", "freeze mode=backbone unfreeze_every=2", ""))
+                .find("precompute off: freezer 'freezer' unfreezes blocks during the phase (unfreeze_every=2)"),
+            std::string::npos);
+  // precompute=on where it cannot be: the run stops, saying why.
+  RunOptions options;
+  options.threads = 2;
+  try {
+    run_graph(test::resolve_text(precompute_graph(root, "hflip | ", "train precompute=on", "freeze mode=backbone", "")),
+              options);
+    FAIL() << "precompute=on ran with a random augmentation before it";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("precompute=on, but in phase 'main' stage 'prep' (hflip) draws new random "
+                                         "augmentations every epoch"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Precompute, TheCacheKeepsToItsLimit) {
+  FeatureCache cache(4 * 16 * 4);  // four rows of 16 floats
+  torch::Tensor rows = torch::arange(3 * 16, torch::kFloat).reshape({3, 16});
+  EXPECT_FALSE(cache.lookup({1, 2}).defined());
+  ASSERT_TRUE(cache.store({10, 11, 10}, rows));  // a repeated index is kept once
+  EXPECT_EQ(cache.rows(), 2);
+  EXPECT_TRUE(torch::equal(cache.lookup({11, 10}), torch::stack({rows[1], rows[0]})));
+  EXPECT_FALSE(cache.lookup({10, 12}).defined());
+  EXPECT_FALSE(cache.store({20, 21, 22}, rows)) << "five rows would pass the limit";
+  EXPECT_EQ(cache.rows(), 2);
+  EXPECT_TRUE(cache.store({20, 21}, rows.narrow(0, 0, 2)));
+  EXPECT_LE(cache.bytes(), 4 * 16 * 4);
+  EXPECT_TRUE(torch::equal(cache.lookup({20, 10}), torch::stack({rows[0], rows[0]})));
+
+  // In a run: precompute=on and a limit too small is an error that says what to do.
+  std::string root = test::make_jpeg_folder({"a", "b", "c"}, 45, 36, 36);
+  RunOptions options;
+  options.threads = 2;
+  try {
+    std::string text = precompute_graph(root, "", "train precompute=on precompute_limit_mb=1", "freeze mode=backbone",
+                                        "", 2);
+    text.replace(text.find("depth=18"), 8, "depth=50");  // 2048 features: 8 KiB a sample, 128 in 1 MiB
+    run_graph(test::resolve_text(text), options);
+    FAIL() << "the cache passed its limit";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("the precomputed features of phase 'main' would pass precompute_limit_mb=1 "
+                                         "(128 samples of 2048 features kept so far); raise the limit or set "
+                                         "precompute=off"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Evaluate, ALabelBeyondTheHeadIsAClearError) {
+  test::StageBench bench(kModel + "evaluate = evaluate\n");
+  auto& evaluate = static_cast<Evaluate&>(bench.stage("evaluate"));
+  evaluate.begin_epoch(epoch_info(0, 1));
+  Item item = batch_item(4, 3, 1);
+  item.get<Batch>().labels[2] = 7;
+  try {
+    evaluate.process(item, [](Item) {});
+    FAIL() << "label 7 of a 3-class model was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_EQ(std::string(e.what()), "a sample has label 7 but model 'model' has 3 classes (set its classes= to the "
+                                     "dataset's, or keep fewer classes with a sampler)");
+  }
 }

@@ -43,6 +43,7 @@ class RandomErasing : public flowrun::stages::RandomImageOp {
   static Schema schema() {
     return Schema("random_erasing",
                   "erases a random rectangle with probability p (torchvision's RandomErasing; plugin)")
+        .randomized()  // its output differs every epoch: feature caches must not trust it
         .param(flowrun::Float("p", "probability of erasing").def(0.5).range(0, 1))
         .param(flowrun::FloatList("scale", "[min, max] erased area as a fraction of the image")
                    .def(std::vector<double>{0.02, 0.33}))

@@ -40,6 +40,7 @@ void adjust_saturation(Image& image, float factor) {
 
 Schema ColorJitter::schema() {
   return Schema("color_jitter", "random brightness, contrast and saturation in a random order (ColorJitter, no hue)")
+      .randomized()
       .param(Float("brightness", "factor drawn from [max(0, 1-b), 1+b]").def(0.0).range(0, 100))
       .param(Float("contrast", "factor drawn from [max(0, 1-c), 1+c]").def(0.0).range(0, 100))
       .param(Float("saturation", "factor drawn from [max(0, 1-s), 1+s]").def(0.0).range(0, 100));

@@ -7,6 +7,7 @@ namespace flowrun::stages {
 
 Schema HFlip::schema() {
   return Schema("hflip", "mirrors the image left-right with probability p (RandomHorizontalFlip)")
+      .randomized()
       .param(Float("p", "probability of a flip").def(0.5).range(0, 1));
 }
 

@@ -8,6 +8,7 @@ namespace flowrun::stages {
 
 Schema RandomCrop::schema() {
   Schema schema("random_crop", "a window of the given size at a random place, after optional padding (RandomCrop)");
+  schema.randomized();
   SizeParams::declare(schema, "crop size");
   return schema.param(Int("padding", "pixels added on every side first").def(int64_t{0}).range(0, 1 << 12))
       .param(String("mode", "padding mode").def(std::string("constant")).one_of({"constant", "edge", "reflect", "symmetric"}))

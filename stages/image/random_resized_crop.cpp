@@ -17,6 +17,7 @@ std::string check_pair(const Params& p, const char* name) {
 
 Schema RandomResizedCrop::schema() {
   Schema schema("random_resized_crop", "a random window of random area and aspect ratio, resized (RandomResizedCrop)");
+  schema.randomized();
   SizeParams::declare(schema, "output size");
   return schema.param(FloatList("scale", "range of the window's share of the area").def(std::vector<double>{0.08, 1.0})
                           .range(0, 1))

@@ -185,6 +185,16 @@ torch::Tensor ModelStage::input(const torch::Tensor& images) const {
 }
 
 torch::Tensor ModelStage::labels(const torch::Tensor& labels) const {
+  // A dataset with more classes than the head: say so, instead of LibTorch's
+  // "Target 8 is out of bounds" from inside the loss. (Checked where the
+  // labels are still on the host: no device synchronisation.)
+  if (labels.device().is_cpu() && labels.numel() > 0) {
+    const int64_t top = labels.max().item<int64_t>();
+    if (top >= classes_)
+      throw std::runtime_error("a sample has label " + std::to_string(top) + " but model '" + name_ + "' has " +
+                               std::to_string(classes_) + " classes (set its classes= to the dataset's, or " +
+                               "keep fewer classes with a sampler)");
+  }
   return labels.device() == device_ ? labels : labels.to(device_, /*non_blocking=*/true);
 }
 

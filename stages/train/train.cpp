@@ -1,5 +1,7 @@
 #include "stages/train/train.h"
 
+#include <spdlog/spdlog.h>
+
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
@@ -26,6 +28,11 @@ Schema Train::schema() {
       .param(OptionalStageRef("freezer", "the freeze stage (none: all trainable)", "freezer"))
       .param(OptionalStageRef("loss", "a loss stage, e.g. from a plugin (none: cross-entropy)", "loss"))
       .param(Float("label_smoothing", "cross-entropy label smoothing").def(0.0).range(0, 1))
+      .param(String("precompute", "train the head from backbone features computed once per sample, when the phase "
+                                  "keeps the backbone frozen and nothing before is random (auto: then; on: or fail; off)")
+                 .def(std::string("auto")).one_of({"auto", "on", "off"}))
+      .param(Int("precompute_limit_mb", "most memory the precomputed features may take").def(int64_t{2048})
+                 .range(1, int64_t{1} << 30))
       .param(Int("lr_find", "run the learning-rate range test over this many batches instead of training, then put "
                             "the weights back and end the run (flowrun --lr-find); 0 = off").def(int64_t{0}).range(0, 100000))
       .param(Float("lr_find_start", "the range test's first learning rate").def(1e-7).range(1e-12, 1e3))
@@ -45,6 +52,7 @@ Train::Train(const StageInit& init)
       loss_name_(init.params.get_string("loss")),
       label_smoothing_(init.params.get_float("label_smoothing")),
       compute_(init),
+      cache_(init.params.get_int("precompute_limit_mb") << 20),
       job_(Job::of(init.run.job)),
       metrics_(MetricsLog::of(init)) {
   if (job_ && job_->rank() != 0) progress_.silence();
@@ -86,6 +94,7 @@ void Train::prepare(int64_t batches_in_epoch) {
   }
   if (phase_ != epoch_.phase_index) {
     phase_ = epoch_.phase_index;
+    plan_phase();
     step_ = 0;
     total_steps_ = 0;
     optimization_ = Optimization();
@@ -115,6 +124,44 @@ void Train::prepare(int64_t batches_in_epoch) {
   progress_.begin(title, batches_in_epoch);
 }
 
+void Train::plan_phase() {
+  cache_.clear();
+  precompute_ = PrecomputePlan();
+  const ResolvedGraph* graph = stages_.resolved_graph();
+  if (!graph || epoch_.phase_index >= static_cast<int>(graph->phases.size())) return;
+  precompute_ = plan_precompute(graph->phases[static_cast<size_t>(epoch_.phase_index)], flow_of(*graph, name_), name_);
+  if (precompute_.forced && !precompute_.use)
+    throw std::runtime_error("precompute=on, but in phase '" + epoch_.phase + "' " + precompute_.why +
+                             " (precompute=auto uses it only where it can)");
+  if (!job_ || job_->rank() == 0)
+    spdlog::info("{}: phase '{}': precompute {}: {}", name_, epoch_.phase, precompute_.use ? "on" : "off",
+                 precompute_.why);
+}
+
+torch::Tensor Train::head_on_cached_features(const Batch& batch, const torch::Tensor& images) {
+  ResNet& net = model_->net();
+  torch::Tensor features = cache_.lookup(batch.indices);
+  if (features.defined()) {
+    ++precompute_batches_;
+  } else {
+    {
+      torch::NoGradGuard no_grad;
+      features = net->features(images);
+    }
+    if (!cache_.store(batch.indices, features)) {
+      const std::string why = "the precomputed features of phase '" + epoch_.phase + "' would pass precompute_limit_mb=" +
+                              std::to_string(cache_.limit_bytes() >> 20) + " (" + std::to_string(cache_.rows()) +
+                              " samples of " + std::to_string(features.size(1)) + " features kept so far)";
+      if (precompute_.forced) throw std::runtime_error(why + "; raise the limit or set precompute=off");
+      spdlog::warn("{}: {}; the rest of the phase trains without them", name_, why);
+      cache_.clear();
+      precompute_.use = false;
+      precompute_.why = why;
+    }
+  }
+  return net->fc(features);
+}
+
 void Train::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
   if (!first_batch_ns_) first_batch_ns_ = now_ns();
@@ -140,7 +187,7 @@ void Train::process(Item& item, const Emit& emit) {
   const int64_t t0 = now_ns();
   if (sync_) sync_->before_forward();
   AutocastScope autocast(model_->bf16());
-  torch::Tensor logits = net->forward(images);
+  torch::Tensor logits = precompute_.use ? head_on_cached_features(batch, images) : net->forward(images);
   torch::Tensor loss = loss_ ? loss_->loss(logits, labels)
                             : torch::nn::functional::cross_entropy(
                                   logits, labels,
@@ -315,6 +362,7 @@ void Train::report(Report& report) const {
   report.set("train_loss", last_loss_);
   report.set("train_top1", last_top1_);
   report.set("train_steps", static_cast<double>(steps_done_));
+  report.set("precompute_batches", static_cast<double>(precompute_batches_));  // trained from cached features
   if (suggestion_) {
     report.set("lr_find_valley", suggestion_->valley);
     report.set("lr_find_steep", suggestion_->steep);

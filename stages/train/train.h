@@ -17,11 +17,13 @@
 #include "stages/train/optimizer.h"
 #include "stages/report/metrics_log.h"
 #include "stages/train/lr_finder.h"
+#include "stages/train/precompute.h"
 #include "stages/train/progress.h"
 
 namespace flowrun::stages {
 
 class ModelStage;
+struct Batch;
 class Freeze;
 class LossStage;
 class ScheduleStage;
@@ -47,6 +49,11 @@ class Train : public SerialStage {
   // A NaN or infinite loss stops the run, naming where it happened.
   void check_finite() const;
   [[noreturn]] void throw_nonfinite(double value, int64_t batch) const;
+  // At a phase's start: whether its batches train the head on cached features.
+  void plan_phase();
+  // The head's logits from the batch's backbone features: cached ones, or
+  // computed now (without gradients: the backbone is frozen) and kept.
+  torch::Tensor head_on_cached_features(const Batch& batch, const torch::Tensor& images);
 
   const StageDirectory& stages_;
   std::string name_;
@@ -77,6 +84,9 @@ class Train : public SerialStage {
   double images_per_s_ = 0, best_images_per_s_ = 0;
   Progress progress_;
   ComputeThreads compute_;
+  PrecomputePlan precompute_;  // this phase's
+  FeatureCache cache_;
+  int64_t precompute_batches_ = 0;  // trained from cached features, over the run
   Job* job_;                                // the job of several processes this rank is in; null alone
   std::unique_ptr<GradientSync> sync_;      // in a job: gradients averaged over the ranks, bucket by bucket
   std::unique_ptr<LrFinder> finder_;        // lr_find: the range test instead of training
