@@ -68,6 +68,17 @@ std::string type_of(const ResolvedStage& stage) {
   return text;
 }
 
+// The same, naming the plugin each op's type came from (for error messages).
+std::string type_and_origin_of(const ResolvedStage& stage) {
+  std::string text;
+  for (size_t i = 0; i < stage.ops.size(); ++i) {
+    text += (i ? " | " : "") + stage.ops[i].type;
+    const StageType* type = stage.ops[i].stage_type;
+    if (type && type->origin != "built-in") text += " from plugin " + type->origin;
+  }
+  return text;
+}
+
 class Runner : public StageDirectory {
  public:
   Runner(const ResolvedGraph& graph, const RunOptions& options) : graph_(graph), options_(options) {
@@ -261,7 +272,7 @@ class Runner : public StageDirectory {
       throw;
     } catch (const std::exception& e) {
       failed_.store(true);
-      throw StageError(slot.config.name, "stage '" + slot.config.name + "' (" + type_of(slot.config) + "): " + e.what());
+      throw StageError(slot.config.name, "stage '" + slot.config.name + "' (" + type_and_origin_of(slot.config) + "): " + e.what());
     }
   }
 

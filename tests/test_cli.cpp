@@ -116,7 +116,8 @@ TEST(Cli, FailingRunExitsOneAndNamesTheStage) {
   std::string summary = temp_dir() + "/summary.json";
   auto result = run_flowrun({path, "--plugin", TEST_PLUGIN_EXPLODE, "--summary-json", summary});
   EXPECT_EQ(result.exit_code, 1);
-  EXPECT_EQ(result.err, "flowrun: error: stage 'boom' (explode): exploded at 500\n");
+  // A plugin's stage is reported as any stage is, naming the plugin it came from.
+  EXPECT_EQ(result.err, "flowrun: error: stage 'boom' (explode from plugin " TEST_PLUGIN_EXPLODE "): exploded at 500\n");
   EXPECT_FALSE(std::filesystem::exists(summary));  // no summary of a failed run
 }
 
