@@ -11,7 +11,7 @@
                                        // StageDirectory::resolved_graph
 // The stage API: the built-in stages' public types a plugin may use
 // (<flowrun/data.h>: Sample, Image, Rng, RandomImageOp, SamplerOp;
-// <flowrun/model.h>: Batch, ModelStage, the loss hook). Bumped whenever one
+// <flowrun/model.h>: Batch, ModelStage, NetworkImpl, the loss hook). Bumped whenever one
 // of them changes layout or meaning. The engine compares it as a number.
 #define FLOWRUN_STAGE_API_VERSION 1u
 #define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"

@@ -5,6 +5,7 @@
 // another stage API is refused by name.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data_support.h"
+#include "pipeline/executor.h"
 #include "pipeline/plugin_abi.h"
 #include "pipeline/plugin_loader.h"
 #include "pipeline/registry.h"
@@ -225,7 +227,7 @@ TEST(ExamplePlugins, FocalLossIsWhatItSaysAndTrainsTheModel) {
   batch.batches_in_epoch = 20;
   Item item;
   item.set(batch);
-  ResNet& net = find_model(bench, "model").net();
+  Network& net = find_model(bench, "model").net();
   auto focal_now = [&] {  // in training mode (batch statistics): what the steps minimise
     net->train();
     torch::NoGradGuard no_grad;
@@ -277,4 +279,64 @@ TEST(ExamplePlugins, APluginForAnotherStageApiIsRefusedByName) {
             std::string(TEST_PLUGIN_BAD_STAGE_API) + ": error: plugin 'old-augmentations' was built against stage API "
                 "version " + std::to_string(FLOWRUN_STAGE_API_VERSION + 6) + " but this flowrun has stage API version " +
                 std::to_string(FLOWRUN_STAGE_API_VERSION) + "; rebuild it against this flowrun's SDK");
+}
+
+TEST(ExamplePlugins, AModelOfAnotherArchitectureTrainsFreezesAndLoadsLikeResNet) {
+  const std::string kSmallCnn = FLOWRUN_PLUGIN_DIR "/libflowrun_small_cnn.so";
+  ASSERT_EQ(load_error(kSmallCnn), "");
+  std::string root = test::make_jpeg_folder({"a", "b", "c"}, 8, 40, 40);
+  std::string dir = test::temp_dir();
+  auto graph = [&](const std::string& model, const std::string& freezer, int epochs, const std::string& save) {
+    return "run epochs=" + std::to_string(epochs) + " seed=4 compute_threads=1\n"
+           "src = imagefolder root=\"" + root + "\" sampler=shuffle\nshuffle = shuffle\n"
+           "prep = decode | resize size=32 | center_crop size=32 | normalize\nbatch = batch size=8\n"
+           "train = train\nflow src -> prep -> batch -> train\n"
+           "model = " + model + "\nfreezer = " + freezer + "\noptim = adam lr=1e-2 backbone_lr_factor=0.5\n"
+           "sched = onecycle\nsave = save_weights path=\"" + dir + "/" + save + "\"\n";
+  };
+  RunOptions options;
+  options.threads = 2;
+  // Trained end to end by the built-in train stage: the loss falls.
+  RunResult result = run_graph(test::resolve_text(graph("small_cnn classes=3 stages=2 width=16", "freeze mode=none", 12,
+                                                        "trained.safetensors")),
+                               options);
+  std::map<std::string, double> figures;
+  for (const auto& stage : result.stages)
+    if (stage.name == "train") figures = stage.figures;
+  EXPECT_EQ(figures["train_steps"], 36.0);
+  // It learned: below chance's loss (ln 3) and well above chance's 1/3 of the 24 images right.
+  EXPECT_LT(figures["train_loss"], std::log(3.0));
+  EXPECT_GT(figures["train_top1"], 0.6);
+  StateDict trained = read_weights(dir + "/trained.safetensors");
+  std::vector<std::string> keys;
+  for (const auto& [key, tensor] : trained) keys.push_back(key);
+  EXPECT_NE(std::find(keys.begin(), keys.end(), "stage2.3.weight"), keys.end());  // its own names
+  EXPECT_EQ(keys.front(), "stem.0.weight");
+
+  // Its weights load into a 5-class model (head re-initialised); freeze
+  // mode=backbone then trains only its fc, and precompute applies.
+  result = run_graph(test::resolve_text(graph("small_cnn classes=5 stages=2 width=16 weights=\"" + dir +
+                                                  "/trained.safetensors\"",
+                                              "freeze mode=backbone", 3, "head.safetensors")),
+                     options);
+  for (const auto& stage : result.stages)
+    if (stage.name == "train") figures = stage.figures;
+  EXPECT_EQ(figures["precompute_batches"], 6.0);  // epochs 2 and 3 from the cache
+  StateDict head = read_weights(dir + "/head.safetensors");
+  ASSERT_EQ(head.size(), trained.size());
+  for (size_t i = 0; i < head.size(); ++i) {
+    if (head[i].first.rfind("fc.", 0) == 0) continue;
+    EXPECT_TRUE(torch::equal(head[i].second, trained[i].second)) << head[i].first << " changed while frozen";
+  }
+  // A block the model does not have is named with the ones it has.
+  try {
+    run_graph(test::resolve_text(graph("small_cnn classes=3 stages=2 width=8", "freeze mode=until until=layer3", 1,
+                                       "x.safetensors")),
+              options);
+    FAIL() << "until=layer3 was accepted for a small_cnn";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("until='layer3' is not a block of the model's backbone (stem, stage1, stage2)"),
+              std::string::npos)
+        << e.what();
+  }
 }

@@ -24,7 +24,6 @@ std::string shape_text(at::IntArrayRef sizes) {
   for (size_t i = 0; i < sizes.size(); ++i) text += (i ? ", " : "") + std::to_string(sizes[i]);
   return text + "]";
 }
-bool is_head(const std::string& key) { return key.rfind("fc.", 0) == 0; }
 }  // namespace
 
 StateDict state_dict(const torch::nn::Module& model) {
@@ -34,7 +33,7 @@ StateDict state_dict(const torch::nn::Module& model) {
   return out;
 }
 
-LoadReport load_state_dict(torch::nn::Module& model, const StateDict& weights, bool allow_new_head,
+LoadReport load_state_dict(NetworkImpl& model, const StateDict& weights, bool allow_new_head,
                            const std::string& source) {
   std::map<std::string, at::Tensor> given;
   for (const auto& [key, tensor] : weights) {
@@ -50,7 +49,7 @@ LoadReport load_state_dict(torch::nn::Module& model, const StateDict& weights, b
     if (it == given.end()) {
       problems.push_back("missing key '" + key + "' (" + shape_text(tensor.sizes()) + ")");
     } else if (it->second.sizes() != tensor.sizes()) {
-      if (allow_new_head && is_head(key)) report.reinitialised.push_back(key);
+      if (allow_new_head && model.is_head(key)) report.reinitialised.push_back(key);
       else problems.push_back("key '" + key + "' has shape " + shape_text(it->second.sizes()) + " but the model needs " +
                               shape_text(tensor.sizes()));
     }
@@ -74,11 +73,10 @@ LoadReport load_state_dict(torch::nn::Module& model, const StateDict& weights, b
   return report;
 }
 
-Schema ModelStage::schema() {
-  return Schema("resnet", "ResNet-18/34/50/101 with torchvision's keys; weights from .pth (torch.save) or safetensors")
+Schema ModelStage::common_schema(std::string type, std::string doc) {
+  return Schema(std::move(type), std::move(doc))
       .provides("model")
-      .param(Int("depth", "18, 34, 50 or 101").def(int64_t{50}).range(18, 101))
-      .param(Int("classes", "outputs of the head (fc)").range(1, 1000000))
+      .param(Int("classes", "outputs of the head").range(1, 1000000))
       .param(Path("weights", "a torchvision .pth, a safetensors file or a flowrun checkpoint (its model of this "
                             "stage's name); \"\" = random initialisation").def(std::string("")))
       .param(Path("pretrain", "a graph that makes `weights` when the file does not exist yet (run once, then cached)")
@@ -89,7 +87,13 @@ Schema ModelStage::schema() {
                  .def(Auto{}).or_auto().range(0, 63))
       .param(String("precision", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16").def(std::string("auto"))
                  .one_of({"auto", "fp32", "bf16"}))
-      .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}))
+      .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}));
+}
+
+Schema ModelStage::schema() {
+  return common_schema("resnet", "ResNet-18/34/50/101 with torchvision's keys; weights from .pth (torch.save) or "
+                                 "safetensors")
+      .param(Int("depth", "18, 34, 50 or 101").def(int64_t{50}).range(18, 101))
       .check([](const Params& p) {
         int64_t d = p.get_int("depth");
         return d == 18 || d == 34 || d == 50 || d == 101 ? "" : "depth must be 18, 34, 50 or 101";
@@ -128,12 +132,17 @@ void make_weights(const std::string& graph_path, const std::string& weights) {
 }  // namespace
 
 ModelStage::ModelStage(const StageInit& init)
+    : ModelStage(init, [depth = static_cast<int>(init.params.get_int("depth"))](int64_t classes) {
+        return Network(ResNet(depth, classes).ptr());
+      }) {}
+
+ModelStage::ModelStage(const StageInit& init, const Builder& build)
     : classes_(init.params.get_int("classes")), weights_(init.params.get_string("weights")), name_(init.name) {
-  const int depth = static_cast<int>(init.params.get_int("depth"));
   // Initial weights from (run seed, stage name): not from whatever else used
   // LibTorch's generator before (a pretraining run, another model).
   torch::manual_seed(mix64(init.run.seed ^ hash_name(init.name)));
-  net_ = ResNet(depth, classes_);
+  net_ = build(classes_);
+  if (net_.is_empty()) throw std::runtime_error("model stage '" + name_ + "': its builder made no network");
   const std::string pretrain = init.params.get_string("pretrain");
   Job* job = Job::of(init.run.job);
   if (!weights_.empty() && !pretrain.empty() && !std::filesystem::exists(weights_)) {

@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,7 @@ struct LoadReport {
 
 // Copies `weights` into `model` (strict; see above). `allow_new_head` lets
 // fc.* differ in shape (then the head keeps its fresh initialisation).
-LoadReport load_state_dict(torch::nn::Module& model, const StateDict& weights, bool allow_new_head,
+LoadReport load_state_dict(NetworkImpl& model, const StateDict& weights, bool allow_new_head,
                            const std::string& source);
 
 // The module's parameters and buffers by torchvision key, in module order.
@@ -34,14 +35,22 @@ StateDict state_dict(const torch::nn::Module& model);
 
 class ModelStage : public ComponentStage {
  public:
+  // The built-in `resnet` stage.
   static Schema schema();
   explicit ModelStage(const StageInit& init);
+  // The parameters every model stage has (classes, weights, pretrain,
+  // device, index, precision, channels_last): a plugin's model stage starts
+  // its schema with these and adds its own.
+  static Schema common_schema(std::string type, std::string doc);
+  // Makes the network for `classes` outputs (called once, after seeding
+  // LibTorch's generator from the run seed and the stage's name).
+  using Builder = std::function<Network(int64_t classes)>;
   void report(Report& report) const override;
   // The weights and BatchNorm statistics, as safetensors bytes.
   bool save_state(std::string& out) const override;
   void load_state(const std::string& in) override;
 
-  ResNet& net() { return net_; }
+  Network& net() { return net_; }
   int64_t classes() const { return classes_; }
   const torch::Device& device() const { return device_; }
   // Whether forward passes run in bf16 autocast.
@@ -51,8 +60,13 @@ class ModelStage : public ComponentStage {
   torch::Tensor input(const torch::Tensor& images) const;
   torch::Tensor labels(const torch::Tensor& labels) const;
 
+ protected:
+  // A model stage of another architecture: ModelStage(init, its builder);
+  // loading weights, devices, precision and jobs work as for ResNet.
+  ModelStage(const StageInit& init, const Builder& build);
+
  private:
-  ResNet net_{nullptr};
+  Network net_{nullptr};
   int64_t classes_;
   LoadReport load_;
   std::string weights_;

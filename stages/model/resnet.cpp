@@ -107,6 +107,13 @@ void ResNetImpl::replace_head(int64_t classes) {
 
 torch::Tensor ResNetImpl::forward(torch::Tensor x) { return fc(features(x)); }
 
+std::vector<std::string> ResNetImpl::blocks() const { return {"stem", "layer1", "layer2", "layer3", "layer4", "fc"}; }
+
+std::string ResNetImpl::block_of(const std::string& key) const {
+  if (key.rfind("conv1", 0) == 0 || key.rfind("bn1", 0) == 0) return "stem";
+  return key.substr(0, key.find('.'));
+}
+
 torch::Tensor ResNetImpl::features(torch::Tensor x, const std::string& layer) {
   x = torch::relu(bn1(conv1(x)));
   x = torch::max_pool2d(x, 3, 2, 1);

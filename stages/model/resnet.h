@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "stages/model/network.h"
+
 namespace flowrun::stages {
 
 struct BasicBlockImpl : torch::nn::Module {
@@ -29,16 +31,20 @@ struct BottleneckImpl : torch::nn::Module {
 };
 TORCH_MODULE(Bottleneck);
 
-struct ResNetImpl : torch::nn::Module {
+struct ResNetImpl : NetworkImpl {
   // depth: 18, 34, 50 or 101; classes: the size of the head (fc).
   ResNetImpl(int depth, int64_t classes);
-  torch::Tensor forward(torch::Tensor x);
+  torch::Tensor forward(torch::Tensor x) override;
   // The backbone's output for `x` [N, D]: up to `layer` ("stem", "layer1"
   // ... "layer4"), globally average-pooled; "avgpool" (the default) is what
   // fc sees, as torchvision's nn.Sequential(*list(model.children())[:-1]).
-  torch::Tensor features(torch::Tensor x, const std::string& layer = "avgpool");
-  // Replaces the head with a freshly initialised one of `classes` outputs.
-  void replace_head(int64_t classes);
+  torch::Tensor features(torch::Tensor x, const std::string& layer = "avgpool") override;
+  torch::Tensor head(torch::Tensor features) override { return fc(features); }
+  void replace_head(int64_t classes) override;
+  // stem (conv1, bn1), layer1 .. layer4, fc.
+  std::vector<std::string> blocks() const override;
+  std::string block_of(const std::string& key) const override;
+  std::vector<std::string> layers() const override { return {"stem", "layer1", "layer2", "layer3", "layer4"}; }
   int depth() const { return depth_; }
 
   torch::nn::Conv2d conv1{nullptr};

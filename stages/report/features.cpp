@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -43,9 +44,9 @@ Schema Features::schema() {
       .param(Path("path", "the .safetensors file: features [N, D] float32, indices [N], labels [N]"))
       .param(Path("csv", "the CSV of rows (row, index, label, class, path); \"\" = PATH with .csv")
                  .def(std::string("")))
-      .param(String("layer", "avgpool: the pooled input of fc; stem, layer1..layer4: that block's output, "
-                             "globally average-pooled").def(std::string("avgpool"))
-                 .one_of({"avgpool", "stem", "layer1", "layer2", "layer3", "layer4"}));
+      .param(String("layer", "avgpool: the pooled input of the head; another of the model's layers (a ResNet's: "
+                             "stem, layer1..layer4): that layer's output, globally average-pooled")
+                 .def(std::string("avgpool")));
 }
 
 Features::Features(const StageInit& init)
@@ -83,7 +84,16 @@ void Features::remove_spools() {
 }
 
 void Features::begin_epoch(const EpochInfo&) {
-  compute_.begin_epoch(find_model(stages_, model_name_).device().is_cpu());
+  ModelStage& model = find_model(stages_, model_name_);
+  if (layer_ != "avgpool") {
+    const std::vector<std::string> layers = model.net()->layers();
+    if (std::find(layers.begin(), layers.end(), layer_) == layers.end()) {
+      std::string names = "avgpool";
+      for (const auto& name : layers) names += ", " + name;
+      throw std::runtime_error("layer='" + layer_ + "' is not a layer of model '" + model_name_ + "' (" + names + ")");
+    }
+  }
+  compute_.begin_epoch(model.device().is_cpu());
 }
 
 void Features::process(Item& item, const Emit& emit) {
@@ -91,7 +101,7 @@ void Features::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
   ComputeThreads::Scope compute(compute_);
   ModelStage& model = find_model(stages_, model_name_);
-  ResNet& net = model.net();
+  Network& net = model.net();
   net->eval();
   torch::NoGradGuard no_grad;
   torch::Tensor features;

@@ -52,7 +52,7 @@ void Predict::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
   ComputeThreads::Scope compute(compute_);
   ModelStage& model = find_model(stages_, model_name_);
-  ResNet& net = model.net();
+  Network& net = model.net();
   net->eval();
   torch::NoGradGuard no_grad;
   torch::Tensor logits;

@@ -44,7 +44,7 @@ void Evaluate::begin_epoch(const EpochInfo&) {
 void Evaluate::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
   ComputeThreads::Scope compute(compute_);
-  ResNet& net = model_->net();
+  Network& net = model_->net();
   net->eval();
   torch::NoGradGuard no_grad;
   torch::Tensor logits;

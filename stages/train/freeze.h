@@ -1,5 +1,6 @@
-// `freeze`: which parts of a ResNet train. mode=none (all), backbone (only
-// the head), until (the stem and layers up to `until`); `unfreeze_every=N`
+// `freeze`: which parts of the model train, by the model's blocks (a
+// ResNet's: stem, layer1..layer4, fc). mode=none (all), backbone (only the
+// head), until (the blocks up to and including `until`); `unfreeze_every=N`
 // then unfreezes one more block from the top every N epochs of the phase
 // (gradual unfreezing). Frozen parameters get no gradient and no update;
 // BatchNorm layers in frozen parts stay in eval mode (their running
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "pipeline/stage.h"
+#include "stages/model/network.h"
 
 namespace flowrun::stages {
 
@@ -21,19 +23,16 @@ class Freeze : public ComponentStage {
   static Schema schema();
   explicit Freeze(const StageInit& init);
   // Sets requires_grad for epoch `epoch_in_phase`; returns the frozen blocks.
-  std::vector<std::string> apply(torch::nn::Module& model, int epoch_in_phase) const;
+  std::vector<std::string> apply(NetworkImpl& model, int epoch_in_phase) const;
   // After model.train(): frozen blocks' BatchNorm layers back to eval mode.
-  void set_modes(torch::nn::Module& model, int epoch_in_phase) const;
+  void set_modes(NetworkImpl& model, int epoch_in_phase) const;
 
  private:
-  std::vector<std::string> frozen_blocks(int epoch_in_phase) const;
-  int frozen_count_;  // blocks frozen from the bottom: stem, layer1..4, fc
+  std::vector<std::string> frozen_blocks(const NetworkImpl& model, int epoch_in_phase) const;
+  std::string mode_, until_;
   int64_t unfreeze_every_;
   bool train_bn_;
   bool bn_eval_;  // every BatchNorm layer in eval mode
 };
-
-// The blocks of a ResNet from the bottom: stem (conv1, bn1), layer1..4, fc.
-const std::vector<std::string>& resnet_blocks();
 
 }  // namespace flowrun::stages

@@ -22,14 +22,14 @@ OptimizerStage::OptimizerStage(const StageInit& init)
       clip_norm_(init.params.get_float("clip_norm")),
       no_decay_bn_bias_(init.params.get_bool("no_decay_bn_bias")) {}
 
-Optimization OptimizerStage::build(torch::nn::Module& model) const {
+Optimization OptimizerStage::build(NetworkImpl& model) const {
   // Groups: [head decay, head no-decay, backbone decay, backbone no-decay].
   std::vector<torch::Tensor> grouped[4];
   Optimization out;
   for (const auto& item : model.named_parameters(true)) {
     const torch::Tensor& p = item.value();
     if (!p.requires_grad()) continue;  // frozen: no update at all
-    bool head = item.key().rfind("fc.", 0) == 0;
+    bool head = model.is_head(item.key());
     bool no_decay = no_decay_bn_bias_ && p.dim() <= 1;
     grouped[(head ? 0 : 2) + (no_decay ? 1 : 0)].push_back(p);
     out.parameters.push_back(p);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "pipeline/stage.h"
+#include "stages/model/network.h"
 
 namespace flowrun::stages {
 
@@ -25,7 +26,7 @@ class OptimizerStage : public ComponentStage {
  public:
   explicit OptimizerStage(const StageInit& init);
   // Groups the model's trainable parameters and builds the optimizer.
-  Optimization build(torch::nn::Module& model) const;
+  Optimization build(NetworkImpl& model) const;
   // Clips gradients as configured (before the step).
   void clip(const Optimization& optimization) const;
   // Sets momentum (SGD) or beta1 (Adam) for a schedule that cycles it.

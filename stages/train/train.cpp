@@ -83,7 +83,7 @@ void Train::begin_epoch(const EpochInfo& epoch) {
 }
 
 void Train::prepare(int64_t batches_in_epoch) {
-  ResNet& net = model_->net();
+  Network& net = model_->net();
   net->train();
   std::vector<std::string> frozen;
   if (freezer_) {
@@ -139,7 +139,7 @@ void Train::plan_phase() {
 }
 
 torch::Tensor Train::head_on_cached_features(const Batch& batch, const torch::Tensor& images) {
-  ResNet& net = model_->net();
+  Network& net = model_->net();
   torch::Tensor features = cache_.lookup(batch.indices);
   if (features.defined()) {
     ++precompute_batches_;
@@ -159,7 +159,7 @@ torch::Tensor Train::head_on_cached_features(const Batch& batch, const torch::Te
       precompute_.why = why;
     }
   }
-  return net->fc(features);
+  return net->head(features);
 }
 
 void Train::process(Item& item, const Emit& emit) {
@@ -167,7 +167,7 @@ void Train::process(Item& item, const Emit& emit) {
   if (!first_batch_ns_) first_batch_ns_ = now_ns();
   ComputeThreads::Scope compute(compute_);
   if (!prepared_) prepare(batch.batches_in_epoch);
-  ResNet& net = model_->net();
+  Network& net = model_->net();
   torch::optim::Optimizer& optimizer = *optimization_.optimizer;
   if (finder_ && finder_->finished()) return;  // the range test is over: the run is ending
   // The schedule, stepped per batch; the range test's exponential sweep instead

@@ -3,8 +3,12 @@
 //
 //   flowrun::stages::Batch       images [N,C,H,W] float, labels [N] int64,
 //                                paths, indices, padding (see batch_data.h)
-//   flowrun::stages::ModelStage  find_model(stages, name): the module (net()),
-//                                classes(), device(), bf16(), input(images)
+//   flowrun::stages::ModelStage  find_model(stages, name): the network (net()),
+//                                classes(), device(), bf16(), input(images);
+//                                a model stage of another architecture derives
+//                                from it: common_schema(), ModelStage(init, builder)
+//   flowrun::stages::NetworkImpl what a network gives the training stages
+//                                (forward, features, head, blocks; see network.h)
 //   flowrun::stages::LossStage   a component the train stage calls for the
 //                                batch's loss: declare `.provides("loss")`
 //                                and name it with train's `loss=` parameter
@@ -12,5 +16,6 @@
 
 #include "data.h"
 #include "stages/model/model.h"
+#include "stages/model/network.h"
 #include "stages/tensor/batch_data.h"
 #include "stages/train/loss.h"
