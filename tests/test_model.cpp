@@ -238,9 +238,10 @@ TEST(Features, MatchTorchvisionsBackboneOnTheSameFiles) {
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
   EXPECT_LE(max_difference(features, read_f32(oracle, {9, 2048})), 1e-4f);
 
-  // A named layer: that block's output, pooled (layer2 of a ResNet-50 has 512 channels).
+  // A named layer: that block's output, pooled (layer2 of a ResNet-50 has 512 channels). Two epochs: the
+  // files hold one epoch's rows, not both.
   run = test::run_flowrun({dir + "/features.graph", "--threads", "2", "--set", "feats.layer=layer2", "--set",
-                           "feats.path=" + dir + "/out/layer2.safetensors"});
+                           "feats.path=" + dir + "/out/layer2.safetensors", "--set", "run.epochs=2"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_EQ(read_safetensors(dir + "/out/layer2.safetensors")[0].second.sizes().vec(),
             (std::vector<int64_t>{9, 512}));

@@ -84,6 +84,13 @@ void Features::remove_spools() {
 }
 
 void Features::begin_epoch(const EpochInfo&) {
+  // Every epoch writes the whole set again: the files hold the last one's rows.
+  if (rows_written_ > 0) {
+    remove_spools();
+    open_spools();
+    rows_written_ = 0;
+    busy_ns_ = 0;
+  }
   ModelStage& model = find_model(stages_, model_name_);
   if (layer_ != "avgpool") {
     const std::vector<std::string> layers = model.net()->layers();

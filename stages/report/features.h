@@ -4,7 +4,8 @@
 // `features` [N, D] float32, `indices` [N] int64 (dataset index), `labels`
 // [N] int64 (-1 when unknown) — and a CSV beside it (row, index, label,
 // class, path), both atomically. Rows are spooled to temporaries beside the
-// targets as batches arrive, so memory holds one batch whatever N.
+// targets as batches arrive, so memory holds one batch whatever N. In a run
+// of several epochs the files hold the last epoch's rows.
 #pragma once
 
 #include <cstdio>
