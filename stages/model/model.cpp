@@ -1,4 +1,5 @@
 #include "stages/model/model.h"
+#include "stages/model/precision.h"
 
 #include <spdlog/spdlog.h>
 
@@ -205,6 +206,22 @@ torch::Tensor ModelStage::labels(const torch::Tensor& labels) const {
                                "keep fewer classes with a sampler)");
   }
   return labels.device() == device_ ? labels : labels.to(device_, /*non_blocking=*/true);
+}
+
+torch::Tensor ModelStage::infer(const std::function<torch::Tensor(NetworkImpl&, const torch::Tensor&)>& run,
+                                const torch::Tensor& images) {
+  net_->eval();
+  torch::NoGradGuard no_grad;
+  AutocastScope autocast(bf16_);
+  return run(*net_, input(images)).to(torch::kFloat);
+}
+
+torch::Tensor ModelStage::infer_logits(const torch::Tensor& images) {
+  return infer([](NetworkImpl& net, const torch::Tensor& x) { return net.forward(x); }, images);
+}
+
+torch::Tensor ModelStage::infer_features(const torch::Tensor& images, const std::string& layer) {
+  return infer([&](NetworkImpl& net, const torch::Tensor& x) { return net.features(x, layer); }, images);
 }
 
 void ModelStage::report(Report& report) const {

@@ -59,6 +59,11 @@ class ModelStage : public ComponentStage {
   // when to_device did not already put them there), in its memory layout.
   torch::Tensor input(const torch::Tensor& images) const;
   torch::Tensor labels(const torch::Tensor& labels) const;
+  // A batch's logits, or its features at `layer` (NetworkImpl::features), as
+  // evaluation, prediction and export need them: eval mode, no gradients,
+  // the stage's precision, float32 out.
+  torch::Tensor infer_logits(const torch::Tensor& images);
+  torch::Tensor infer_features(const torch::Tensor& images, const std::string& layer);
 
  protected:
   // A model stage of another architecture: ModelStage(init, its builder);
@@ -66,6 +71,8 @@ class ModelStage : public ComponentStage {
   ModelStage(const StageInit& init, const Builder& build);
 
  private:
+  torch::Tensor infer(const std::function<torch::Tensor(NetworkImpl&, const torch::Tensor&)>& run,
+                      const torch::Tensor& images);
   Network net_{nullptr};
   int64_t classes_;
   LoadReport load_;

@@ -13,7 +13,6 @@
 #include "pipeline/registry.h"
 #include "pipeline/trace.h"
 #include "stages/model/model.h"
-#include "stages/model/precision.h"
 #include "stages/report/csv.h"
 #include "stages/tensor/batch_data.h"
 #include "stages/tensor/batch_image.h"
@@ -107,15 +106,8 @@ void Features::process(Item& item, const Emit& emit) {
   const int64_t begin = now_ns();
   const Batch& batch = item.get<Batch>();
   ComputeThreads::Scope compute(compute_);
-  ModelStage& model = find_model(stages_, model_name_);
-  Network& net = model.net();
-  net->eval();
-  torch::NoGradGuard no_grad;
-  torch::Tensor features;
-  {
-    AutocastScope autocast(model.bf16());
-    features = net->features(model.input(batch.images), layer_).to(torch::kFloat).cpu().contiguous();
-  }
+  torch::Tensor features =
+      find_model(stages_, model_name_).infer_features(batch.images, layer_).cpu().contiguous();
   if (dim_ == 0) dim_ = features.size(1);
   torch::Tensor labels = batch.labels.cpu();
   const float* data = features.data_ptr<float>();

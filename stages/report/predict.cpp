@@ -9,7 +9,6 @@
 
 #include "pipeline/registry.h"
 #include "stages/model/model.h"
-#include "stages/model/precision.h"
 #include "pipeline/atomic_file.h"
 #include "stages/report/csv.h"
 #include "stages/tensor/batch_image.h"
@@ -51,15 +50,7 @@ void Predict::begin_epoch(const EpochInfo&) { compute_.begin_epoch(find_model(st
 void Predict::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
   ComputeThreads::Scope compute(compute_);
-  ModelStage& model = find_model(stages_, model_name_);
-  Network& net = model.net();
-  net->eval();
-  torch::NoGradGuard no_grad;
-  torch::Tensor logits;
-  {
-    AutocastScope autocast(model.bf16());
-    logits = net->forward(model.input(batch.images)).to(torch::kFloat);
-  }
+  torch::Tensor logits = find_model(stages_, model_name_).infer_logits(batch.images);
   torch::Tensor probabilities = torch::softmax(logits, 1).cpu();
   const int64_t k = std::min<int64_t>(5, probabilities.size(1));
   auto [top_p, top_i] = probabilities.topk(k, 1);

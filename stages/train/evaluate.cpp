@@ -5,7 +5,6 @@
 #include "pipeline/atomic_file.h"
 #include "pipeline/registry.h"
 #include "stages/model/model.h"
-#include "stages/model/precision.h"
 #include "stages/report/csv.h"
 #include "stages/tensor/batch_data.h"
 #include "stages/train/state_bytes.h"
@@ -44,14 +43,7 @@ void Evaluate::begin_epoch(const EpochInfo&) {
 void Evaluate::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
   ComputeThreads::Scope compute(compute_);
-  Network& net = model_->net();
-  net->eval();
-  torch::NoGradGuard no_grad;
-  torch::Tensor logits;
-  {
-    AutocastScope autocast(model_->bf16());
-    logits = net->forward(model_->input(batch.images)).to(torch::kFloat);
-  }
+  torch::Tensor logits = model_->infer_logits(batch.images);
   torch::Tensor labels = model_->labels(batch.labels);
   if (!batch.padding.empty()) {
     // Repeats that only even out a job's shards count once, on the rank that has the original.
