@@ -28,6 +28,8 @@ if ((${#missing[@]})); then
 fi
 
 BUILD_DIR="${BUILD_DIR:-build}"
+# ccache keys on paths relative to the checkout: another clone (CI's) hits the same objects.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}"
 cmake --build "$BUILD_DIR"
 echo "setup: built $BUILD_DIR/flowrun"

@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# The tests (what .ci/run runs after ./setup.sh): every suite in build/, then
-# the engine and data-path suites under AddressSanitizer + UBSan
-# (build-asan/), then the same suites -- the executor's tests above all --
-# under ThreadSanitizer (build-tsan/). The sanitizer trees are built here the
-# first time (a few minutes; scripts/sanitizer-trees.sh), and only brought up
-# to date after that; SANITIZERS=0 skips them. Tests that run the flowrun
-# binary or load the example plugin only run in build/.
+# The tests (what .ci/run runs after ./setup.sh): every suite in build/
+# (Debian's LibTorch 1.13, CPU), then the engine and data-path suites under
+# AddressSanitizer + UBSan (build-asan/), then the same suites -- the
+# executor's tests above all -- under ThreadSanitizer (build-tsan/), then
+# every suite again in build-torch2/: flowrun built against PyPI's LibTorch
+# 2.x with CUDA compiled in (scripts/torch2.sh), run on the CPU, device tests
+# skipped where there is no GPU. The sanitizer trees and build-torch2/ are
+# built here the first time (scripts/sanitizer-trees.sh, scripts/torch2.sh)
+# and only brought up to date after that. On a developer's machine
+# SANITIZERS=0 skips the sanitizer trees and TORCH2=0 the LibTorch 2.x lane;
+# under CI (CI=true) nothing is skipped. Tests that run the flowrun binary or
+# load the example plugin only run in build/ and build-torch2/.
 set -euo pipefail
 cd "$(dirname "$0")"
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
+if [ "${CI:-}" = true ]; then SANITIZERS=1 TORCH2=1; fi
 ctest --test-dir build --output-on-failure -j2
+if [ "${TORCH2:-1}" != 0 ]; then
+  echo "== LibTorch 2.x with CUDA compiled in (build-torch2/), on the CPU"
+  scripts/torch2.sh
+  ctest --test-dir build-torch2 --output-on-failure -j2
+fi
 [ "${SANITIZERS:-1}" != 0 ] || exit 0
 scripts/sanitizer-trees.sh
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer: engine and data path"

@@ -2,7 +2,8 @@
 # The GPU benchmark, in one call on the GPU host (issue 5): build, check,
 # measure, compare with PyTorch on the same machine, print a table.
 #   bench/gpu_bench.sh            (after copying the checkout and .gpu-debs/)
-# 1. builds flowrun with CUDA (scripts/gpu/build.sh);
+# 1. builds flowrun with CUDA (scripts/gpu/build.sh, i.e. scripts/torch2.sh,
+#    as every CI run does on the CPU) and runs the device tests (Gpu.*);
 # 2. correctness: the same 5 batches (no shuffle, no augmentation, seeded
 #    initial weights) trained on the CPU (fp32) and on the GPU (fp32, then
 #    bf16): the epoch's mean loss must agree within 1e-3 (fp32) and 3e-2
@@ -23,6 +24,9 @@ env_line=$(BUILD_DIR="$build" scripts/gpu/build.sh | tail -1)
 eval "$env_line"
 flowrun="$build/flowrun"
 threads=$(nproc)
+"$flowrun" --version
+# The device tests the CPU machines skip ("no CUDA device") run here.
+"$build/tests/model_tests" --gtest_filter='Build.*:Gpu.*' --gtest_brief=1 || echo "gpu_bench: device tests FAILED" >&2
 
 python3 bench/make_imagefolder.py "$out/check" --classes 10 --per-class 16 >/dev/null
 python3 bench/make_imagefolder.py "$out/data" --classes 10 --per-class ${PER_CLASS:-1300} >/dev/null

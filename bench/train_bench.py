@@ -2,6 +2,9 @@
 
 One command, both sides in one run on the same files and cores:
     /usr/bin/python3 bench/train_bench.py [--depths 18 50] [--epochs 3] [--images-per-class 64] [--threads 2]
+    .venv-torch2/bin/python bench/train_bench.py --build build-torch2   # LibTorch 2.x against PyTorch 2.x
+(the PyTorch side is the torch of the interpreter that runs this script;
+flowrun's is the LibTorch its build was made with: both are printed)
 (a) generates a JPEG ImageFolder (bench/make_imagefolder.py, cached in
     build/bench-data-train/), (b) runs build/flowrun bench/train.graph on it,
 (c) runs the same job as a PyTorch script: torchvision's ResNet, an
@@ -88,9 +91,14 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--images-per-class", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; the best is shown")
-    parser.add_argument("--binary", default=os.path.join(ROOT, "build", "flowrun"))
+    parser.add_argument("--build", default=os.path.join(ROOT, "build"), help="flowrun's build folder")
+    parser.add_argument("--binary", help="the flowrun binary (default: BUILD/flowrun)")
     parser.add_argument("--data", default=os.path.join(ROOT, "build", "bench-data-train"))
     args = parser.parse_args()
+    args.binary = args.binary or os.path.join(args.build, "flowrun")
+    import torch
+    version = subprocess.run([args.binary, "--version"], capture_output=True, text=True, check=True).stdout
+    print("flowrun: %s (%s); PyTorch: %s" % (args.binary, version.splitlines()[1].split(",")[0], torch.__version__))
 
     subprocess.run([sys.executable, os.path.join(HERE, "make_imagefolder.py"), args.data, "--per-class",
                     str(args.images_per_class)], check=True)

@@ -20,6 +20,7 @@
 #include "job_launch.h"
 #include "range_test.h"
 #include "stage_listing.h"
+#include "version.h"
 #include "stages/dist/job.h"
 #include "stages/train/precompute_plan.h"
 
@@ -50,6 +51,8 @@ po::options_description describe_options(Options& o) {
   po::options_description visible("Usage: flowrun [OPTIONS] GRAPH\n\nOptions");
   visible.add_options()
       ("help,h", "show this help")
+      ("version", "print flowrun's version, the LibTorch it was built with, whether CUDA is compiled in (with "
+                  "CUDA's, cuDNN's and NCCL's versions) and the CUDA devices it sees")
       ("check", po::bool_switch(&o.check), "validate the graph and print it resolved; run nothing")
       ("list-stages", po::bool_switch(&o.list_stages), "list every registered stage with its parameters")
       ("set", po::value(&o.sets)->composing(), "STAGE.PARAM=VALUE: override a parameter (repeatable); also "
@@ -95,6 +98,10 @@ int main(int argc, char** argv) {
   }
   if (vm.count("help")) {
     std::cout << visible << "\nExit codes: 0 success, 1 run failed, 2 invalid command line or graph, 130 interrupted.\n";
+    return kExitOk;
+  }
+  if (vm.count("version")) {
+    std::cout << cli::version_text();
     return kExitOk;
   }
 

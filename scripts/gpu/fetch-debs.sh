@@ -4,7 +4,7 @@
 # Copy that folder along with the checkout; scripts/gpu/build.sh unpacks it.
 # (The project's own version of ../shared/gpu/fetch-debs.sh: its list also
 # holds what flowrun needs beyond the verified recipe — libpng, libzip, Cairo,
-# nlohmann-json, GoogleTest.)
+# nlohmann-json, GoogleTest, gloo's headers for c10d's Gloo.)
 set -euo pipefail
 dest=${1:-.gpu-debs}
 mkdir -p "$dest"
@@ -16,5 +16,5 @@ apt-get download libtbb12 libtbb-dev libtbbmalloc2 libtbbbind-2-5 \
   libpng16-16 libpng-dev zlib1g-dev libzip4 libzip-dev \
   libcairo2 libcairo2-dev libpixman-1-0 libfontconfig1 libfreetype6 libxrender1 libxext6 libx11-6 libxcb1 \
   libxcb-render0 libxcb-shm0 libxau6 libxdmcp6 libbsd0 libmd0 libbrotli1 libexpat1 \
-  nlohmann-json3-dev libgtest-dev libgmock-dev
+  nlohmann-json3-dev libgtest-dev libgmock-dev libgloo-dev
 ls -1 "$PWD"

@@ -8,6 +8,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef FLOWRUN_WITH_NCCL
+#include <torch/csrc/distributed/c10d/NCCLUtils.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -380,3 +381,15 @@ void Job::wait_for(const std::string&, double) { unavailable(); }
 }  // namespace flowrun::stages
 
 #endif
+
+namespace flowrun::stages {
+
+std::string nccl_build_info() {
+#ifdef FLOWRUN_WITH_NCCL
+  return "NCCL " + c10d::getNcclVersion();
+#else
+  return "";
+#endif
+}
+
+}  // namespace flowrun::stages

@@ -25,6 +25,9 @@ class Work;
 
 namespace flowrun::stages {
 
+// The NCCL this build carries ("NCCL 2.28.9"), or "" in a build without it.
+std::string nccl_build_info();
+
 class Job {
  public:
   // The job this process belongs to, joined on first use (the rendezvous:

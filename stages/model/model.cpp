@@ -162,7 +162,7 @@ ModelStage::ModelStage(const StageInit& init, const Builder& build)
   }
   const std::string device = init.params.get_string("device");
   const bool cuda = device == "cuda" || (device == "auto" && cuda_available());
-  if (cuda && !cuda_available()) throw std::runtime_error("device=cuda but this flowrun has no CUDA device");
+  if (cuda && !cuda_available()) throw std::runtime_error("device=cuda but there is " + no_cuda_device_reason());
   const std::string precision = init.params.get_string("precision");
   bf16_ = precision == "bf16" || (precision == "auto" && cuda);
   if (bf16_ && !cuda) throw std::runtime_error("precision=bf16 needs CUDA (autocast here is for the GPU)");

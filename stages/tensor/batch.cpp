@@ -27,7 +27,7 @@ BatchStage::BatchStage(const StageInit& init)
       pool_size_(static_cast<size_t>(init.params.get_int("pool"))) {
   const std::string pin = init.params.get_string("pin");
   pin_ = pin == "yes" || (pin == "auto" && cuda_available());
-  if (pin_ && !cuda_available()) throw std::runtime_error("pin=yes needs CUDA, which this machine or build lacks");
+  if (pin_ && !cuda_available()) throw std::runtime_error("pin=yes needs CUDA, and there is " + no_cuda_device_reason());
   pending_.reserve(static_cast<size_t>(size_));
 }
 

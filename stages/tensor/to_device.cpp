@@ -20,7 +20,7 @@ ToDevice::ToDevice(const StageInit& init)
     : device_index_(static_cast<int>(init.params.get_int("index"))), non_blocking_(init.params.get_bool("non_blocking")) {
   const std::string device = init.params.get_string("device");
   to_cuda_ = device == "cuda" || (device == "auto" && cuda_available());
-  if (to_cuda_ && !cuda_available()) throw std::runtime_error("device=cuda but CUDA is not available");
+  if (to_cuda_ && !cuda_available()) throw std::runtime_error("device=cuda but there is " + no_cuda_device_reason());
 }
 
 void ToDevice::process(Item& item, const Emit& emit) {
