@@ -20,13 +20,13 @@ RunResult run_text(const std::string& text, int threads) {
 }
 }  // namespace
 
-// Item 11: one item in flight keeps the first flow's 4-wide stage at a
-// quarter of its capacity, while the second flow's short serial stage is
-// busy all of its flow's time; the first one's 0.4 s bound the run, not the
-// second's 0.04 s.
+// Item 11: two items in flight keep the first flow's 4-wide stage at
+// half of its capacity, while the second flow's short serial stage is
+// busy all of its flow's time; the first one's 0.4 s of work over 4 threads
+// (0.1 s) bound the run, not the second's 0.04 s.
 TEST(DailyEngine, TheBottleneckIsTheStageWhoseBusyTimeBoundsTheRun) {
   RunResult result = run_text(
-      "run in_flight=1\n"
+      "run in_flight=2\n"
       "a = count count=100\nwork = sleep us=4000 concurrency=4\nsa = sink\n"
       "b = count count=20\nquick = sleep us=2000\nsb = sink\n"
       "flow a -> work -> sa\nflow b -> quick -> sb\n",
