@@ -101,7 +101,7 @@ TEST(Daily, FilesMergedFromTwoRanksAreThoseOfAProcessAlone) {
     const auto a = split(one[i]), b = split(two[i]);
     ASSERT_EQ(a.size(), b.size()) << two[i];
     for (size_t j = 0; j < a.size(); ++j) {
-      if (j >= 4 && j % 2 == 0)  // a probability: the ranks' batches are smaller
+      if (j >= 4 && j % 2 == 0 && !a[j].empty())  // a probability: the ranks' batches are smaller
         EXPECT_NEAR(std::stod(a[j]), std::stod(b[j]), 1e-4) << one[i] << " | " << two[i];
       else
         EXPECT_EQ(a[j], b[j]) << one[i] << " | " << two[i];
@@ -171,7 +171,9 @@ TEST(Daily, PredictInATrainingGraphPredictsOnceWithTheFinalModel) {
     const auto a = split(rows[i]), b = split(expected[i]);
     ASSERT_EQ(a.size(), b.size());
     for (size_t j = 0; j < 3; ++j) EXPECT_EQ(a[j], b[j]) << rows[i] << " | " << expected[i];
-    if (i > 0) EXPECT_NEAR(std::stod(a[4]), std::stod(b[4]), 1e-4) << rows[i] << " | " << expected[i];
+    if (i > 0) {
+      EXPECT_NEAR(std::stod(a[4]), std::stod(b[4]), 1e-4) << rows[i] << " | " << expected[i];
+    }
   }
   EXPECT_EQ(slurp(dir + "/p.png"), slurp(dir + "/q.png"));
 
@@ -319,17 +321,17 @@ TEST(Daily, BestWeightsAndEarlyStopping) {
       "flow val -> vprep -> vbatch -> evaluate\n"
       // Declared before the stages whose figures they watch: the order does not matter.
       "best = best_weights path=\"" + dir + "/best.safetensors\" monitor=val_top1\n"
-      "stop = early_stopping monitor=val_loss patience=2 min_delta=100\n"
+      "stop = early_stopping monitor=val_top1 patience=2 min_delta=1\n"
       "model = resnet depth=18 classes=3\n"
       "optim = sgd lr=0.05\n");
   auto run = test::run_flowrun({graph, "--summary-json", dir + "/s.json"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const auto summary = nlohmann::json::parse(slurp(dir + "/s.json"));
-  // Epoch 1 sets the best loss; nothing improves it by 100: epochs 2 and 3 wait, the run ends after 3.
+  // Epoch 1 sets the best accuracy; nothing improves it by more than 1: epochs 2 and 3 wait, the run ends after 3.
   EXPECT_EQ(summary["epochs"], 3);
   EXPECT_EQ(summary["interrupted"], false);
   EXPECT_EQ(summary["stopped_at"], "end of epoch 3");
-  EXPECT_EQ(summary["stop_reason"].get<std::string>().rfind("early stopping after epoch 3: val_loss did not improve", 0),
+  EXPECT_EQ(summary["stop_reason"].get<std::string>().rfind("early stopping after epoch 3: val_top1 did not improve", 0),
             0u) << summary["stop_reason"];
   EXPECT_EQ(summary["early_stopping_epoch"], 3);
   EXPECT_EQ(run.out.find("epoch 4 ("), std::string::npos) << run.out;
