@@ -426,3 +426,35 @@ TEST(Daily, LrFindSaysPassesAndStepsNotEpochs) {
   EXPECT_NE(run.out.find("lr_find train: pass 1 over the data, step 3 of 5"), std::string::npos) << run.out;
   EXPECT_NE(run.out.find("suggested learning rates: valley "), std::string::npos) << run.out;
 }
+
+// Item 8, end to end: a run stopped and resumed exactly as the README says
+// (--set checkpoint.resume=FILE) does not warn that the graph differs; a
+// changed parameter is named.
+TEST(Daily, ResumingAsTheReadmeSaysDoesNotWarn) {
+  const std::string dir = test::temp_dir();
+  const std::string graph = write_graph(dir, "t.graph",
+      "run epochs=2 seed=1 compute_threads=1\n"
+      "src = imagefolder root=\"" + nine_images() + "\"\n"
+      "prep = decode | resize size=32 | center_crop size=32 | normalize\n"
+      "stop = stop_at epoch=2 item=2\n"
+      "batch = batch size=3\n"
+      "train = train scheduler=\"\" freezer=\"\"\n"
+      "flow src -> prep -> stop -> batch -> train\n"
+      "model = resnet depth=18 classes=3\n"
+      "optim = sgd lr=0.01\n"
+      "checkpoint = checkpoint path=\"" + dir + "/c.ckpt\" every=0\n");
+  auto stopped = test::run_flowrun({graph, "--plugin", TEST_PLUGIN_STOP_AT});
+  ASSERT_EQ(stopped.exit_code, 130) << stopped.err;
+  auto resumed = test::run_flowrun({graph, "--plugin", TEST_PLUGIN_STOP_AT, "--set", "checkpoint.resume=" + dir + "/c.ckpt",
+                                    "--set", "stop.epoch=9"});
+  // stop_at's epoch is no run-control setting: that difference is named.
+  EXPECT_NE(resumed.err.find("resuming under a graph that differs"), std::string::npos) << resumed.err;
+  EXPECT_NE(resumed.err.find("now: stop = stop_at epoch=9"), std::string::npos) << resumed.err;
+  EXPECT_EQ(resumed.err.find("resume="), std::string::npos) << resumed.err;
+  // As the README says: only checkpoint.resume differs.
+  auto again = test::run_flowrun({graph, "--plugin", TEST_PLUGIN_STOP_AT});
+  ASSERT_EQ(again.exit_code, 130) << again.err;
+  auto plain = test::run_flowrun({graph, "--plugin", TEST_PLUGIN_STOP_AT, "--set", "checkpoint.resume=" + dir + "/c.ckpt"});
+  EXPECT_NE(plain.err.find("resuming at epoch 2"), std::string::npos) << plain.err;
+  EXPECT_EQ(plain.err.find("differs"), std::string::npos) << plain.err;
+}
