@@ -7,7 +7,9 @@
 #include <malloc.h>
 
 #include <boost/program_options.hpp>
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
@@ -54,7 +56,8 @@ po::options_description describe_options(Options& o) {
       ("version", "print flowrun's version, the LibTorch it was built with, whether CUDA is compiled in (with "
                   "CUDA's, cuDNN's and NCCL's versions) and the CUDA devices it sees")
       ("check", po::bool_switch(&o.check), "validate the graph and print it resolved; run nothing")
-      ("list-stages", po::bool_switch(&o.list_stages), "list every registered stage with its parameters")
+      ("list-stages", po::bool_switch(&o.list_stages), "list every registered stage with its parameters; "
+                                                       "--list-stages NAME: that stage alone")
       ("set", po::value(&o.sets)->composing(), "STAGE.PARAM=VALUE: override a parameter (repeatable); also "
                                                "STAGE.OP.PARAM, PHASE.STAGE.PARAM, PHASE.epochs, run.SETTING")
       ("plugin", po::value(&o.plugins)->composing(), "load a stage plugin .so (repeatable)")
@@ -73,6 +76,32 @@ po::options_description describe_options(Options& o) {
       ("run-dir", po::value(&o.run_dir), "write the resolved graph, per-epoch metrics (CSV, JSON Lines, plots) and "
                                         "the summary into DIR");
   return visible;
+}
+
+std::string format_figure(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.4f", value);
+  return text;
+}
+
+// A training run stopped without a checkpoint stage keeps nothing of what it
+// trained (save_weights writes only when a run completes): say what was
+// lost and how to keep it next time. "" when there is a checkpoint or no training.
+std::string unkept_training_hint(const ResolvedGraph& graph, const RunResult& result) {
+  bool trains = false;
+  for (const auto& phase : graph.phases)
+    for (const auto& stage : phase.stages)
+      for (const auto& op : stage.ops) {
+        if (op.type == "checkpoint") return "";
+        trains = trains || op.type == "train";
+      }
+  if (!trains) return "";
+  return "flowrun: the graph has no checkpoint stage: the weights and optimizer state of these " +
+         std::to_string(result.epochs_run) + " epoch(s) and of the one under way are lost (save_weights writes only "
+         "when a run completes). To keep a stopped run and go on with it later, add\n"
+         "  checkpoint = checkpoint path=\"FILE.ckpt\" every=1\n"
+         "to the graph (or run with --run-dir DIR and `checkpoint = checkpoint`); it is written when the run stops, "
+         "Ctrl-C included, and --set checkpoint.resume=FILE.ckpt takes the run up again.\n";
 }
 
 }  // namespace
@@ -140,6 +169,21 @@ int main(int argc, char** argv) {
     }
   }
 
+  // `--list-stages NAME`: one stage type (NAME is no graph file).
+  std::string listed_stage;
+  if (o.list_stages && !o.graph.empty() && !std::filesystem::exists(o.graph)) {
+    listed_stage = o.graph;
+    o.graph.clear();
+    std::vector<std::string> known = registry.types();
+    known.push_back("run");
+    known.push_back("phase");
+    if (std::find(known.begin(), known.end(), listed_stage) == known.end()) {
+      std::cerr << "flowrun: error: --list-stages " << listed_stage << ": no stage type or graph file named '"
+                << listed_stage << "'" << did_you_mean(listed_stage, known) << "\n";
+      return kExitUsage;
+    }
+  }
+
   GraphSpec spec;
   if (!o.graph.empty()) {
     spec = parse_graph_file(o.graph, diagnostics);
@@ -156,7 +200,7 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   if (o.list_stages) {
-    std::cout << format_stage_listing(registry);
+    std::cout << format_stage_listing(registry, listed_stage);
     if (o.graph.empty()) return kExitOk;
   }
 
@@ -254,9 +298,30 @@ int main(int argc, char** argv) {
       return kExitRunFailed;
     }
   }
+  if (job.writes_files()) {
+    // Results on stdout: the final figures, and where files went (said once,
+    // whatever the log level).
+    std::string figures;
+    for (const auto& [key, value] : summary.items()) {
+      auto ends_with = [&](const std::string& tail) {
+        return key.size() > tail.size() && key.compare(key.size() - tail.size(), tail.size(), tail) == 0;
+      };
+      if (value.is_number() && (ends_with("_loss") || ends_with("_top1") || ends_with("_top5")))
+        figures += " " + key + " " + format_figure(value.get<double>());
+    }
+    if (!figures.empty()) std::cout << "final:" << figures << "\n";
+    const std::vector<std::string> written = files_written();
+    if (!written.empty()) {
+      std::cout << "wrote:";
+      for (const auto& path : written) std::cout << " " << path;
+      std::cout << "\n";
+    }
+    std::cout << std::flush;
+  }
   if (result.interrupted) {
     std::cerr << "flowrun: interrupted at " << result.stopped_at.describe() << " (" << result.epochs_run
               << " complete epoch(s))\n";
+    if (job.writes_files()) std::cerr << unkept_training_hint(graph, result);
     return kExitInterrupted;
   }
   return kExitOk;

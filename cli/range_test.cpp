@@ -16,6 +16,7 @@ ResolvedGraph range_test_graph(const ResolvedGraph& graph, int64_t steps) {
         test.chains = {chain};
         ResolvedPhase only = phase;
         only.epochs = steps;  // at least a batch an epoch: the train stage ends the run when done
+        only.name = "lr_find";
         std::set<std::string> in_flow(chain.begin(), chain.end());
         only.stages.clear();
         for (const auto& s : phase.stages) {

@@ -37,15 +37,17 @@ void list_params(std::ostringstream& out, const std::vector<ParamSpec>& params) 
 }
 }  // namespace
 
-std::string format_stage_listing(const Registry& registry) {
+std::string format_stage_listing(const Registry& registry, const std::string& only) {
   std::ostringstream out;
   // The settings of the run line and of phase headers first: they are not stages, but they are set the same way.
   for (const Schema* schema : {&run_schema(), &phase_schema()}) {
+    if (!only.empty() && only != schema->type()) continue;
     out << schema->type() << " (" << (schema == &run_schema() ? "the run line" : "a phase header") << ")\n    "
         << schema->doc() << "\n";
     list_params(out, schema->params());
   }
   for (const auto& name : registry.types()) {
+    if (!only.empty() && only != name) continue;
     const StageType& type = *registry.find(name);
     out << name << " (" << to_string(type.schema.kind()) << ", " << type.origin << ")\n    " << type.schema.doc() << "\n";
     std::vector<ParamSpec> params = type.schema.params();

@@ -7,5 +7,6 @@
 #include "pipeline/registry.h"
 
 namespace flowrun {
-std::string format_stage_listing(const Registry& registry);
+// `only`: that stage type (or `run`, `phase`) alone; "" = all.
+std::string format_stage_listing(const Registry& registry, const std::string& only = "");
 }

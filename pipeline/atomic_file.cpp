@@ -9,6 +9,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 
 namespace flowrun {
@@ -31,7 +33,21 @@ void remove_abandoned_temporaries(const std::filesystem::path& dir, const std::f
   }
 }
 
+std::mutex g_written_mutex;
+std::vector<std::string> g_written;
+std::set<std::string> g_written_set;
+
+void record_written(const std::string& path) {
+  std::lock_guard<std::mutex> lock(g_written_mutex);
+  if (g_written_set.insert(path).second) g_written.push_back(path);
+}
+
 }  // namespace
+
+std::vector<std::string> files_written() {
+  std::lock_guard<std::mutex> lock(g_written_mutex);
+  return g_written;
+}
 
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write) {
   auto fail = [&](const std::string& why) { throw std::runtime_error(path + ": error: cannot write: " + why); };
@@ -76,6 +92,7 @@ void write_file_atomically(const std::string& path, const std::function<void(std
     ::fsync(dir_fd);
     ::close(dir_fd);
   }
+  record_written(path);
 }
 
 void write_file_atomically(const std::string& path, const std::string& content) {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace flowrun {
 
@@ -13,5 +14,9 @@ namespace flowrun {
 // `path`. Throws std::runtime_error naming `path` on any failure.
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write);
 void write_file_atomically(const std::string& path, const std::string& content);
+
+// Every file this process has written through write_file_atomically, once
+// each, in the order first written: what the command says at the end.
+std::vector<std::string> files_written();
 
 }  // namespace flowrun

@@ -51,6 +51,7 @@ struct StageStats {
   double wait_output_s = 0;   // held back by the in-flight bound (sources; other stages hand on without blocking)
   double output_queue_ms = 0; // mean time an output waited for the next stage: downstream pressure
   double utilization = 0;     // busy / (time its flow ran x concurrency)
+  double bound_s = 0;         // busy / the threads it can use: the least time its work keeps the run going
   std::map<std::string, double> figures;  // from Stage::report
 };
 
@@ -60,10 +61,13 @@ struct RunResult {
   int epochs_run = 0;                       // global epochs complete at the end (resumed ones included)
   std::optional<RunPosition> resumed_from;  // where a resumed run took up
   RunPosition stopped_at;                   // where the run ended: a resumed run goes on from here
+  // Why it ended: "completed", "interrupted", or what a stage that ended it
+  // early said (early stopping: "early stopping: val_loss did not improve...").
+  std::string stop_reason = "completed";
   std::vector<StageStats> stages;      // flow stages, chain order
   std::map<std::string, std::map<std::string, double>> component_figures;
   std::vector<int64_t> max_in_flight;  // per chain: most source items alive at once
-  std::string bottleneck;              // the busiest flow stage
+  std::string bottleneck;              // the flow stage with the largest bound_s: it bounds the run's time
   size_t trace_events_dropped = 0;
   double peak_rss_mb = 0;              // the process's peak resident memory
 };

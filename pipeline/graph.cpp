@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <sstream>
@@ -547,7 +548,13 @@ class Resolver {
       return;
     }
     Value value;
-    if (convert(*spec, o.value, base_dir, value)) op->params.set(param, value);
+    if (convert(*spec, o.value, base_dir, value)) {
+      // Where it was set and what it was before: a schema check that fails
+      // because of this value is reported here (at the --set), not at the op.
+      overridden_[op].push_back(
+          {param, o.value.where, op->params.has(param) ? std::optional<Value>(op->params.value(param)) : spec->default_value});
+      op->params.set(param, value);
+    }
   }
 
   void apply_command_line(const std::vector<CommandLineOverride>& overrides, ResolvedGraph& graph, Params& run) {
@@ -613,8 +620,22 @@ class Resolver {
             }
           if (!complete) continue;
           for (const auto& rule : schema.checks())
-            if (std::string problem = rule(op.params); !problem.empty()) report(op.where, owner + ": " + problem);
+            if (std::string problem = rule(op.params); !problem.empty()) report(blamed(op, rule), owner + ": " + problem);
         }
+  }
+
+  // The override (latest first) without which `rule` holds: its value is
+  // the problem; else the op's own place.
+  Location blamed(const ResolvedOp& op, const Schema::Check& rule) const {
+    auto it = overridden_.find(&op);
+    if (it == overridden_.end()) return op.where;
+    for (auto change = it->second.rbegin(); change != it->second.rend(); ++change) {
+      if (!change->before) continue;
+      Params without = op.params;
+      without.set(change->param, *change->before);
+      if (rule(without).empty()) return change->where;
+    }
+    return op.where;
   }
 
   // Stage references (StageRef parameters): `auto` becomes the phase's one
@@ -698,12 +719,33 @@ class Resolver {
   const Registry& registry_;
   Diagnostics& diagnostics_;
   std::string graph_dir_;
+  struct Override {
+    std::string param;
+    Location where;                // of the value, in the graph's phase or on the command line
+    std::optional<Value> before;   // the value it replaced (the default when none was given)
+  };
+  std::map<const ResolvedOp*, std::vector<Override>> overridden_;
   std::vector<ResolvedStage> top_;
 };
 
+// A path as the resolved graph writes it: absolute, so that the text runs
+// from wherever it is saved (RUN_DIR/graph.resolved) or whatever the working
+// directory (paths were resolved against the graph file's folder, which a
+// relative path would name from the working directory of this run).
+std::string format_path(const std::string& path) {
+  if (path.empty()) return format_value(Value(path));
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  return format_value(Value(ec ? path : absolute.lexically_normal().string()));
+}
+
 std::string format_op(const ResolvedOp& op) {
   std::string text = op.type;
-  for (const auto& [name, value] : op.params.values()) text += " " + name + "=" + format_value(value);
+  for (const auto& [name, value] : op.params.values()) {
+    const ParamSpec* spec = op.stage_type ? op.stage_type->schema.find(name) : nullptr;
+    const bool is_path = spec && spec->type == ValueType::Path && std::holds_alternative<std::string>(value);
+    text += " " + name + "=" + (is_path ? format_path(std::get<std::string>(value)) : format_value(value));
+  }
   return text;
 }
 
@@ -737,7 +779,7 @@ std::string ResolvedGraph::format() const {
       << " threads=" << (run.threads ? std::to_string(run.threads) : std::string("auto"))
       << " compute_threads=" << (run.compute_threads ? std::to_string(run.compute_threads) : std::string("auto"))
       << " backend=" << run.backend << " timeout=" << format_value(Value(run.timeout_s)) << "\n";
-  for (const auto& plugin : plugins) out << "plugin " << format_value(plugin) << "\n";
+  for (const auto& plugin : plugins) out << "plugin " << format_path(plugin) << "\n";
   const ResolvedPhase& first = phases.front();
   // Top level: the first phase's view of every stage declared outside phases.
   std::set<std::string> in_flow;

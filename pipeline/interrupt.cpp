@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <mutex>
 #include <unistd.h>
 
 namespace flowrun {
@@ -46,6 +47,24 @@ void request_finish() {
   g_stop.store(true);
 }
 bool finish_requested() { return g_finish.load(); }
+
+namespace {
+std::mutex g_reason_mutex;
+std::string& reason_slot() {
+  static std::string reason;
+  return reason;
+}
+}  // namespace
+
+void set_finish_reason(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(g_reason_mutex);
+  reason_slot() = reason;
+}
+
+std::string finish_reason() {
+  std::lock_guard<std::mutex> lock(g_reason_mutex);
+  return reason_slot();
+}
 
 bool stop_wanted() { return g_wanted.load(std::memory_order_relaxed); }
 

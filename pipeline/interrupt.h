@@ -11,6 +11,7 @@
 #pragma once
 
 #include <functional>
+#include <string>
 
 namespace flowrun {
 
@@ -25,6 +26,10 @@ void clear_stop_request();
 // the run counts as finished, not interrupted.
 void request_finish();
 bool finish_requested();
+// Why a stage ended the run early (the summary's stop_reason); set before
+// request_finish. Empty when none did.
+void set_finish_reason(const std::string& reason);
+std::string finish_reason();
 
 // Whether a signal asked this process to stop (agreed on or not yet).
 bool stop_wanted();

@@ -168,7 +168,7 @@ TEST_F(Resume, AFinishedRunResumesToTheSameResult) {
   const std::string& dir = *dir_;
   auto again = run(dir, *graph_, "finished", {"--set", "checkpoint.resume=" + *whole_ + "/checkpoint.ckpt"});
   ASSERT_EQ(again.exit_code, 0) << again.err;
-  EXPECT_EQ(again.err.find("train: loss"), std::string::npos) << "no epoch should run:\n" << again.err;
+  EXPECT_EQ(again.out.find("train: loss"), std::string::npos) << "no epoch should run:\n" << again.out;
   EXPECT_EQ(slurp(dir + "/finished.safetensors"), slurp(*whole_ + ".safetensors"));
   nlohmann::json whole = nlohmann::json::parse(slurp(*whole_ + "/summary.json"));
   nlohmann::json finished = nlohmann::json::parse(slurp(dir + "/finished/summary.json"));

@@ -181,9 +181,9 @@ TEST(Distributed, ADeadRankEndsTheOthersNamingIt) {
   };
   Process zero = rank(0), one = rank(1);
   // Once the job trains (rank 0 reports its first epoch), rank 1 dies.
-  for (int i = 0; i < 600 && slurp(zero.err).find("epoch 1 (") == std::string::npos; ++i)
+  for (int i = 0; i < 600 && slurp(zero.out).find("epoch 1 (") == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  ASSERT_NE(slurp(zero.err).find("epoch 1 ("), std::string::npos) << slurp(zero.err) << slurp(one.err);
+  ASSERT_NE(slurp(zero.out).find("epoch 1 ("), std::string::npos) << slurp(zero.err) << slurp(one.err);
   kill(one.pid, SIGKILL);
   const auto killed = std::chrono::steady_clock::now();
   one.wait();
@@ -224,7 +224,7 @@ TEST(Distributed, AStoppedJobResumesToTheWeightsOfOneThatNeverStopped) {
   ASSERT_EQ(whole.exit_code, 0) << whole.err;
   // Ctrl-C to `flowrun --nproc` once the job is in its second epoch: every rank stops after the same step.
   Process job = start(FLOWRUN_BINARY, {graph, "--nproc", "2"}, {}, dir, "job");
-  for (int i = 0; i < 600 && slurp(job.err).find("epoch 1 (") == std::string::npos; ++i)
+  for (int i = 0; i < 600 && slurp(job.out).find("epoch 1 (") == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   kill(job.pid, SIGINT);
   ASSERT_EQ(job.wait(), 130) << slurp(job.err);

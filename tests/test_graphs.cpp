@@ -85,7 +85,7 @@ TEST(Graphs, PretrainThenFinetuneAtTinyScale) {
   }
   EXPECT_EQ(summary["val_samples"], 20.0);  // 4 classes x 5, every sample counted
   EXPECT_EQ(summary["epochs"], 2);
-  EXPECT_NE(finetune.err.find("epoch 2 (full 1/1) evaluate: val_loss"), std::string::npos) << finetune.err;
+  EXPECT_NE(finetune.out.find("epoch 2 (full 1/1) evaluate: val_loss"), std::string::npos) << finetune.out;
   // The transferred model's weights were saved and load into a fresh ResNet-18 with 4 classes.
   stages::ResNet net(18, 4);
   stages::LoadReport report = stages::load_state_dict(*net, stages::read_weights(target), false, target);
@@ -130,7 +130,7 @@ TEST(Graphs, GpuBenchmarkGraphsRunOnTheCpu) {
   auto full = with({"bench/gpu_train.graph", "--set", "batch.size=4", "--set", "augment.random_crop.size=32",
                     "--set", "decode.min_size=0"});
   ASSERT_EQ(full.exit_code, 0) << full.err;
-  EXPECT_NE(full.err.find("epoch 1 (main 1/1) train: loss"), std::string::npos) << full.err;
+  EXPECT_NE(full.out.find("epoch 1 (main 1/1) train: loss"), std::string::npos) << full.out;
   auto frozen = with({"bench/gpu_train.graph", "--set", "batch.size=4", "--set", "augment.random_crop.size=32",
                       "--set", "decode.min_size=0", "--set", "freezer.mode=backbone"});
   ASSERT_EQ(frozen.exit_code, 0) << frozen.err;

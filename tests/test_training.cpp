@@ -299,7 +299,7 @@ TEST(LrFind, TheRangeTestSuggestsARateAndPutsTheWeightsBack) {
   std::ofstream(file) << graph("train = train", 3) + "checkpoint = checkpoint path=\"" + dir + "/ck.ckpt\"\n";
   auto cli = test::run_flowrun({file, "--lr-find=12", "--run-dir", dir + "/cli"});
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
-  EXPECT_NE(cli.err.find("suggested learning rates: valley "), std::string::npos) << cli.err;
+  EXPECT_NE(cli.out.find("suggested learning rates: valley "), std::string::npos) << cli.out;
   EXPECT_TRUE(std::filesystem::exists(dir + "/cli/lr_find.png"));
   EXPECT_FALSE(std::filesystem::exists(dir + "/ck.ckpt"));  // no checkpoint, no saved weights from a range test
   EXPECT_FALSE(std::filesystem::exists(dir + "/3.safetensors"));

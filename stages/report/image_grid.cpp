@@ -1,12 +1,13 @@
 #include "stages/report/image_grid.h"
 
 #include <cairo.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
+
+#include "pipeline/atomic_file.h"
 
 namespace flowrun::stages {
 
@@ -84,19 +85,17 @@ void write_image_grid(const std::string& path, const std::vector<GridTile>& tile
 }
 
 void write_png(const std::string& path, cairo_surface_t* surface) {
-  std::filesystem::path target(path);
-  std::error_code ec;
-  if (target.has_parent_path()) std::filesystem::create_directories(target.parent_path(), ec);
-  const std::string temporary = path + ".tmp." + std::to_string(getpid());
-  cairo_status_t status = cairo_surface_write_to_png(surface, temporary.c_str());
-  if (status != CAIRO_STATUS_SUCCESS) {
-    std::remove(temporary.c_str());
-    throw std::runtime_error(path + ": error: cannot write PNG: " + cairo_status_to_string(status));
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    std::remove(temporary.c_str());
-    throw std::runtime_error(path + ": error: cannot write PNG");
-  }
+  // Through the atomic writer: a temporary beside the target, flushed, renamed.
+  write_file_atomically(path, [&](std::ostream& out) {
+    auto write = [](void* closure, const unsigned char* data, unsigned int length) {
+      auto& stream = *static_cast<std::ostream*>(closure);
+      stream.write(reinterpret_cast<const char*>(data), length);
+      return stream ? CAIRO_STATUS_SUCCESS : CAIRO_STATUS_WRITE_ERROR;
+    };
+    cairo_status_t status = cairo_surface_write_to_png_stream(surface, write, &out);
+    if (status != CAIRO_STATUS_SUCCESS)
+      throw std::runtime_error(path + ": error: cannot write PNG: " + cairo_status_to_string(status));
+  });
 }
 
 }  // namespace flowrun::stages

@@ -65,14 +65,22 @@ namespace {
 // One chart: the series whose names end with `suffix` (loss, top1) per epoch.
 void draw_chart(cairo_t* cr, double x0, double y0, double w, double h, const std::string& title,
                 const std::vector<std::pair<std::string, std::vector<std::pair<int, double>>>>& series, int epochs) {
-  const double left = 50, right = 10, top = 28, bottom = 30;
+  // The legend goes in a band under the axis, two entries a row: inside the
+  // plot it hid the curves.
+  const int legend_rows = static_cast<int>((series.size() + 1) / 2);
+  const double left = 50, right = 10, top = 28, bottom = 34 + 14.0 * legend_rows;
   double lo = 1e300, hi = -1e300;
   for (const auto& [name, points] : series)
     for (const auto& [epoch, value] : points) lo = std::min(lo, value), hi = std::max(hi, value);
   if (lo > hi) lo = 0, hi = 1;
   if (hi - lo < 1e-9) hi = lo + 1;
   const double pad = (hi - lo) * 0.05;
+  // Losses and accuracies are never negative (nor accuracies above 1): the
+  // padding does not take the axis past those bounds.
+  const bool nonnegative = lo >= 0, fraction = hi <= 1 && title.find("accuracy") != std::string::npos;
   lo -= pad, hi += pad;
+  if (nonnegative) lo = std::max(lo, 0.0);
+  if (fraction) hi = std::min(hi, 1.0);
   auto px = [&](double epoch) { return x0 + left + (w - left - right) * (epochs > 1 ? (epoch - 1) / (epochs - 1) : 0.5); };
   auto py = [&](double value) { return y0 + top + (h - top - bottom) * (1 - (value - lo) / (hi - lo)); };
   cairo_set_source_rgb(cr, 0, 0, 0);
@@ -96,7 +104,7 @@ void draw_chart(cairo_t* cr, double x0, double y0, double w, double h, const std
     cairo_move_to(cr, px(e) - 3, y0 + h - bottom + 14);
     cairo_show_text(cr, text);
   }
-  cairo_move_to(cr, x0 + w / 2 - 15, y0 + h - 4);
+  cairo_move_to(cr, x0 + left + (w - left - right) / 2 - 15, y0 + h - bottom + 28);
   cairo_show_text(cr, "epoch");
   static const double colours[][3] = {{0.12, 0.47, 0.71}, {1.0, 0.5, 0.05}, {0.17, 0.63, 0.17}, {0.84, 0.15, 0.16},
                                       {0.58, 0.4, 0.74}, {0.55, 0.34, 0.29}};
@@ -114,7 +122,11 @@ void draw_chart(cairo_t* cr, double x0, double y0, double w, double h, const std
       cairo_arc(cr, px(epoch), py(value), 2.5, 0, 2 * M_PI);
       cairo_fill(cr);
     }
-    cairo_move_to(cr, x0 + w - right - 150, y0 + top + 14 + 13 * static_cast<double>(s));  // legend
+    // Legend: a swatch and the name, under the axis.
+    const double lx = x0 + left + (s % 2) * (w - left - right) / 2, ly = y0 + h - bottom + 44 + 14.0 * (s / 2);
+    cairo_rectangle(cr, lx, ly - 8, 14, 3);
+    cairo_fill(cr);
+    cairo_move_to(cr, lx + 18, ly - 3);
     cairo_show_text(cr, series[s].first.c_str());
   }
 }
@@ -162,7 +174,7 @@ void MetricsLog::write() const {
     target->emplace_back(key, points);
   }
   const int epochs = rows_.empty() ? 1 : rows_.back().epoch;
-  const int width = 900, height = 340;
+  const int width = 900, height = 360;
   cairo_surface_t* surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height);
   cairo_t* cr = cairo_create(surface);
   cairo_set_source_rgb(cr, 1, 1, 1);

@@ -1,8 +1,19 @@
 // `predict`: the model's predictions for every sample that reaches it: a CSV
 // (path, true class when known, predicted class, the top-5 classes with
-// their probabilities) streamed to a temporary file and renamed into place
-// when the run completes, and a PNG grid of the first images titled
-// "true / predicted" (wrong ones in red), as the recipe's last plot.
+// their probabilities) and a PNG grid of the first images titled
+// "true / predicted probability" (wrong ones in red), as the recipe's last
+// plot. Both are written atomically when the run completes.
+//
+// In a graph of several epochs (a training graph) it predicts once, in the
+// run's last epoch, by default: the model the run ends with. every=N also
+// predicts in every Nth epoch; the CSV then has an `epoch` column (1-based)
+// and holds every pass's rows, the grid and figures are the last pass's.
+// Epochs it does not predict in pass batches through untouched.
+//
+// Rows are spooled to NAME.spool.PID as batches arrive (memory holds one
+// batch, whatever the dataset size); in a job of several processes every
+// rank spools its share and rank 0 merges them in the order of a process
+// alone (rank r's i-th row is sample r + i * world of the shared order).
 #pragma once
 
 #include <fstream>
@@ -18,21 +29,27 @@ class Predict : public SerialStage {
  public:
   static Schema schema();
   explicit Predict(const StageInit& init);
+  ~Predict() override;
   void begin_epoch(const EpochInfo& epoch) override;
   void process(Item& item, const Emit& emit) override;
   void on_stop(bool interrupted) override;
   void report(Report& report) const override;
 
  private:
-  // In a job: every rank's rows, merged by rank 0 in the order of a process alone.
-  void merge_shares(bool interrupted);
+  bool predicts_in(const EpochInfo& epoch) const;
+  // Rank 0 (or a process alone) writes the CSV and the grid from every
+  // rank's share; in a job every rank takes part in the collectives.
+  void write_outputs(bool interrupted);
 
   const StageDirectory& stages_;
-  std::string model_name_, csv_path_, grid_path_, temporary_;
-  int64_t grid_count_, columns_;
-  std::ofstream csv_;
-  std::vector<GridTile> tiles_;
-  int64_t predicted_ = 0, correct_ = 0, labelled_ = 0;
+  std::string model_name_, csv_path_, grid_path_, spool_path_;
+  int64_t grid_count_, columns_, every_;
+  std::ofstream spool_;
+  bool predicting_ = false;   // this epoch is a prediction pass
+  int current_epoch_ = 0;     // 1-based, for the epoch column
+  std::vector<int64_t> pass_rows_;  // rows of each pass in the spool, in order
+  std::vector<GridTile> tiles_;     // the current pass's first grid_images
+  int64_t predicted_ = 0, correct_ = 0, labelled_ = 0;  // the current pass's
   ComputeThreads compute_;
   Job* job_;  // the job of several processes this rank is in; null alone
 };

@@ -100,9 +100,10 @@ void Evaluate::end_epoch(const EpochInfo& epoch) {
   metrics_->record(epoch, {{prefix_ + "_loss", r.loss}, {prefix_ + "_top1", r.top1}, {prefix_ + "_top5", r.top5}});
   if (!run_dir_.empty()) write_confusion();
   if (job_ && job_->rank() != 0) return;  // the epoch line once per job
-  std::fprintf(stderr, "epoch %d (%s %d/%d) %s: %s_loss %.4f %s_top1 %.4f %s_top5 %.4f (%lld samples)\n",
+  std::fprintf(stdout, "epoch %d (%s %d/%d) %s: %s_loss %.4f %s_top1 %.4f %s_top5 %.4f (%lld samples)\n",
                epoch.epoch + 1, epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(),
                prefix_.c_str(), r.loss, prefix_.c_str(), r.top1, prefix_.c_str(), r.top5, static_cast<long long>(r.samples));
+  std::fflush(stdout);  // a result: on stdout, as the train stage's epoch line
 }
 
 void Evaluate::write_confusion() const {

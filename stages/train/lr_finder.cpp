@@ -131,7 +131,7 @@ void LrFinder::write_plot(const LrSuggestion& suggestion) const {
   for (int k = 0; k <= 4; ++k) {  // loss ticks
     double v = lo + (hi - lo) * k / 4;
     std::snprintf(text, sizeof text, "%.3g", v);
-    cairo_move_to(cr, 6, py(v) + 3);
+    cairo_move_to(cr, 20, py(v) + 3);
     cairo_show_text(cr, text);
   }
   for (int e = static_cast<int>(std::ceil(x_lo)); e <= static_cast<int>(std::floor(x_hi)); ++e) {  // decades
@@ -141,6 +141,12 @@ void LrFinder::write_plot(const LrSuggestion& suggestion) const {
   }
   cairo_move_to(cr, width / 2.0 - 60, height - 8);
   cairo_show_text(cr, "learning rate (log scale)");
+  // The y axis: the loss fastai's plot shows (exponentially smoothed, bias-corrected).
+  cairo_save(cr);
+  cairo_move_to(cr, 12, top + (height - top - bottom) / 2.0 + 50);
+  cairo_rotate(cr, -M_PI / 2);
+  cairo_show_text(cr, "loss (smoothed)");
+  cairo_restore(cr);
   cairo_set_source_rgb(cr, 0.12, 0.47, 0.71);
   cairo_set_line_width(cr, 2);
   for (size_t i = 0; i < n; ++i) {

@@ -39,7 +39,9 @@ PrecomputePlan plan_precompute(const ResolvedPhase& phase, const std::vector<std
   const Params& f = freeze->params;
   const std::string freeze_mode = f.get_string("mode");
   const bool whole_backbone = freeze_mode == "backbone" || (freeze_mode == "until" && f.get_string("until") == "layer4");
-  if (!whole_backbone) return off("freezer '" + freezer + "' trains part of the backbone (mode=" + freeze_mode + ")");
+  if (!whole_backbone)
+    return off("freezer '" + freezer + "' trains " + (freeze_mode == "none" ? "the whole" : "part of the") +
+               " backbone (mode=" + freeze_mode + ")");
   const int64_t unfreeze_every = f.get_int("unfreeze_every");
   if (unfreeze_every > 0 && unfreeze_every < phase.epochs)
     return off("freezer '" + freezer + "' unfreezes blocks during the phase (unfreeze_every=" +

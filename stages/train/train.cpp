@@ -252,8 +252,9 @@ void Train::finish_range_test() {
   optimization_ = Optimization();  // the weights are back: whatever follows starts a fresh optimizer
   sync_.reset();
   if (!job_ || job_->rank() == 0)
-    std::fprintf(stderr, "lr_find %s: %lld steps up to lr %.3g; suggested learning rates: valley %.3g, steep %.3g\n",
+    std::fprintf(stdout, "lr_find %s: %lld steps up to lr %.3g; suggested learning rates: valley %.3g, steep %.3g\n",
                  name_.c_str(), static_cast<long long>(step_), last_lr_, suggestion.valley, suggestion.steep);
+  std::fflush(stdout);
   request_finish();  // the run is complete
 }
 
@@ -287,13 +288,25 @@ void Train::end_epoch(const EpochInfo& epoch) {
   last_top1_ = static_cast<double>(correct) / seen;
   if (last_step_ns_ > first_batch_ns_) {
     images_per_s_ = seen / ((last_step_ns_ - first_batch_ns_) / 1e9);  // the whole job's: ranks step together
-    best_images_per_s_ = std::max(best_images_per_s_, images_per_s_);
+    if (images_per_s_ > best_images_per_s_) {
+      best_images_per_s_ = images_per_s_;
+      best_images_per_s_epoch_ = epoch.epoch + 1;
+    }
+    timed_images_ += static_cast<double>(seen);
+    timed_s_ += (last_step_ns_ - first_batch_ns_) / 1e9;
   }
   metrics_->record(epoch, {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_}, {name_ + "_lr", last_lr_}});
   if (job_ && job_->rank() != 0) return;  // the epoch line once per job
-  std::fprintf(stderr, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g (%.1f img/s)\n", epoch.epoch + 1,
-               epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_,
-               last_top1_, last_lr_, images_per_s_);
+  // Results on stdout (`flowrun G > log` keeps them), diagnostics on stderr.
+  if (finder_)  // the range test's epochs are passes over the data, up to its steps: no phase's epochs
+    std::fprintf(stdout, "lr_find %s: pass %d over the data, step %lld of %lld, loss %.4f, lr %.3g\n", name_.c_str(),
+                 epoch.epoch + 1, static_cast<long long>(step_), static_cast<long long>(finder_->steps()), last_loss_,
+                 last_lr_);
+  else
+    std::fprintf(stdout, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g (%.1f img/s)\n", epoch.epoch + 1,
+                 epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_,
+                 last_top1_, last_lr_, images_per_s_);
+  std::fflush(stdout);
 }
 
 bool Train::save_state(std::string& out) const {
@@ -367,7 +380,14 @@ void Train::report(Report& report) const {
     report.set("lr_find_valley", suggestion_->valley);
     report.set("lr_find_steep", suggestion_->steep);
   }
-  if (best_images_per_s_ > 0) report.set("train_images_per_s", best_images_per_s_);  // the best epoch's
+  // The mean over the run's epochs (images over time stepping); the best
+  // epoch's beside it, with its number (a frozen backbone's first phase
+  // runs several times faster than the fine-tuning that follows).
+  if (timed_s_ > 0) report.set("train_images_per_s", timed_images_ / timed_s_);
+  if (best_images_per_s_ > 0) {
+    report.set("train_images_per_s_best", best_images_per_s_);
+    report.set("train_images_per_s_best_epoch", best_images_per_s_epoch_);
+  }
   // Where a step's time goes (host time: on a GPU the calls only queue work).
   report.set("forward_s", forward_ns_ / 1e9);
   report.set("backward_s", backward_ns_ / 1e9);

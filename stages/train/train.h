@@ -82,6 +82,8 @@ class Train : public SerialStage {
   int64_t first_batch_ns_ = 0, last_step_ns_ = 0;
   int64_t forward_ns_ = 0, backward_ns_ = 0, optimizer_ns_ = 0;  // summed over the run
   double images_per_s_ = 0, best_images_per_s_ = 0;
+  int best_images_per_s_epoch_ = 0;                   // 1-based
+  double timed_images_ = 0, timed_s_ = 0;             // over this run's epochs: the mean rate
   Progress progress_;
   ComputeThreads compute_;
   PrecomputePlan precompute_;  // this phase's
