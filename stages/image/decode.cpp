@@ -412,10 +412,11 @@ Image decode_stb(const uint8_t* data, size_t size, int64_t max_pixels, const cha
   uint64_t needed = 0;
   if (what[0] == 'P') {
     needed = pnm_offset + static_cast<uint64_t>(width) * height * (data[1] == '6' ? 3 : 1);
-  } else if (size >= 30) {  // BMP: uncompressed (BI_RGB, BI_BITFIELDS) pixel arrays have a known size
+  } else if (size >= 26) {  // BMP: uncompressed (BI_RGB, BI_BITFIELDS) pixel arrays have a known size
     auto u32 = [&](size_t at) { return uint32_t(data[at]) | uint32_t(data[at + 1]) << 8 | uint32_t(data[at + 2]) << 16 | uint32_t(data[at + 3]) << 24; };
-    uint32_t header = u32(14), compression = header >= 40 ? u32(30) : 0;
-    unsigned bits = header >= 40 ? data[28] | data[29] << 8 : (size >= 26 ? data[24] | data[25] << 8 : 0);
+    const bool info_header = u32(14) >= 40 && size >= 34;  // else the 12-byte OS/2 core header
+    uint32_t compression = info_header ? u32(30) : 0;
+    unsigned bits = info_header ? data[28] | data[29] << 8 : data[24] | data[25] << 8;
     if (compression == 0 || compression == 3)
       needed = u32(10) + (static_cast<uint64_t>(width) * bits + 31) / 32 * 4 * static_cast<uint64_t>(height);
   }
