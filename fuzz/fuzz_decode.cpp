@@ -1,4 +1,5 @@
-// Fuzz target: image decode (JPEG via TurboJPEG, PNG via libpng), at full
+// Fuzz target: image decode (JPEG via TurboJPEG, PNG via libpng, WebP via
+// libwebp, TIFF via libtiff, BMP/PPM/PGM via stb_image), at full
 // size and at a reduced DCT scale. Any bytes give pixels or a
 // std::runtime_error; the pixel cap holds before anything large is allocated.
 #include <cstddef>

@@ -2,7 +2,8 @@
 # Builds the libFuzzer targets with clang (AddressSanitizer + UBSan) in
 # build-fuzz/ and runs each for SECONDS seconds (default 600), growing the
 # corpora kept in fuzz/corpus/ (new inputs are added there; commit them).
-# Crashes are written to build-fuzz/findings/. Needs clang and
+# Crashes are written to build-fuzz/findings/, and make the script exit 1
+# (findings of an earlier run count until removed). Needs clang and
 # libclang-rt-14-dev (Debian). Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +37,11 @@ for target in "${targets[@]}"; do
   build-fuzz/fuzz/fuzz_$target -merge=1 -artifact_prefix=build-fuzz/findings/$target-merge- \
     fuzz/corpus/$target build-fuzz/corpus/$target > /dev/null 2>&1 || true
 done
-ls build-fuzz/findings
+# A finding fails the script (and so CI): crashes, leaks, timeouts and
+# out-of-memory inputs are all written there.
+if [ -n "$(ls -A build-fuzz/findings)" ]; then
+  echo "fuzz: findings in build-fuzz/findings:" >&2
+  ls -l build-fuzz/findings >&2
+  exit 1
+fi
+echo "fuzz: no findings"

@@ -19,7 +19,7 @@ sanitizer_tree() {  # DIR SANITIZERS "CMAKE ARGS" TARGETS...
     -DFLOWRUN_BUILD_BENCH=OFF -DFLOWRUN_BUILD_EXAMPLE_PLUGIN=OFF >/dev/null
   cmake --build "$dir" --target "$@"
 }
-sanitizer_tree build-asan address,undefined "" engine_tests data_tests
+sanitizer_tree build-asan address,undefined "" engine_tests data_tests replay_graph replay_decode
 echo "sanitizer-trees: build-asan/ is up to date"
 scripts/tsan-onetbb.sh build-tsan/onetbb
 sanitizer_tree build-tsan thread "-DTBB_DIR=$PWD/build-tsan/onetbb/prefix/lib/cmake/TBB" engine_tests data_tests

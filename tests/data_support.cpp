@@ -54,7 +54,8 @@ std::vector<uint8_t> encode_cmyk_jpeg(const uint8_t cmyk[4], int width, int heig
   return bytes;
 }
 
-std::vector<uint8_t> encode_png(const stages::Image& image, int color_type, int bit_depth) {
+std::vector<uint8_t> encode_png(const stages::Image& image, int color_type, int bit_depth,
+                                bool transparent_outside_disc) {
   png_image png;
   std::memset(&png, 0, sizeof png);
   png.version = PNG_IMAGE_VERSION;
@@ -69,7 +70,10 @@ std::vector<uint8_t> encode_png(const stages::Image& image, int color_type, int 
   std::vector<uint8_t> narrow(n * channels);
   for (size_t i = 0; i < n; ++i)
     for (int c = 0; c < channels; ++c) {
-      uint8_t v = c < 3 ? image.pixels[3 * i + (channels == 1 ? 0 : c)] : 255;
+      const double dx = static_cast<double>(i % image.width) - image.width / 2.0,
+                   dy = static_cast<double>(i / image.width) - image.height / 2.0;
+      const bool inside = dx * dx + dy * dy < image.width * image.height / 9.0;
+      uint8_t v = c < 3 ? image.pixels[3 * i + (channels == 1 ? 0 : c)] : (inside || !transparent_outside_disc ? 255 : 0);
       narrow[i * channels + c] = v;
       wide[i * channels + c] = static_cast<uint16_t>(v * 257);
     }

@@ -20,7 +20,10 @@ stages::Image pattern_image(int width, int height, int seed = 0);
 std::vector<uint8_t> encode_jpeg(const stages::Image& image, int quality = 95, bool grayscale = false);
 std::vector<uint8_t> encode_cmyk_jpeg(const uint8_t cmyk[4], int width, int height);
 // color_type: PNG_COLOR_TYPE_RGB, _GRAY, _RGBA...; bit_depth 8 or 16.
-std::vector<uint8_t> encode_png(const stages::Image& image, int color_type, int bit_depth = 8);
+// RGBA is opaque, or with `transparent_outside_disc` (8 bit) fully
+// transparent outside a centred disc, the colour stored there unchanged.
+std::vector<uint8_t> encode_png(const stages::Image& image, int color_type, int bit_depth = 8,
+                                bool transparent_outside_disc = false);
 void write_file(const std::string& path, const std::vector<uint8_t>& bytes);
 
 // root/<class>/<class>_<i>.jpg for each class, `per_class` images of w x h.

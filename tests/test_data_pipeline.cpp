@@ -107,13 +107,15 @@ TEST(ImageFolder, EmptyOrMissingIsAClearError) {
   EXPECT_EQ(error_of(root + "/missing"), root + "/missing: not a folder (expected one subfolder per class)");
   test::write_file(root + "/cats/a.jpg", test::encode_jpeg(test::pattern_image(8, 8)));
   test::write_file(root + "/dogs/readme.txt", {'x'});
-  EXPECT_EQ(error_of(root), root + "/dogs: class folder has no images (.jpg, .jpeg, .png)");
+  EXPECT_EQ(error_of(root),
+            root + "/dogs: class folder has no images (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp; 1 file of other types)");
   // Through a run: exit with the stage named.
   try {
     run_figures("source = imagefolder root=\"" + root + "\"\nsink = sink\n", 1);
     FAIL();
   } catch (const StageError& e) {
-    EXPECT_EQ(std::string(e.what()), "stage 'source' (imagefolder): " + root + "/dogs: class folder has no images (.jpg, .jpeg, .png)");
+    EXPECT_EQ(std::string(e.what()), "stage 'source' (imagefolder): " + root +
+                "/dogs: class folder has no images (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp; 1 file of other types)");
   }
 }
 

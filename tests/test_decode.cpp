@@ -2,11 +2,17 @@
 #include <gtest/gtest.h>
 #include <png.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "data_support.h"
 #include "pipeline/executor.h"
+#include "stages/data/imagefolder.h"
 #include "stages/data/sample.h"
 #include "stages/image/decode.h"
 #include "test_support.h"
@@ -65,21 +71,117 @@ TEST(Decode, CmykJpegComesOutRgb) {
   EXPECT_NEAR(image.pixels[2], 0, 3);
 }
 
-TEST(Decode, PngOfEveryKindComesOutRgb) {
-  Image original = test::pattern_image(40, 30);
-  for (int type : {PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGBA, PNG_COLOR_TYPE_GRAY})
-    for (int depth : {8, 16}) {
-      auto bytes = test::encode_png(original, type, depth);
-      Image image = decode_image(bytes.data(), bytes.size(), kMaxPixels);
-      ASSERT_EQ(image.channels, 3) << type << "/" << depth;
-      ASSERT_EQ(image.width, 40);
-      if (type != PNG_COLOR_TYPE_GRAY && depth == 8) {
-        EXPECT_EQ(image.pixels, original.pixels) << type;
-      }
-      if (type == PNG_COLOR_TYPE_GRAY && depth == 8) {
-        EXPECT_EQ(image.pixels[3], original.pixels[3]);
-      }
+namespace {
+// The oracle's files (tests/oracle/pil_images.py): every kind of image file,
+// each with PIL's Image.open(f).convert('RGB') pixels. Made once per run.
+struct OracleCase {
+  std::string name;
+  int width = 0, height = 0;
+};
+const std::string& oracle_dir() {
+  static const std::string dir = [] {
+    std::string d = test::temp_dir();
+    std::string command = "/usr/bin/python3 -W ignore '" FLOWRUN_SOURCE_DIR "/tests/oracle/pil_images.py' '" + d + "'";
+    if (std::system(command.c_str()) != 0) throw std::runtime_error("oracle failed: " + command);
+    return d;
+  }();
+  return dir;
+}
+std::vector<uint8_t> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+// Decodes each oracle file whose name ends with one of `extensions` and
+// compares it with PIL's pixels; returns how many files were compared.
+int expect_pil_parity(const std::vector<std::string>& extensions) {
+  std::ifstream manifest(oracle_dir() + "/manifest.txt");
+  int compared = 0;
+  for (OracleCase c; manifest >> c.name >> c.width >> c.height;) {
+    bool wanted = false;
+    for (const auto& ext : extensions)
+      wanted |= c.name.size() > ext.size() && c.name.compare(c.name.size() - ext.size(), ext.size(), ext) == 0;
+    if (!wanted) continue;
+    auto bytes = read_bytes(oracle_dir() + "/" + c.name);
+    auto pil = read_bytes(oracle_dir() + "/" + c.name + ".rgb");
+    Image image;
+    try {
+      image = decode_image(bytes.data(), bytes.size(), kMaxPixels);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << c.name << ": " << e.what();
+      continue;
     }
+    ++compared;
+    EXPECT_EQ(image.width, c.width) << c.name;
+    EXPECT_EQ(image.height, c.height) << c.name;
+    EXPECT_EQ(image.channels, 3) << c.name;
+    if (image.pixels.size() != pil.size()) {
+      ADD_FAILURE() << c.name << ": " << image.pixels.size() << " bytes, PIL " << pil.size();
+      continue;
+    }
+    size_t differ = 0, first = 0;
+    int worst = 0;
+    for (size_t i = 0; i < pil.size(); ++i)
+      if (image.pixels[i] != pil[i]) {
+        if (!differ++) first = i;
+        worst = std::max(worst, std::abs(image.pixels[i] - pil[i]));
+      }
+    EXPECT_EQ(differ, 0u) << c.name << ": " << differ << " of " << pil.size() << " bytes differ from PIL, by up to "
+                          << worst << "; first at pixel " << first / 3 << " channel " << first % 3 << ": "
+                          << int(image.pixels[first]) << " vs PIL " << int(pil[first]);
+  }
+  return compared;
+}
+}  // namespace
+
+// Every PNG colour type and bit depth (grey 1/2/4/8/16, grey+alpha 8/16,
+// palette 1/2/4/8 with and without tRNS, RGB 8/16 with and without tRNS,
+// RGBA 8/16), plain and Adam7-interlaced, equals PIL's convert('RGB') byte
+// for byte: alpha dropped keeping the stored colour (white under the
+// transparent background here), 16-bit RGB as v >> 8, 16-bit grey clipped.
+TEST(Decode, PngOfEveryKindEqualsPil) {
+  EXPECT_EQ(expect_pil_parity({".png"}), 44);
+}
+
+// Greyscale, CMYK (Adobe, inverted), baseline and progressive, 4:4:4 / 4:2:2
+// / 4:2:0 JPEGs; and WebP, TIFF, BMP, PPM/PGM of their common kinds.
+TEST(Decode, JpegWebpTiffBmpPnmOfEveryKindEqualPil) {
+  EXPECT_EQ(expect_pil_parity({".jpg"}), 5);
+  EXPECT_EQ(expect_pil_parity({".webp"}), 4);
+  EXPECT_EQ(expect_pil_parity({".tif", ".tiff"}), 10);
+  EXPECT_EQ(expect_pil_parity({".bmp", ".ppm", ".pgm"}), 6);
+}
+
+// A 16-bit file gives the same pixels as its 8-bit twin (v >> 8, as PIL),
+// not gamma-encoded as if linear (32768 came out 186, 16384 136).
+TEST(Decode, SixteenBitRgbPngEqualsItsEightBitTwin) {
+  for (int value : {32768, 16384, 65535, 255}) {
+    Image uniform(8, 4, 3);
+    std::fill(uniform.pixels.begin(), uniform.pixels.end(), static_cast<uint8_t>(value >> 8));
+    auto eight = test::encode_png(uniform, PNG_COLOR_TYPE_RGB, 8);
+    auto sixteen = test::encode_png(uniform, PNG_COLOR_TYPE_RGB, 16);  // each sample v * 257
+    Image a = decode_image(eight.data(), eight.size(), kMaxPixels);
+    Image b = decode_image(sixteen.data(), sixteen.size(), kMaxPixels);
+    EXPECT_EQ(a.pixels, b.pixels) << value;
+    EXPECT_EQ(b.pixels[0], value >> 8) << value;
+  }
+}
+
+// The transparent part of an RGBA PNG comes from the file, the same on
+// every decode: each decode first dirties the heap where its buffer lands.
+TEST(Decode, TransparentPixelsKeepTheirStoredColourEveryTime) {
+  Image opaque = test::pattern_image(32, 32);
+  for (size_t i = 0; i < 32 * 32; ++i)  // a coloured disc; outside it, transparent white
+    if (std::hypot(i % 32 - 16.0, i / 32 - 16.0) >= 32 / 3.0) std::fill_n(&opaque.pixels[3 * i], 3, 255);
+  auto bytes = test::encode_png(opaque, PNG_COLOR_TYPE_RGBA, 8, /*transparent_outside_disc=*/true);
+  for (int round = 0; round < 4; ++round) {
+    {
+      std::vector<uint8_t> junk(32 * 32 * 3, static_cast<uint8_t>(17 + 80 * round));
+      volatile uint8_t sink = junk[5];
+      (void)sink;
+    }
+    Image image = decode_image(bytes.data(), bytes.size(), kMaxPixels);
+    EXPECT_EQ(image.pixels, opaque.pixels) << "round " << round;
+  }
 }
 
 TEST(Decode, ReducedDctScaleKeepsTheShorterSideAboveTheTarget) {
@@ -115,7 +217,7 @@ TEST(Decode, BadBytesAreClearErrors) {
   auto truncated = std::vector<uint8_t>(jpeg.begin(), jpeg.begin() + jpeg.size() / 2);
   EXPECT_EQ(decode_error(truncated).rfind("corrupt JPEG: ", 0), 0u) << decode_error(truncated);
   EXPECT_EQ(decode_error({}), "empty file");
-  EXPECT_EQ(decode_error({'h', 'e', 'l', 'l', 'o'}), "not a JPEG or PNG image");
+  EXPECT_EQ(decode_error({'h', 'e', 'l', 'l', 'o'}), "not an image flowrun reads (JPEG, PNG, WebP, TIFF, BMP, PPM/PGM)");
   EXPECT_EQ(decode_error({0xFF, 0xD8, 0xFF}).rfind("corrupt JPEG", 0), 0u) << decode_error({0xFF, 0xD8, 0xFF});
   // A failure leaves the thread able to decode the next good file.
   Image after = decode_image(jpeg.data(), jpeg.size(), kMaxPixels);
@@ -170,7 +272,8 @@ TEST(Decode, BadFilesAreSkippedAndCountedOrStopTheRun) {
   FolderRun fail = run_decode_graph(root, "fail");
   // Whichever bad file a decode thread met first, named with what is wrong.
   bool named = fail.error == "stage 'decode' (decode): " + root + "/a/empty.jpg: empty file" ||
-               fail.error == "stage 'decode' (decode): " + root + "/b/text.png: not a JPEG or PNG image" ||
+               fail.error == "stage 'decode' (decode): " + root +
+                                 "/b/text.png: not an image flowrun reads (JPEG, PNG, WebP, TIFF, BMP, PPM/PGM)" ||
                fail.error.rfind("stage 'decode' (decode): " + root + "/b/truncated.jpeg: corrupt JPEG: ", 0) == 0;
   EXPECT_TRUE(named) << fail.error;
 }
@@ -200,4 +303,65 @@ TEST(Decode, HostileFolderEntriesAreDecodedSkippedOrIgnored) {
   EXPECT_EQ(decode.figures.at("decoded"), 5.0);  // 2 + 2 + the non-UTF-8 name
   EXPECT_EQ(decode.figures.at("skipped"), 2.0);  // unreadable, bomb; the rest is never listed
   EXPECT_EQ(skip.result.stages.back().figures.at("items"), 5.0);
+}
+
+// torchvision's ImageFolder extensions, any case; the bytes decide the
+// format (a .tif that is really a JPEG decodes); other types are counted
+// in the source's figures, never silently dropped.
+TEST(ImageFolder, TakesTorchvisionsFileTypesAndCountsTheOthers) {
+  std::string root = test::make_jpeg_folder({"a", "b"}, 4, 24, 20);
+  for (const char* name : {"lossy.webp", "rgb.bmp", "rgb_lzw.tiff", "rgb.ppm", "grey.pgm", "rgb.tif"}) {
+    std::string ext = std::filesystem::path(name).extension().string();
+    for (auto& c : ext) c = static_cast<char>(std::toupper(c));  // upper-case names count too
+    test::write_file(root + "/a/" + std::string(name).substr(0, std::string(name).find('.')) + ext,
+                     read_bytes(oracle_dir() + "/" + name));
+  }
+  test::write_file(root + "/a/really_a_jpeg.tif", test::encode_jpeg(test::pattern_image(20, 20), 90));
+  test::write_file(root + "/a/a4.gif", {'G', 'I', 'F', '8', '9', 'a'});
+  test::write_file(root + "/a/notes.txt", {'x'});
+  test::write_file(root + "/b/sub/readme.md", {'x'});
+  FolderRun run = run_decode_graph(root, "fail");
+  ASSERT_EQ(run.error, "");
+  const auto& source = run.result.stages[0];
+  EXPECT_EQ(source.figures.at("dataset_size"), 15.0);  // 4 + 6 + 1 in a, 4 in b
+  EXPECT_EQ(source.figures.at("other_files_ignored"), 3.0);
+  EXPECT_EQ(run.result.stages[1].figures.at("decoded"), 15.0);
+}
+
+// A dataset unzipped from a Mac archive: __MACOSX/ beside the classes,
+// "._name.jpg" AppleDouble files and .DS_Store inside them, a hidden folder.
+// None of it is a class or a sample; real classes keep their labels.
+TEST(ImageFolder, HiddenEntriesAndMacDebrisAreLeftOut) {
+  std::string root = test::make_jpeg_folder({"cat", "dog"}, 2, 16, 16);
+  const std::vector<uint8_t> apple_double = {0x00, 0x05, 0x16, 0x07, 0x00, 0x02, 0x00, 0x00};
+  test::write_file(root + "/__MACOSX/cat/._cat_0.jpg", apple_double);
+  test::write_file(root + "/.git/HEAD", {'x'});
+  test::write_file(root + "/cat/._cat_0.jpg", apple_double);
+  test::write_file(root + "/cat/.DS_Store", {'x'});
+  test::write_file(root + "/dog/.thumbnails/t.jpg", test::encode_jpeg(test::pattern_image(8, 8)));
+  stages::FolderListing listing = stages::list_image_folder(root);
+  EXPECT_EQ(listing.class_names, (std::vector<std::string>{"cat", "dog"}));
+  EXPECT_EQ(listing.paths.size(), 4u);
+  EXPECT_EQ(listing.labels, (std::vector<int64_t>{0, 0, 1, 1}));
+  EXPECT_EQ(listing.ignored.hidden, 5);  // __MACOSX, .git, ._cat_0.jpg, .DS_Store, .thumbnails
+  EXPECT_EQ(listing.ignored.other_types, 0);
+  FolderRun run = run_decode_graph(root, "fail");
+  ASSERT_EQ(run.error, "");
+  EXPECT_EQ(run.result.stages[0].figures.at("classes"), 2.0);
+  EXPECT_EQ(run.result.stages[0].figures.at("hidden_ignored"), 5.0);
+}
+
+// on_error=skip skips files, not classes: a class folder none of whose
+// files decode stops the run, naming the class, never an empty class.
+TEST(Decode, ClassWithNoDecodableFileIsAnErrorEvenWhenSkipping) {
+  std::string root = test::make_jpeg_folder({"a", "c"}, 2, 16, 16);
+  test::write_file(root + "/b/one.jpg", {'n', 'o', 'p', 'e'});
+  test::write_file(root + "/b/two.png", {});
+  FolderRun run = run_decode_graph(root, "skip");
+  EXPECT_EQ(run.error, "stage 'decode' (decode): class 'b' of " + root +
+                           ": none of its 2 files visited could be decoded (see the warnings above); fix or remove them");
+  // One good file is enough.
+  test::write_file(root + "/b/three.jpg", test::encode_jpeg(test::pattern_image(16, 16)));
+  FolderRun fixed = run_decode_graph(root, "skip");
+  EXPECT_EQ(fixed.error, "");
 }

@@ -62,7 +62,8 @@ ImageList::ImageList(const StageInit& init)
     std::error_code ec;
     if (!fs::is_directory(root, ec)) throw std::runtime_error(root + ": not a folder");
     paths_ = list_images_below(root);
-    if (paths_.empty()) throw std::runtime_error(root + ": no images (.jpg, .jpeg, .png) below this folder");
+    if (paths_.empty())
+      throw std::runtime_error(root + ": no images (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp) below this folder");
     labels.assign(paths_.size(), -1);
   }
   set_dataset(std::move(labels), std::move(classes));

@@ -5,14 +5,34 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <spdlog/spdlog.h>
+#include <tiffio.h>
 #include <turbojpeg.h>
+#include <webp/decode.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cstdarg>
+#include <csetjmp>
+#include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <string>
+#include <vector>
 #include <stdexcept>
 
 #include "pipeline/registry.h"
 #include "stages/data/sample.h"
+
+// stb_image's BMP and PNM readers, compiled into this file only.
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_STATIC
+#define STBI_ONLY_BMP
+#define STBI_ONLY_PNM
+#define STBI_NO_STDIO
+#define STBI_NO_LINEAR
+#define STBI_NO_HDR
+#include <stb/stb_image.h>
 
 namespace flowrun::stages {
 
@@ -46,6 +66,21 @@ void check_size(int64_t width, int64_t height, int64_t max_pixels, const char* w
   if (width * height > max_pixels)
     throw std::runtime_error(std::string(what) + " of " + std::to_string(width) + "x" + std::to_string(height) +
                              " pixels exceeds max_pixels=" + std::to_string(max_pixels));
+}
+
+// CMYK to RGB as PIL's convert('RGB') does (Pillow's cmyk2rgb): with
+// nk = 255 - K, R = nk - round(C * nk / 255), likewise G and B. `inverted`:
+// the samples are stored inverted (Adobe's convention, which PIL assumes for
+// every CMYK JPEG: rawmode "CMYK;I"), as libjpeg hands them back.
+void cmyk_to_rgb(const uint8_t* s, uint8_t* d, size_t n, bool inverted) {
+  const int flip = inverted ? 255 : 0;
+  for (size_t i = 0; i < n; ++i, s += 4, d += 3) {
+    const int nk = 255 - (s[3] ^ flip);
+    for (int c = 0; c < 3; ++c) {
+      int t = (s[c] ^ flip) * nk + 128;  // Pillow's MULDIV255: a * b / 255, rounded
+      d[c] = static_cast<uint8_t>(nk - (((t >> 8) + t) >> 8));
+    }
+  }
 }
 
 Image decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels, int min_short_side, bool fast) {
@@ -82,39 +117,315 @@ Image decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels, int min_
     if (tjGetErrorCode(h) != TJERR_WARNING || message.find("Premature end") != std::string::npos) jpeg_fail(message);
   }
   if (cmyk) {
-    // Adobe JPEGs store inverted CMYK; libjpeg hands it back as stored.
     Image rgb(out_w, out_h, 3);
-    const uint8_t* s = image.pixels.data();
-    uint8_t* d = rgb.pixels.data();
-    for (size_t i = 0, n = static_cast<size_t>(out_w) * out_h; i < n; ++i, s += 4, d += 3) {
-      d[0] = static_cast<uint8_t>(s[0] * s[3] / 255);
-      d[1] = static_cast<uint8_t>(s[1] * s[3] / 255);
-      d[2] = static_cast<uint8_t>(s[2] * s[3] / 255);
-    }
+    cmyk_to_rgb(image.pixels.data(), rgb.pixels.data(), static_cast<size_t>(out_w) * out_h, /*inverted=*/true);
     return rgb;
   }
   return image;
 }
 
+// PNG with libpng's full API rather than the simplified one: the simplified
+// API composites alpha onto the (uninitialised) output buffer and treats
+// 16-bit samples as linear light, so it gives neither PIL's pixels nor the
+// same pixels twice. Here every sample is taken as stored and converted as
+// PIL's Image.open(f).convert('RGB') does (Pillow 9.4, torchvision's loader):
+//   grey 1/2/4/8 bit: scaled to 0..255 and repeated (as PIL's "1"/"L;2"/"L;4");
+//   grey 16 bit: PIL opens it in mode "I" and "I" -> "RGB" clips, so
+//     min(v, 255) (a 16-bit grey photo comes out nearly white, in PIL too);
+//   grey+alpha, RGB, RGBA at 16 bit: the high byte (v >> 8, PIL's ";16B" modes);
+//   alpha and tRNS are dropped, keeping the stored colour; palette entries
+//   are looked up (tRNS ignored); gAMA/sRGB/iCCP are ignored, as PIL does.
+struct PngRead {
+  png_structp png = nullptr;
+  png_infop info = nullptr;
+  const uint8_t* data = nullptr;
+  size_t size = 0, pos = 0;
+  char message[200] = "";
+  ~PngRead() { png_destroy_read_struct(&png, &info, nullptr); }
+};
+
+void png_error_fn(png_structp png, png_const_charp message) {
+  auto* read = static_cast<PngRead*>(png_get_error_ptr(png));
+  std::snprintf(read->message, sizeof read->message, "%s", message ? message : "libpng error");
+  png_longjmp(png, 1);
+}
+void png_warning_fn(png_structp, png_const_charp) {}  // PIL decodes through the same warnings
+
+void png_read_fn(png_structp png, png_bytep out, png_size_t length) {
+  auto* read = static_cast<PngRead*>(png_get_io_ptr(png));
+  if (length > read->size - read->pos) png_error(png, "file ends early");
+  std::memcpy(out, read->data + read->pos, length);
+  read->pos += length;
+}
+
+// The setjmp frames hold only trivially destructible locals, so a longjmp
+// out of libpng skips no destructor.
+bool png_read_header(PngRead& r, png_uint_32& width, png_uint_32& height) {
+  if (setjmp(png_jmpbuf(r.png))) return false;
+  png_set_read_fn(r.png, &r, png_read_fn);
+  png_set_user_limits(r.png, 0x7fffffff, 0x7fffffff);  // max_pixels is the limit, checked below
+  png_read_info(r.png, r.info);
+  width = png_get_image_width(r.png, r.info);
+  height = png_get_image_height(r.png, r.info);
+  return true;
+}
+
+bool png_prepare(PngRead& r, int& channels, int& depth, size_t& row_bytes) {
+  if (setjmp(png_jmpbuf(r.png))) return false;
+  int color_type = png_get_color_type(r.png, r.info);
+  if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(r.png);
+  if (color_type == PNG_COLOR_TYPE_GRAY && png_get_bit_depth(r.png, r.info) < 8) png_set_expand_gray_1_2_4_to_8(r.png);
+  png_set_interlace_handling(r.png);
+  png_read_update_info(r.png, r.info);
+  channels = png_get_channels(r.png, r.info);
+  depth = png_get_bit_depth(r.png, r.info);
+  row_bytes = png_get_rowbytes(r.png, r.info);
+  return true;
+}
+
+bool png_read_rows(PngRead& r, png_bytepp rows) {
+  if (setjmp(png_jmpbuf(r.png))) return false;
+  png_read_image(r.png, rows);
+  return true;
+}
+
 Image decode_png(const uint8_t* data, size_t size, int64_t max_pixels) {
-  png_image png;
-  std::memset(&png, 0, sizeof png);
-  png.version = PNG_IMAGE_VERSION;
-  if (!png_image_begin_read_from_memory(&png, data, size))
-    throw std::runtime_error(std::string("corrupt PNG: ") + png.message);
-  try {
-    check_size(png.width, png.height, max_pixels, "PNG");
-  } catch (...) {
-    png_image_free(&png);
-    throw;
+  PngRead r;
+  r.data = data;
+  r.size = size;
+  r.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &r, png_error_fn, png_warning_fn);
+  if (r.png) r.info = png_create_info_struct(r.png);
+  if (!r.png || !r.info) throw std::runtime_error("cannot create a PNG decoder");
+  png_uint_32 width = 0, height = 0;
+  if (!png_read_header(r, width, height)) throw std::runtime_error(std::string("corrupt PNG: ") + r.message);
+  check_size(width, height, max_pixels, "PNG");
+  // Rows as libpng gives them (1 to 4 channels of 8 or 16 bits), then to RGB.
+  int channels = 0, depth = 0;
+  size_t row_bytes = 0;
+  if (!png_prepare(r, channels, depth, row_bytes)) throw std::runtime_error(std::string("corrupt PNG: ") + r.message);
+  if (channels < 1 || channels > 4 || (depth != 8 && depth != 16) ||
+      row_bytes != static_cast<size_t>(width) * channels * (depth / 8))
+    throw std::runtime_error("corrupt PNG: unexpected layout after expansion");
+  PixelBuffer<uint8_t> raw(row_bytes * height);
+  std::vector<png_bytep> rows(height);
+  for (png_uint_32 y = 0; y < height; ++y) rows[y] = raw.data() + y * row_bytes;
+  if (!png_read_rows(r, rows.data())) throw std::runtime_error(std::string("corrupt PNG: ") + r.message);
+  Image image(static_cast<int>(width), static_cast<int>(height), 3);
+  const bool grey = channels <= 2;
+  const int bytes = depth / 8, step = channels * bytes;
+  for (png_uint_32 y = 0; y < height; ++y) {
+    const uint8_t* s = rows[y];
+    uint8_t* d = image.pixels.data() + static_cast<size_t>(y) * width * 3;
+    for (png_uint_32 x = 0; x < width; ++x, s += step, d += 3) {
+      if (grey) {
+        // 16-bit grey alone is PIL's mode "I" (clipped); with alpha it is "LA;16B" (high byte).
+        uint8_t v = depth == 8 ? s[0] : channels == 1 ? static_cast<uint8_t>(std::min(s[0] * 256 + s[1], 255)) : s[0];
+        d[0] = d[1] = d[2] = v;
+      } else {
+        d[0] = s[0];  // 8 bit: the sample; 16 bit: its high byte (big-endian)
+        d[1] = s[bytes];
+        d[2] = s[2 * bytes];
+      }
+    }
   }
-  png.format = PNG_FORMAT_RGB;  // grey, palette, 16-bit and alpha (composited on black) all become 8-bit RGB
-  Image image(static_cast<int>(png.width), static_cast<int>(png.height), 3);
-  if (!png_image_finish_read(&png, nullptr, image.pixels.data(), 0, nullptr)) {
-    std::string message = png.message;
-    png_image_free(&png);
-    throw std::runtime_error("corrupt PNG: " + message);
+  return image;
+}
+
+// WebP with libwebp (still images; PIL gives an animation's first frame,
+// flowrun refuses animations). Alpha is dropped, keeping the stored colour.
+Image decode_webp(const uint8_t* data, size_t size, int64_t max_pixels) {
+  WebPBitstreamFeatures features;
+  if (WebPGetFeatures(data, size, &features) != VP8_STATUS_OK) throw std::runtime_error("corrupt WebP: bad header");
+  if (features.has_animation) throw std::runtime_error("animated WebP is not supported");
+  check_size(features.width, features.height, max_pixels, "WebP");
+  Image image(features.width, features.height, 3);
+  if (!WebPDecodeRGBInto(data, size, image.pixels.data(), image.pixels.size(), features.width * 3))
+    throw std::runtime_error("corrupt WebP: cannot decode the bitstream");
+  return image;
+}
+
+// TIFF with libtiff, from memory, through its RGBA interface (any
+// compression, strips or tiles, palette, bilevel, YCbCr, CMYK...), first
+// page only, as PIL. Errors go to this decode's own handler, not libtiff's
+// global one.
+struct TiffMemory {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  size_t pos = 0;
+  std::string message;
+};
+
+tmsize_t tiff_read(thandle_t handle, void* out, tmsize_t n) {
+  auto* m = static_cast<TiffMemory*>(handle);
+  if (n < 0) return 0;
+  size_t count = std::min(static_cast<size_t>(n), m->size - m->pos);
+  std::memcpy(out, m->data + m->pos, count);
+  m->pos += count;
+  return static_cast<tmsize_t>(count);
+}
+tmsize_t tiff_write(thandle_t, void*, tmsize_t) { return 0; }
+toff_t tiff_seek(thandle_t handle, toff_t offset, int whence) {
+  auto* m = static_cast<TiffMemory*>(handle);
+  uint64_t base = whence == SEEK_CUR ? m->pos : whence == SEEK_END ? m->size : 0;
+  if (offset > m->size || base + offset > m->size) return static_cast<toff_t>(-1);
+  m->pos = static_cast<size_t>(base + offset);
+  return m->pos;
+}
+int tiff_close(thandle_t) { return 0; }
+toff_t tiff_size(thandle_t handle) { return static_cast<TiffMemory*>(handle)->size; }
+int tiff_map(thandle_t, void**, toff_t*) { return 0; }  // no mapping: every read goes through tiff_read's bounds
+void tiff_unmap(thandle_t, void*, toff_t) {}
+int tiff_error(TIFF*, void* user, const char* module, const char* format, va_list args) {
+  auto* m = static_cast<TiffMemory*>(user);
+  if (m->message.empty()) {
+    char text[300];
+    std::vsnprintf(text, sizeof text, format, args);
+    m->message = text;
   }
+  return 1;  // handled: libtiff's global handler (stderr) stays quiet
+}
+int tiff_warning(TIFF*, void*, const char*, const char*, va_list) { return 1; }
+
+Image decode_tiff(const uint8_t* data, size_t size, int64_t max_pixels) {
+  TiffMemory memory;
+  memory.data = data;
+  memory.size = size;
+  TIFFOpenOptions* options = TIFFOpenOptionsAlloc();
+  if (!options) throw std::runtime_error("cannot create a TIFF decoder");
+  TIFFOpenOptionsSetErrorHandlerExtR(options, tiff_error, &memory);
+  TIFFOpenOptionsSetWarningHandlerExtR(options, tiff_warning, &memory);
+  // No single allocation beyond what max_pixels allows (RGBA, 16 bit) plus slack for tables.
+  TIFFOpenOptionsSetMaxSingleMemAlloc(options, static_cast<tmsize_t>(std::min<int64_t>(max_pixels, int64_t{1} << 36) * 8 + (16 << 20)));
+  TIFF* tiff = TIFFClientOpenExt("image", "rm", &memory, tiff_read, tiff_write, tiff_seek, tiff_close, tiff_size,
+                                 tiff_map, tiff_unmap, options);
+  TIFFOpenOptionsFree(options);
+  if (!tiff) throw std::runtime_error("corrupt TIFF: " + (memory.message.empty() ? std::string("cannot open") : memory.message));
+  std::unique_ptr<TIFF, void (*)(TIFF*)> closer(tiff, TIFFClose);
+  uint32_t width = 0, height = 0;
+  TIFFGetField(tiff, TIFFTAG_IMAGEWIDTH, &width);
+  TIFFGetField(tiff, TIFFTAG_IMAGELENGTH, &height);
+  check_size(width, height, max_pixels, "TIFF");
+  // Two kinds where libtiff's RGBA interface rounds otherwise than PIL, read
+  // row by row here instead (strips only; tiled ones take the RGBA path):
+  // 16-bit greyscale, which PIL opens as "I;16" and converts to RGB by
+  // clipping, min(v, 255); and 8-bit CMYK, converted as PIL's cmyk2rgb.
+  uint16_t bits = 0, samples = 0, photometric = 0, planar = PLANARCONFIG_CONTIG, inkset = INKSET_CMYK;
+  TIFFGetFieldDefaulted(tiff, TIFFTAG_BITSPERSAMPLE, &bits);
+  TIFFGetFieldDefaulted(tiff, TIFFTAG_SAMPLESPERPIXEL, &samples);
+  TIFFGetFieldDefaulted(tiff, TIFFTAG_PLANARCONFIG, &planar);
+  TIFFGetFieldDefaulted(tiff, TIFFTAG_INKSET, &inkset);
+  TIFFGetField(tiff, TIFFTAG_PHOTOMETRIC, &photometric);
+  const bool grey16 = bits == 16 && samples == 1 && photometric == PHOTOMETRIC_MINISBLACK;
+  const bool cmyk = bits == 8 && samples == 4 && photometric == PHOTOMETRIC_SEPARATED && inkset == INKSET_CMYK;
+  if ((grey16 || cmyk) && planar == PLANARCONFIG_CONTIG && !TIFFIsTiled(tiff)) {
+    const uint64_t line_bytes = static_cast<uint64_t>(width) * (grey16 ? 2 : 4);
+    if (TIFFScanlineSize64(tiff) != line_bytes) throw std::runtime_error("corrupt TIFF: bad scanline size");
+    std::vector<uint8_t> line(line_bytes);
+    Image image(static_cast<int>(width), static_cast<int>(height), 3);
+    for (uint32_t y = 0; y < height; ++y) {
+      if (TIFFReadScanline(tiff, line.data(), y, 0) < 0)
+        throw std::runtime_error("corrupt TIFF: " + (memory.message.empty() ? std::string("cannot read a row") : memory.message));
+      uint8_t* d = image.row(static_cast<int>(y));
+      if (cmyk) {
+        cmyk_to_rgb(line.data(), d, width, /*inverted=*/false);
+        continue;
+      }
+      const auto* v = reinterpret_cast<const uint16_t*>(line.data());  // host order: libtiff swaps
+      for (uint32_t x = 0; x < width; ++x, d += 3) d[0] = d[1] = d[2] = static_cast<uint8_t>(std::min<uint16_t>(v[x], 255));
+    }
+    return image;
+  }
+  // PIL keeps the colour stored under unassociated alpha; libtiff's RGBA
+  // interface would premultiply it, so the alpha is declared associated
+  // (in memory only), which passes the samples through unchanged.
+  uint16_t extra_count = 0;
+  uint16_t* extra = nullptr;
+  if (TIFFGetField(tiff, TIFFTAG_EXTRASAMPLES, &extra_count, &extra) && extra_count > 0 && extra &&
+      extra[0] == EXTRASAMPLE_UNASSALPHA) {
+    std::vector<uint16_t> associated(extra, extra + extra_count);
+    associated[0] = EXTRASAMPLE_ASSOCALPHA;
+    TIFFSetField(tiff, TIFFTAG_EXTRASAMPLES, extra_count, associated.data());
+  }
+  char why[1024] = "";
+  TIFFRGBAImage rgba;
+  if (!TIFFRGBAImageOK(tiff, why) || !TIFFRGBAImageBegin(&rgba, tiff, /*stop on error=*/1, why))
+    throw std::runtime_error(std::string("unsupported TIFF: ") + why);
+  // Rows as stored: PIL ignores the Orientation tag (so does flowrun, as for EXIF).
+  rgba.req_orientation = rgba.orientation;
+  std::vector<uint32_t> raster(static_cast<size_t>(width) * height, 0);
+  int ok = TIFFRGBAImageGet(&rgba, raster.data(), width, height);
+  TIFFRGBAImageEnd(&rgba);
+  if (!ok) throw std::runtime_error("corrupt TIFF: " + (memory.message.empty() ? std::string("cannot decode") : memory.message));
+  Image image(static_cast<int>(width), static_cast<int>(height), 3);
+  uint8_t* d = image.pixels.data();
+  for (uint32_t p : raster) {
+    *d++ = static_cast<uint8_t>(TIFFGetR(p));
+    *d++ = static_cast<uint8_t>(TIFFGetG(p));
+    *d++ = static_cast<uint8_t>(TIFFGetB(p));
+  }
+  return image;
+}
+
+// The byte where a binary PNM's (P5/P6) samples start, its maxval, width and
+// height (each capped at 2^30); throws on a header that is not one.
+size_t pnm_data_offset(const uint8_t* data, size_t size, int& maxval, long* width_height) {
+  size_t i = 2;
+  long values[3] = {0, 0, 0};
+  for (long& value : values) {
+    while (i < size && (std::isspace(data[i]) || data[i] == '#')) {
+      if (data[i] == '#')
+        while (i < size && data[i] != '\n' && data[i] != '\r') ++i;
+      else
+        ++i;
+    }
+    if (i >= size || !std::isdigit(data[i])) throw std::runtime_error("corrupt PNM: bad header");
+    for (; i < size && std::isdigit(data[i]); ++i) value = std::min(value * 10 + (data[i] - '0'), 1L << 30);
+  }
+  if (i >= size || !std::isspace(data[i])) throw std::runtime_error("corrupt PNM: bad header");
+  maxval = static_cast<int>(values[2]);
+  width_height[0] = values[0];
+  width_height[1] = values[1];
+  return i + 1;
+}
+
+// BMP and binary PPM/PGM with stb_image (Debian's libstb-dev, compiled in
+// here so that the sanitizers and the fuzzer see it). stb reads past the end
+// of a short file as zeros where PIL says "truncated": the size a header
+// promises is checked first.
+Image decode_stb(const uint8_t* data, size_t size, int64_t max_pixels, const char* what) {
+  if (size > static_cast<size_t>(std::numeric_limits<int>::max())) throw std::runtime_error(std::string(what) + " too large");
+  int width = 0, height = 0, components = 0;
+  size_t pnm_offset = 0;
+  if (what[0] == 'P') {  // PNM: the header checked here first (stb's integer parsing can overflow)
+    int maxval = 0;
+    long header[2] = {0, 0};
+    pnm_offset = pnm_data_offset(data, size, maxval, header);
+    if (header[0] > (1 << 24) || header[1] > (1 << 24))
+      throw std::runtime_error("PNM of " + std::to_string(header[0]) + "x" + std::to_string(header[1]) +
+                               " pixels: a side over 16777216");
+    if (maxval != 255)
+      throw std::runtime_error("PNM with maxval " + std::to_string(maxval) + " is not supported (only 255)");
+  }
+  if (!stbi_info_from_memory(data, static_cast<int>(size), &width, &height, &components))
+    throw std::runtime_error(std::string("unsupported or corrupt ") + what + ": " + stbi_failure_reason());
+  check_size(width, height, max_pixels, what);
+  uint64_t needed = 0;
+  if (what[0] == 'P') {
+    needed = pnm_offset + static_cast<uint64_t>(width) * height * (data[1] == '6' ? 3 : 1);
+  } else if (size >= 26) {  // BMP: uncompressed (BI_RGB, BI_BITFIELDS) pixel arrays have a known size
+    auto u32 = [&](size_t at) { return uint32_t(data[at]) | uint32_t(data[at + 1]) << 8 | uint32_t(data[at + 2]) << 16 | uint32_t(data[at + 3]) << 24; };
+    const bool info_header = u32(14) >= 40 && size >= 34;  // else the 12-byte OS/2 core header
+    uint32_t compression = info_header ? u32(30) : 0;
+    unsigned bits = info_header ? data[28] | data[29] << 8 : data[24] | data[25] << 8;
+    if (compression == 0 || compression == 3)
+      needed = u32(10) + (static_cast<uint64_t>(width) * bits + 31) / 32 * 4 * static_cast<uint64_t>(height);
+  }
+  if (needed > size) throw std::runtime_error(std::string("corrupt ") + what + ": file ends early");
+  unsigned char* pixels = stbi_load_from_memory(data, static_cast<int>(size), &width, &height, &components, 3);
+  if (!pixels) throw std::runtime_error(std::string("unsupported or corrupt ") + what + ": " + stbi_failure_reason());
+  Image image(width, height, 3);
+  std::memcpy(image.pixels.data(), pixels, image.pixels.size());
+  stbi_image_free(pixels);
   return image;
 }
 
@@ -147,11 +458,27 @@ void read_file(const std::string& path, int64_t max_bytes, PixelBuffer<uint8_t>&
   ::close(fd);
 }
 
+const char* sniff_format(const uint8_t* data, size_t size) {
+  auto starts = [&](const char* magic, size_t n, size_t at = 0) {
+    return size >= at + n && std::memcmp(data + at, magic, n) == 0;
+  };
+  if (starts("\xFF\xD8\xFF", 3)) return "JPEG";
+  if (starts("\x89PNG\r\n\x1A\n", 8)) return "PNG";
+  if (starts("RIFF", 4) && starts("WEBP", 4, 8)) return "WebP";
+  if (starts("II*\0", 4) || starts("MM\0*", 4)) return "TIFF";
+  if (starts("BM", 2)) return "BMP";
+  if (size >= 3 && data[0] == 'P' && (data[1] == '5' || data[1] == '6') && std::isspace(data[2])) return "PNM";
+  if (starts("GIF8", 4)) return "GIF";
+  return nullptr;
+}
+
 }  // namespace
 
 Image decode_image(const uint8_t* data, size_t size, int64_t max_pixels, int min_short_side, bool fast) {
   if (size == 0) throw std::runtime_error("empty file");
-  if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) {
+  const char* format = sniff_format(data, size);
+  const std::string kind = format ? format : "";
+  if (kind == "JPEG") {
     try {
       return decode_jpeg(data, size, max_pixels, min_short_side, fast);
     } catch (...) {
@@ -159,9 +486,12 @@ Image decode_image(const uint8_t* data, size_t size, int64_t max_pixels, int min
       throw;
     }
   }
-  static const uint8_t png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  if (size >= 8 && std::memcmp(data, png_magic, 8) == 0) return decode_png(data, size, max_pixels);
-  throw std::runtime_error("not a JPEG or PNG image");
+  if (kind == "PNG") return decode_png(data, size, max_pixels);
+  if (kind == "WebP") return decode_webp(data, size, max_pixels);
+  if (kind == "TIFF") return decode_tiff(data, size, max_pixels);
+  if (kind == "BMP" || kind == "PNM") return decode_stb(data, size, max_pixels, format);
+  if (kind == "GIF") throw std::runtime_error("GIF is not supported (nor by torchvision's ImageFolder)");
+  throw std::runtime_error("not an image flowrun reads (JPEG, PNG, WebP, TIFF, BMP, PPM/PGM)");
 }
 
 Schema Decode::schema() {
@@ -186,11 +516,13 @@ Decode::Decode(const StageInit& init)
 void Decode::process(Item& item) {
   Sample& sample = item.get<Sample>();
   if (!sample.image.empty()) return;  // pixels already (an in-memory source)
+  bool ok = false;
   try {
     thread_local PixelBuffer<uint8_t> bytes;  // reused: no allocation per file
     read_file(sample.path, max_bytes_, bytes);
     sample.image = decode_image(bytes.data(), bytes.size(), max_pixels_, min_size_, fast_);
     decoded_.fetch_add(1, std::memory_order_relaxed);
+    ok = true;
   } catch (const std::exception& e) {
     if (!skip_) throw std::runtime_error(sample.describe() + ": " + e.what());
     skipped_.fetch_add(1, std::memory_order_relaxed);
@@ -198,8 +530,27 @@ void Decode::process(Item& item) {
       std::lock_guard<std::mutex> lock(logged_mutex_);
       if (logged_.insert(sample.path).second) spdlog::warn("decode: skipping {}: {}", sample.describe(), e.what());
     }
-    item.drop();
   }
+  if (sample.label >= 0 && sample.dataset && static_cast<size_t>(sample.label) < sample.dataset->class_names.size()) {
+    std::lock_guard<std::mutex> lock(classes_mutex_);  // one short lock per file: nothing next to a decode
+    if (per_class_.size() <= static_cast<size_t>(sample.label)) per_class_.resize(sample.label + 1);
+    (ok ? per_class_[sample.label].first : per_class_[sample.label].second) += 1;
+    if (!dataset_) dataset_ = sample.dataset;
+  }
+  if (!ok) item.drop();
+}
+
+void Decode::end_epoch(const EpochInfo&) {
+  // on_error=skip skips bad files, not whole classes: a class left with no
+  // pixels would train a model with an always-empty class.
+  std::lock_guard<std::mutex> lock(classes_mutex_);
+  for (size_t label = 0; label < per_class_.size(); ++label)
+    if (per_class_[label].second > 0 && per_class_[label].first == 0) {
+      const std::string& name = dataset_->class_names[label];
+      throw std::runtime_error("class '" + name + "' of " + dataset_->name + ": none of its " +
+                               std::to_string(per_class_[label].second) +
+                               " files visited could be decoded (see the warnings above); fix or remove them");
+    }
 }
 
 void Decode::report(Report& report) const {

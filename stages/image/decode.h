@@ -1,22 +1,33 @@
-// `decode`: reads each sample's file and decodes it to 8-bit RGB: JPEG with
-// libjpeg-turbo (TurboJPEG API, optionally at a reduced DCT scale when the
-// image is much larger than needed; grayscale and CMYK come out RGB), PNG
-// with libpng. The format is read from the bytes, not the file name. A pixel
-// cap guards against decompression bombs. Bad files are skipped (logged once,
-// counted as `skipped`) or stop the run, per `on_error`. Samples that already
-// have pixels (IDX) pass through.
+// `decode`: reads each sample's file and decodes it to 8-bit RGB, pixel for
+// pixel as PIL's Image.open(f).convert('RGB') (torchvision's ImageFolder
+// loader, Pillow 9.4): JPEG with libjpeg-turbo (TurboJPEG API, optionally at a
+// reduced DCT scale when the image is much larger than needed; greyscale and
+// CMYK/YCCK come out RGB), PNG with libpng (every colour type and depth),
+// WebP with libwebp, TIFF with libtiff, BMP and binary PPM/PGM with
+// stb_image. Alpha is dropped, keeping the stored colour; EXIF/TIFF
+// orientation is ignored (as torchvision). The format is read from the
+// bytes, not the file name. A pixel cap guards against decompression bombs.
+// Bad files are skipped (logged once, counted as `skipped`) or stop the run,
+// per `on_error`; a class none of whose visited files decode stops the run
+// at the end of the epoch either way. Samples that already have pixels (IDX)
+// pass through.
 #pragma once
 
 #include <atomic>
 #include <mutex>
+#include <memory>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "pipeline/stage.h"
+#include "stages/data/sample.h"
 #include "stages/image/image.h"
 
 namespace flowrun::stages {
 
-// Decodes an in-memory JPEG or PNG. `min_short_side` > 0 lets a JPEG decode at
+// Decodes an in-memory JPEG, PNG, WebP, TIFF, BMP or binary PPM/PGM to
+// 8-bit RGB (HWC). `min_short_side` > 0 lets a JPEG decode at
 // the smallest DCT scale whose shorter side is still at least that. Throws
 // std::runtime_error saying what is wrong with the bytes.
 Image decode_image(const uint8_t* data, size_t size, int64_t max_pixels, int min_short_side = 0, bool fast = false);
@@ -26,6 +37,8 @@ class Decode : public TransformStage {
   static Schema schema();
   explicit Decode(const StageInit& init);
   void process(Item& item) override;
+  // Throws naming the class when a class had files visited and none decoded.
+  void end_epoch(const EpochInfo& epoch) override;
   void report(Report& report) const override;
 
  private:
@@ -36,6 +49,9 @@ class Decode : public TransformStage {
   std::atomic<int64_t> skipped_{0}, decoded_{0};
   std::mutex logged_mutex_;
   std::set<std::string> logged_;  // bad files already reported
+  std::mutex classes_mutex_;
+  std::vector<std::pair<int64_t, int64_t>> per_class_;  // decoded, skipped (whole run), by label
+  std::shared_ptr<const DatasetInfo> dataset_;          // class names for the message
 };
 
 }  // namespace flowrun::stages
