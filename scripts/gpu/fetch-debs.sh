@@ -16,5 +16,7 @@ apt-get download libtbb12 libtbb-dev libtbbmalloc2 libtbbbind-2-5 \
   libpng16-16 libpng-dev zlib1g-dev libzip4 libzip-dev \
   libcairo2 libcairo2-dev libpixman-1-0 libfontconfig1 libfreetype6 libxrender1 libxext6 libx11-6 libxcb1 \
   libxcb-render0 libxcb-shm0 libxau6 libxdmcp6 libbsd0 libmd0 libbrotli1 libexpat1 \
-  nlohmann-json3-dev libgtest-dev libgmock-dev libgloo-dev
+  nlohmann-json3-dev libgtest-dev libgmock-dev libgloo-dev \
+  libwebp7 libwebp-dev libwebpdemux2 libwebpmux3 libtiff6 libtiff-dev libtiffxx6 libjbig0 liblerc4 libdeflate0 \
+  libstb0 libstb-dev
 ls -1 "$PWD"
