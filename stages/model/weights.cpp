@@ -93,7 +93,11 @@ class Unpickler {
         case 'M': push(integer(static_cast<int64_t>(le(2)))); break;  // BININT2
         case 0x8a: {                                    // LONG1
           size_t n = byte();
-          if (n > 8) error("integer too large");
+          if (n > 8) {  // beyond int64: kept as an Object (no tensor metadata is that large)
+            bytes(n);
+            push(object("int"));
+            break;
+          }
           uint64_t v = le(n);
           if (n > 0 && n < 8 && (v >> (8 * n - 1)) & 1) v |= ~uint64_t{0} << (8 * n);  // sign-extend
           push(integer(static_cast<int64_t>(v)));
