@@ -14,6 +14,7 @@
 #include <memory>
 #include <sstream>
 
+#include "pipeline/error_text.h"
 #include "pipeline/interrupt.h"
 #include "pipeline/run_state.h"
 #include "pipeline/trace.h"
@@ -282,7 +283,7 @@ class Runner : public StageDirectory {
       throw;
     } catch (const std::exception& e) {
       failed_.store(true);
-      throw StageError(slot.config.name, "stage '" + slot.config.name + "' (" + type_and_origin_of(slot.config) + "): " + e.what());
+      throw StageError(slot.config.name, "stage '" + slot.config.name + "' (" + type_and_origin_of(slot.config) + "): " + error_text(e));
     }
   }
 

@@ -64,11 +64,13 @@ TEST(Model, KeysAreTorchvisionsInOrder) {
     std::vector<std::string> expected;
     for (std::string line; std::getline(in, line);) expected.push_back(line);
     ResNet net(depth, 7);
-    std::vector<std::string> ours = keys_of(state_dict(*net));
-    std::sort(ours.begin(), ours.end());
-    std::vector<std::string> theirs = expected;
-    std::sort(theirs.begin(), theirs.end());
-    EXPECT_EQ(ours, theirs) << depth;
+    // The order too: torchvision's state_dict() interleaves each module's
+    // parameters and buffers (bn1.weight, bn1.bias, bn1.running_mean, ...).
+    EXPECT_EQ(keys_of(state_dict(*net)), expected) << depth;
+    // Saved files list them in the same order.
+    const std::string file = testing::TempDir() + "/order.safetensors";
+    write_safetensors(file, state_dict(*net));
+    EXPECT_EQ(keys_of(read_safetensors(file)), expected) << depth;
     if (depth == 50) {
       EXPECT_EQ(expected.size(), 320u);
     }
@@ -148,8 +150,114 @@ TEST(Model, WrongKeysAreNamed) {
 TEST(Model, PickleCodeIsNeverRun) {
   const std::string& d = oracle_dir();
   std::string error = load_error(18, 7, d + "/evil.pth");
-  EXPECT_NE(error.find("refuses the pickle global 'posix.system'"), std::string::npos) << error;
+  // {'w': an object whose unpickling runs os.system}: named, never run.
+  EXPECT_NE(error.find("a checkpoint dict with entries ['w': an object of posix.system]"), std::string::npos) << error;
+  EXPECT_NE(error.find("nothing in the file is run"), std::string::npos) << error;
   EXPECT_FALSE(std::filesystem::exists(d + "/PWNED"));
+}
+
+namespace {
+// Weight files as DataParallel, Lightning, the ImageNet example, timm and
+// torch.compile write them (tests/oracle/checkpoint_files.py), from 18.pth.
+const std::string& ecosystem_dir() {
+  static const std::string dir = [] {
+    std::string d = oracle_dir() + "/ecosystem";
+    if (std::filesystem::exists(d + "/complete")) return d;
+    std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/checkpoint_files.py' '" +
+                          oracle_dir() + "/18.pth' '" + d + "'";
+    if (std::system(command.c_str()) != 0) throw std::runtime_error("oracle failed: " + command);
+    return d;
+  }();
+  return dir;
+}
+
+struct Loaded {
+  std::string note;
+  LoadReport report;
+  float difference = 1e9f;  // from the oracle's logits
+};
+
+Loaded load_file(const std::string& file, const std::string& entry = "auto") {
+  Loaded out;
+  ResNet net(18, 7);
+  out.report = load_state_dict(*net, read_weights(file, nullptr, entry, &out.note), false, file);
+  net->eval();
+  torch::NoGradGuard no_grad;
+  const std::string base = oracle_dir() + "/18";
+  out.difference = max_difference(net->forward(read_f32(base + ".input.f32", {2, 3, 32, 32})),
+                                  read_f32(base + ".logits.f32", {2, 7}));
+  return out;
+}
+
+bool has_note(const LoadReport& report, const std::string& text) {
+  for (const auto& note : report.notes)
+    if (note.find(text) != std::string::npos) return true;
+  return false;
+}
+}  // namespace
+
+TEST(Model, WeightFilesAsThePyTorchEcosystemWritesThem) {
+  const std::string& d = ecosystem_dir();
+  // nn.DataParallel / DDP: 'module.' stripped, said.
+  Loaded dp = load_file(d + "/dataparallel.pth");
+  EXPECT_LE(dp.difference, 1e-4f);
+  EXPECT_EQ(dp.note, "");  // a plain state dict
+  EXPECT_TRUE(has_note(dp.report, "stripped the prefix 'module.'"));
+  EXPECT_EQ(dp.report.loaded, 122u);
+  // Lightning: the weights under 'state_dict', 'model.' stripped; epochs,
+  // optimizer states, hyper-parameters (a Namespace, a set, bytes, a big int,
+  // an object whose unpickling would run os.system) read past, nothing run.
+  Loaded lightning = load_file(d + "/lightning.ckpt");
+  EXPECT_LE(lightning.difference, 1e-4f);
+  EXPECT_NE(lightning.note.find("took the weights under 'state_dict' of a checkpoint dict with entries ['epoch': an "
+                                "int, 'global_step': an int"), std::string::npos) << lightning.note;
+  EXPECT_TRUE(has_note(lightning.report, "stripped the prefix 'model.'"));
+  EXPECT_FALSE(std::filesystem::exists(d + "/PWNED"));
+  // The ImageNet example: 'state_dict' beside a tensor best_acc1 and the optimizer.
+  Loaded imagenet = load_file(d + "/imagenet.pth.tar");
+  EXPECT_LE(imagenet.difference, 1e-4f);
+  EXPECT_NE(imagenet.note.find("'state_dict'"), std::string::npos) << imagenet.note;
+  EXPECT_TRUE(has_note(imagenet.report, "stripped the prefix 'module.'"));
+  // timm: the EMA weights first (its load_checkpoint's use_ema=True), the
+  // other on request; the note says which was taken and what else is there.
+  Loaded ema = load_file(d + "/timm_ema.pth");
+  EXPECT_LE(ema.difference, 1e-4f);
+  EXPECT_NE(ema.note.find("took the weights under 'state_dict_ema'"), std::string::npos) << ema.note;
+  EXPECT_NE(ema.note.find("also holds 'state_dict': choose with weights_entry="), std::string::npos) << ema.note;
+  Loaded plain = load_file(d + "/timm_ema.pth", "state_dict");  // zeros there: other logits
+  EXPECT_GT(plain.difference, 1e-2f);
+  EXPECT_NE(plain.note.find("took the weights under 'state_dict'"), std::string::npos) << plain.note;
+  // torch.compile.
+  Loaded compiled = load_file(d + "/compiled.pth");
+  EXPECT_LE(compiled.difference, 1e-4f);
+  EXPECT_TRUE(has_note(compiled.report, "stripped the prefix '_orig_mod.'"));
+  // No num_batches_tracked: filled with 0, as PyTorch does, and said.
+  Loaded old = load_file(d + "/old_bn.pth");
+  EXPECT_LE(old.difference, 1e-4f);
+  EXPECT_TRUE(has_note(old.report, "set 20 missing BatchNorm num_batches_tracked to 0")) << old.report.notes.size();
+  EXPECT_EQ(old.report.loaded, 102u);
+}
+
+TEST(Model, WeightErrorsLeadWithTheCause) {
+  const std::string& d = ecosystem_dir();
+  const std::string backbone = load_error(18, 7, d + "/backbone.pth");
+  EXPECT_EQ(backbone.find(d + "/backbone.pth: weights do not fit the model:\n  every key in the file starts with "
+                              "'backbone.', which the model's keys do not (conv1.weight, ...)"), 0u) << backbone;
+  EXPECT_EQ(load_error(18, 7, d + "/no_weights.pth"),
+            d + "/no_weights.pth: a checkpoint dict with entries ['epoch': an int, 'arch': a string]: none of "
+                "'state_dict_ema', 'model_ema', 'state_dict', 'model' holds the weights (nothing in the file is run)");
+  // 25 missing keys do not hide the unexpected one (load_state_dict reports both).
+  const std::string mixed = load_error(18, 7, d + "/mixed.pth");
+  EXPECT_NE(mixed.find("... and 15 more missing keys"), std::string::npos) << mixed;
+  EXPECT_NE(mixed.find("unexpected key 'head.extra' ([2])"), std::string::npos) << mixed;
+  try {
+    ResNet net(18, 7);
+    read_weights(d + "/lightning.ckpt", nullptr, "model_ema");
+    FAIL() << "an absent entry was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("weights_entry='model_ema', but the checkpoint dict has no such entry: its "
+                                         "entries are ['epoch': an int"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Model, BadFilesAreClearErrors) {

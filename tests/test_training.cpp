@@ -16,6 +16,7 @@
 #include "stages/model/model.h"
 #include "stages/tensor/batch_data.h"
 #include "stages/train/evaluate.h"
+#include "pipeline/error_text.h"
 #include "pipeline/executor.h"
 #include "stages/train/freeze.h"
 #include "stages/train/lr_finder.h"
@@ -435,4 +436,156 @@ TEST(Evaluate, ALabelBeyondTheHeadIsAClearError) {
     EXPECT_EQ(std::string(e.what()), "a sample has label 7 but model 'model' has 3 classes (set its classes= to the "
                                      "dataset's, or keep fewer classes with a sampler)");
   }
+}
+
+namespace {
+
+// A graph over the image folder `root`: `end` closes the flow (train or
+// evaluate or predict), `components` are the model and what else it needs.
+std::string folder_graph(const std::string& root, const std::string& end, const std::string& components, int epochs = 1) {
+  return "run epochs=" + std::to_string(epochs) + " seed=3\n"
+         "src = imagefolder root=\"" + root + "\"\n"
+         "prep = decode | resize size=32 | center_crop size=32 | normalize\nbatch = batch size=4\n" + end + "\n" +
+         components + "\n";
+}
+
+std::vector<std::string> lines_of(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+std::string run_error(const std::string& text) {
+  try {
+    RunOptions options;
+    options.threads = 2;
+    run_graph(test::resolve_text(text), options);
+    return "";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
+// Nine images of three classes, a model trained on them (one epoch) and saved.
+struct ThreeClasses {
+  std::string dir = test::temp_dir();
+  std::string complete = test::make_jpeg_folder({"a_red", "b_green", "c_blue"}, 3, 40, 36);
+  std::string partial = dir + "/partial";  // the same images without b_green
+  std::string weights = dir + "/trained.safetensors";
+  RunResult trained;
+  ThreeClasses() {
+    std::filesystem::copy(complete, partial, std::filesystem::copy_options::recursive);
+    std::filesystem::remove_all(partial + "/b_green");
+    RunOptions options;
+    options.threads = 2;
+    trained = run_graph(test::resolve_text(folder_graph(
+                            complete, "train = train",
+                            "model = resnet depth=18 classes=3\noptim = adam lr=1e-3\nsave = save_weights path=\"" +
+                                weights + "\"")),
+                        options);
+  }
+};
+
+}  // namespace
+
+TEST(Classes, EvaluationAndPredictionMatchTheModelsClassesByName) {
+  ThreeClasses setup;
+  // The saved weights know their classes.
+  Metadata metadata;
+  read_safetensors(setup.weights, &metadata);
+  EXPECT_EQ(metadata["classes"], R"(["a_red","b_green","c_blue"])");
+  std::map<std::string, std::vector<std::string>> confusion;
+  std::map<std::string, std::map<std::string, std::string>> predicted;  // folder -> file -> "true,predicted"
+  for (const auto& [name, root] : {std::pair<std::string, std::string>{"complete", setup.complete}, {"partial", setup.partial}}) {
+    RunOptions options;
+    options.threads = 2;
+    options.run_dir = setup.dir + "/" + name;
+    const std::string csv = setup.dir + "/" + name + ".csv";
+    run_graph(test::resolve_text(folder_graph(root, "evaluate = evaluate",
+                                              "model = resnet depth=18 classes=3 weights=\"" + setup.weights + "\"")),
+              options);
+    confusion[name] = lines_of(options.run_dir + "/val_confusion.csv");
+    run_graph(test::resolve_text(folder_graph(root, "predict = predict csv=\"" + csv + "\"",
+                                              "model = resnet depth=18 classes=3 weights=\"" + setup.weights + "\"")),
+              options);
+    for (const auto& line : lines_of(csv)) {
+      if (line.rfind("path,", 0) == 0) continue;
+      const size_t comma = line.find(',');
+      const std::string file = std::filesystem::path(line.substr(0, comma)).filename().string();
+      const size_t third = line.find(',', line.find(',', comma + 1) + 1);
+      predicted[name][file] = line.substr(comma + 1, third - comma - 1);
+    }
+  }
+  // The confusion matrix names the model's classes, whatever the folder lacks;
+  // a class's row is the same whether the folder is complete or not.
+  ASSERT_EQ(confusion["complete"].size(), 4u);
+  ASSERT_EQ(confusion["partial"].size(), 4u);
+  EXPECT_EQ(confusion["complete"][0], "true\\predicted,a_red,b_green,c_blue,accuracy");
+  EXPECT_EQ(confusion["partial"][0], confusion["complete"][0]);
+  EXPECT_EQ(confusion["partial"][1], confusion["complete"][1]);  // a_red
+  EXPECT_EQ(confusion["partial"][2], "b_green,0,0,0,0");
+  EXPECT_EQ(confusion["partial"][3], confusion["complete"][3]);  // c_blue
+  // Predictions: the same true and predicted class names for every image.
+  ASSERT_EQ(predicted["partial"].size(), 6u);
+  for (const auto& [file, classes] : predicted["partial"]) {
+    EXPECT_EQ(classes, predicted["complete"][file]) << file;
+    EXPECT_EQ(classes.substr(0, file.find('_', 2)), file.substr(0, file.find('_', 2))) << file;  // the true class
+  }
+}
+
+TEST(Classes, AClassTheModelDoesNotKnowOrAnotherHeadIsAnError) {
+  ThreeClasses setup;
+  // A validation class the model was not trained on: both lists.
+  const std::string other = setup.dir + "/other";
+  std::filesystem::copy(setup.partial, other, std::filesystem::copy_options::recursive);
+  std::filesystem::rename(other + "/c_blue", other + "/d_black");
+  const std::string model = "model = resnet depth=18 classes=3 weights=\"" + setup.weights + "\"";
+  const std::string unknown = run_error(folder_graph(other, "evaluate = evaluate", model));
+  EXPECT_NE(unknown.find(other + " has the class(es) [d_black] that model 'model' does not know: the source's classes "
+                                 "are [a_red, d_black], the model's [a_red, b_green, c_blue]"),
+            std::string::npos) << unknown;
+  // A graph that only predicts never swaps the trained head for a random one.
+  const std::string head = run_error(folder_graph(setup.complete, "predict = predict csv=\"" + setup.dir + "/p.csv\"",
+                                                  "model = resnet depth=18 classes=4 weights=\"" + setup.weights + "\""));
+  EXPECT_NE(head.find(setup.weights + " has a head of 3 classes but model 'model' has classes=4; no train stage trains "
+                                      "it in this graph"), std::string::npos) << head;
+  // Weights without class names: an image list's classes must be as many as the outputs.
+  const std::string unnamed = setup.dir + "/unnamed.safetensors";
+  write_safetensors(unnamed, read_safetensors(setup.weights));
+  const std::string list = setup.dir + "/list.txt";
+  std::ofstream(list) << setup.complete << "/a_red/a_red_0.jpg\ta_red\n";
+  const std::string count = run_error(
+      "src = imagelist list=\"" + list + "\" classes=[a_red, c_blue]\nprep = decode | resize size=32 | normalize\n"
+      "batch = batch size=4\npredict = predict csv=\"" + setup.dir + "/q.csv\"\n"
+      "model = resnet depth=18 classes=3 weights=\"" + unnamed + "\"\n");
+  EXPECT_NE(count.find(list + " has 2 classes [a_red, c_blue] but model 'model' has 3 outputs and no class names to "
+                              "match them by"), std::string::npos) << count;
+}
+
+TEST(Train, AOneSampleBatchIsDroppedWhileBatchNormTrains) {
+  // Nine images in batches of 4: the last has one sample, which BatchNorm
+  // (a 1x1 map at layer4 for 32-pixel images) cannot normalise in training.
+  ThreeClasses setup;
+  double dropped = -1, steps = -1;
+  for (const auto& stage : setup.trained.stages)
+    if (stage.name == "train") {
+      dropped = stage.figures.at("dropped_single_batches");
+      steps = stage.figures.at("train_steps");
+    }
+  EXPECT_EQ(dropped, 1.0);
+  EXPECT_EQ(steps, 2.0);
+}
+
+TEST(Errors, LibTorchErrorsReachTheUserAsOneLine) {
+  try {
+    torch::ones({2, 3}).matmul(torch::ones({4, 5}));
+    FAIL() << "no error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find('\n'), std::string::npos);  // LibTorch's own text: a stack trace
+    const std::string text = error_text(e);                           // what the engine shows
+    EXPECT_EQ(text.find('\n'), std::string::npos) << text;
+    EXPECT_NE(text.find("cannot be multiplied"), std::string::npos) << text;
+  }
+  EXPECT_EQ(error_text(std::runtime_error("plain\nlines")), "plain\nlines");  // other errors as they are
 }

@@ -1,12 +1,14 @@
 #include "stages/model/model.h"
 #include "stages/model/precision.h"
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
 #include <map>
 #include <thread>
 
+#include "pipeline/error_text.h"
 #include "pipeline/executor.h"
 #include "pipeline/graph.h"
 #include <stdexcept>
@@ -15,6 +17,7 @@
 #include "stages/common/random.h"
 #include "stages/dist/job.h"
 #include "stages/model/checkpoint_format.h"
+#include "stages/tensor/batch_data.h"
 #include "stages/tensor/device.h"
 
 namespace flowrun::stages {
@@ -28,39 +31,113 @@ std::string shape_text(at::IntArrayRef sizes) {
 }  // namespace
 
 StateDict state_dict(const torch::nn::Module& model) {
+  // PyTorch's order (Module.state_dict): each module's own parameters, then
+  // its own buffers, then its children's, depth first (bn1.weight, bn1.bias,
+  // bn1.running_mean, ...), not all parameters before all buffers.
   StateDict out;
-  for (const auto& item : model.named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
-  for (const auto& item : model.named_buffers(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  for (const auto& module : model.named_modules(/*name_prefix=*/"", /*include_self=*/true)) {
+    const std::string prefix = module.key().empty() ? "" : module.key() + ".";
+    for (const auto& item : module.value()->named_parameters(/*recurse=*/false))
+      out.emplace_back(prefix + item.key(), item.value());
+    for (const auto& item : module.value()->named_buffers(/*recurse=*/false))
+      out.emplace_back(prefix + item.key(), item.value());
+  }
   return out;
 }
 
-LoadReport load_state_dict(NetworkImpl& model, const StateDict& weights, bool allow_new_head,
+namespace {
+// The prefixes wrappers put before every key: nn.DataParallel and DDP
+// (module.), Lightning and EMA wrappers (model.), torch.compile (_orig_mod.).
+const char* const kWrapperPrefixes[] = {"module.", "model.", "_orig_mod."};
+
+bool all_start_with(const StateDict& dict, const std::string& prefix) {
+  if (dict.empty()) return false;
+  for (const auto& [key, tensor] : dict)
+    if (key.compare(0, prefix.size(), prefix) != 0) return false;
+  return true;
+}
+
+// The first dotted component every key shares ("backbone."), or "".
+std::string common_prefix(const StateDict& dict) {
+  if (dict.empty()) return "";
+  const std::string& first = dict.front().first;
+  const size_t dot = first.find('.');
+  if (dot == std::string::npos) return "";
+  const std::string prefix = first.substr(0, dot + 1);
+  return all_start_with(dict, prefix) ? prefix : "";
+}
+
+std::string listed(const std::vector<std::string>& items, size_t most, const std::string& what) {
+  std::string text;
+  for (size_t i = 0; i < items.size() && i < most; ++i) text += "\n  " + items[i];
+  if (items.size() > most) text += "\n  ... and " + std::to_string(items.size() - most) + " more " + what;
+  return text;
+}
+}  // namespace
+
+LoadReport load_state_dict(NetworkImpl& model, const StateDict& file_weights, bool allow_new_head,
                            const std::string& source) {
+  LoadReport report;
+  StateDict own = state_dict(model);
+  // A wrapper's prefix on every key (and none on the model's): stripped, as
+  // timm's checkpoint loader does, and said.
+  StateDict weights = file_weights;
+  for (bool stripped = true; stripped;) {
+    stripped = false;
+    for (const std::string prefix : kWrapperPrefixes)
+      if (all_start_with(weights, prefix) && !all_start_with(own, prefix)) {
+        for (auto& [key, tensor] : weights) key.erase(0, prefix.size());
+        report.notes.push_back("stripped the prefix '" + prefix + "' every key had");
+        stripped = true;
+      }
+  }
   std::map<std::string, at::Tensor> given;
   for (const auto& [key, tensor] : weights) {
     if (!given.emplace(key, tensor).second) throw std::runtime_error(source + ": key '" + key + "' appears twice");
   }
-  StateDict own = state_dict(model);
+  // BatchNorm's num_batches_tracked, missing from files saved before PyTorch
+  // 0.4.1 and by converters: filled as PyTorch's BatchNorm loading does
+  // (with 0; it only counts batches for momentum=None).
+  size_t filled = 0;
+  const std::string counter = "num_batches_tracked";
+  for (const auto& [key, tensor] : own) {
+    if (key.size() < counter.size() || key.compare(key.size() - counter.size(), counter.size(), counter) != 0 ||
+        given.count(key))
+      continue;
+    const std::string module = key.substr(0, key.size() - counter.size());
+    if (!given.count(module + "running_mean")) continue;  // the whole layer is missing: reported below
+    given.emplace(key, torch::zeros({}, torch::kLong));
+    ++filled;
+  }
+  if (filled)
+    report.notes.push_back("set " + std::to_string(filled) + " missing BatchNorm num_batches_tracked to 0 (as PyTorch "
+                           "does for files saved before 0.4.1)");
   std::map<std::string, at::Tensor> mine(own.begin(), own.end());
-  // Strict: report every problem at once.
-  std::vector<std::string> problems;
-  LoadReport report;
+  // Strict, as load_state_dict(strict=True): every problem at once, missing
+  // and unexpected keys side by side.
+  std::vector<std::string> missing, unexpected, misshaped;
   for (const auto& [key, tensor] : own) {
     auto it = given.find(key);
     if (it == given.end()) {
-      problems.push_back("missing key '" + key + "' (" + shape_text(tensor.sizes()) + ")");
+      missing.push_back("missing key '" + key + "' (" + shape_text(tensor.sizes()) + ")");
     } else if (it->second.sizes() != tensor.sizes()) {
       if (allow_new_head && model.is_head(key)) report.reinitialised.push_back(key);
-      else problems.push_back("key '" + key + "' has shape " + shape_text(it->second.sizes()) + " but the model needs " +
-                              shape_text(tensor.sizes()));
+      else misshaped.push_back("key '" + key + "' has shape " + shape_text(it->second.sizes()) + " but the model needs " +
+                               shape_text(tensor.sizes()));
     }
   }
   for (const auto& [key, tensor] : weights)
-    if (!mine.count(key)) problems.push_back("unexpected key '" + key + "' (" + shape_text(tensor.sizes()) + ")");
-  if (!problems.empty()) {
+    if (!mine.count(key)) unexpected.push_back("unexpected key '" + key + "' (" + shape_text(tensor.sizes()) + ")");
+  if (!missing.empty() || !unexpected.empty() || !misshaped.empty()) {
     std::string text = source + ": weights do not fit the model:";
-    for (size_t i = 0; i < problems.size() && i < 20; ++i) text += "\n  " + problems[i];
-    if (problems.size() > 20) text += "\n  ... and " + std::to_string(problems.size() - 20) + " more";
+    // The cause first: every key behind a prefix the model's keys lack.
+    const std::string prefix = common_prefix(weights);
+    if (!prefix.empty() && !all_start_with(own, prefix))
+      text += "\n  every key in the file starts with '" + prefix + "', which the model's keys do not (" +
+              own.front().first + ", ...): weights of a wrapped model or of a part of one?";
+    // Each kind capped on its own: twenty missing keys never hide the unexpected ones.
+    text += listed(missing, 10, "missing keys") + listed(unexpected, 10, "unexpected keys") +
+            listed(misshaped, 10, "mis-shaped keys");
     throw std::runtime_error(text);
   }
   torch::NoGradGuard no_grad;
@@ -71,6 +148,7 @@ LoadReport load_state_dict(NetworkImpl& model, const StateDict& weights, bool al
     target.copy_(value.to(target.scalar_type()));
     ++report.loaded;
   }
+  report.loaded -= filled;
   return report;
 }
 
@@ -80,6 +158,10 @@ Schema ModelStage::common_schema(std::string type, std::string doc) {
       .param(Int("classes", "outputs of the head").range(1, 1000000))
       .param(Path("weights", "a torchvision .pth, a safetensors file or a flowrun checkpoint (its model of this "
                             "stage's name); \"\" = random initialisation").def(std::string("")))
+      .param(String("weights_entry", "which weights of a checkpoint dict ({'epoch', 'state_dict', ...}) to load: auto "
+                                      "takes state_dict_ema, model_ema, state_dict or model, the first present (timm's "
+                                      "order)").def(std::string("auto"))
+                 .one_of({"auto", "state_dict", "model", "state_dict_ema", "model_ema"}))
       .param(Path("pretrain", "a graph that makes `weights` when the file does not exist yet (run once, then cached)")
                  .def(std::string("")))
       .param(String("device", "auto (CUDA when available), cpu or cuda").def(std::string("auto"))
@@ -103,17 +185,46 @@ Schema ModelStage::schema() {
 
 namespace {
 // A weights file, or a flowrun checkpoint: then the weights of the model
-// stage of the same name in the run that wrote it.
-StateDict read_model_weights(const std::string& path, const std::string& stage) {
-  Metadata metadata;
-  StateDict tensors = read_weights(path, &metadata);
+// stage of the same name in the run that wrote it. `metadata` gets the
+// weights' own (their class names).
+StateDict read_model_weights(const std::string& path, const std::string& stage, const std::string& entry,
+                             Metadata& metadata, std::string& note) {
+  StateDict tensors = read_weights(path, &metadata, entry, &note);
   if (metadata["format"] != checkpoint_format::kFormat) return tensors;
   const std::string key = checkpoint_format::kStagePrefix + stage;
+  metadata.clear();
   for (const auto& [name, tensor] : tensors)
     if (name == key && tensor.scalar_type() == at::kByte && tensor.dim() == 1)
       return decode_safetensors(static_cast<const uint8_t*>(tensor.contiguous().data_ptr()),
-                                static_cast<size_t>(tensor.numel()), path + " (model '" + stage + "')");
+                                static_cast<size_t>(tensor.numel()), path + " (model '" + stage + "')", &metadata);
   throw std::runtime_error(path + ": a checkpoint without a model stage named '" + stage + "'");
+}
+
+// Whether any phase of the graph has a train stage for model `name`.
+bool trained_in_graph(const StageDirectory& stages, const std::string& name) {
+  const ResolvedGraph* graph = stages.resolved_graph();
+  if (!graph) return true;  // not known: do not refuse
+  for (const auto& phase : graph->phases)
+    for (const auto& stage : phase.stages)
+      for (const auto& op : stage.ops)
+        if (op.type == "train" && (!op.params.has("model") || op.params.get_string("model").empty() ||
+                                   op.params.get_string("model") == name))
+          return true;  // (an unset reference takes the phase's one model)
+  return false;
+}
+
+std::vector<std::string> parse_class_names(const std::string& text, const std::string& source) {
+  try {
+    return nlohmann::json::parse(text).get<std::vector<std::string>>();
+  } catch (const std::exception& e) {
+    throw std::runtime_error(source + ": its metadata 'classes' is not a JSON list of names: " + e.what());
+  }
+}
+
+std::string names_text(const std::vector<std::string>& names) {
+  std::string text = "[";
+  for (size_t i = 0; i < names.size(); ++i) text += (i ? ", " : "") + (names[i].empty() ? "#" + std::to_string(i) : names[i]);
+  return text + "]";
 }
 
 // Runs the graph that makes a missing weights file, in this process.
@@ -155,10 +266,33 @@ ModelStage::ModelStage(const StageInit& init, const Builder& build)
     if (job && job->rank() != 0) job->wait_for(made, 7 * 24 * 3600.0);
   }
   if (!weights_.empty()) {
-    StateDict weights = read_model_weights(weights_, name_);
+    Metadata metadata;
+    std::string note;
+    StateDict weights = read_model_weights(weights_, name_, init.params.get_string("weights_entry"), metadata, note);
+    if (!note.empty()) spdlog::info("{}: {}", weights_, note);
     load_ = load_state_dict(*net_, weights, /*allow_new_head=*/true, weights_);
-    if (!load_.reinitialised.empty())
-      spdlog::info("{}: head re-initialised for {} classes ({})", weights_, classes_, load_.reinitialised.front());
+    for (const auto& done : load_.notes) spdlog::info("{}: {}", weights_, done);
+    if (!load_.reinitialised.empty()) {
+      const int64_t trained = weights.empty() ? 0 : [&] {
+        for (const auto& [key, tensor] : weights)
+          if (net_->is_head(key) && tensor.dim() >= 1) return tensor.size(0);
+        return int64_t{0};
+      }();
+      // A new head is random: right when a graph starts a new task, never
+      // where the model only evaluates or predicts.
+      if (!trained_in_graph(init.stages, name_))
+        throw std::runtime_error(weights_ + " has a head of " + std::to_string(trained) + " classes but model '" +
+                                 name_ + "' has classes=" + std::to_string(classes_) +
+                                 "; no train stage trains it in this graph, so a new head would predict at random "
+                                 "(set classes=" + std::to_string(trained) + ")");
+      spdlog::info("{}: head re-initialised for {} classes ({}; the weights' head has {})", weights_, classes_,
+                   load_.reinitialised.front(), trained);
+    } else if (auto names = metadata.find("classes"); names != metadata.end()) {
+      class_names_ = parse_class_names(names->second, weights_);
+      if (static_cast<int64_t>(class_names_.size()) != classes_)
+        throw std::runtime_error(weights_ + ": its metadata names " + std::to_string(class_names_.size()) +
+                                 " classes but the weights have " + std::to_string(classes_));
+    }
   }
   const std::string device = init.params.get_string("device");
   const bool cuda = device == "cuda" || (device == "auto" && cuda_available());
@@ -235,15 +369,116 @@ void ModelStage::report(Report& report) const {
 }
 
 bool ModelStage::save_state(std::string& out) const {
-  out = encode_safetensors(state_dict(*net_));
+  out = encode_safetensors(state_dict(*net_), class_metadata());
   return true;
 }
 
 void ModelStage::load_state(const std::string& in) {
   const std::string what = "saved state of model '" + name_ + "'";
-  StateDict weights = decode_safetensors(reinterpret_cast<const uint8_t*>(in.data()), in.size(), what);
+  Metadata metadata;
+  StateDict weights = decode_safetensors(reinterpret_cast<const uint8_t*>(in.data()), in.size(), what, &metadata);
   load_state_dict(*net_, weights, /*allow_new_head=*/false, what);
+  std::lock_guard<std::mutex> lock(names_mutex_);
+  auto names = metadata.find("classes");
+  class_names_ = names == metadata.end() ? std::vector<std::string>{} : parse_class_names(names->second, what);
+  mappings_.clear();
 }
+
+std::vector<std::string> ModelStage::class_names() const {
+  std::lock_guard<std::mutex> lock(names_mutex_);
+  return class_names_;
+}
+
+Metadata ModelStage::class_metadata() const {
+  std::lock_guard<std::mutex> lock(names_mutex_);
+  if (class_names_.empty()) return {};
+  return {{"classes", nlohmann::json(class_names_).dump()}};
+}
+
+std::string ModelStage::output_name(int64_t c, const Batch& batch) const {
+  {
+    std::lock_guard<std::mutex> lock(names_mutex_);
+    if (c >= 0 && c < static_cast<int64_t>(class_names_.size()) && !class_names_[c].empty()) return class_names_[c];
+    if (!class_names_.empty()) return std::to_string(c);
+  }
+  if (batch.dataset && c >= 0 && c < static_cast<int64_t>(batch.dataset->class_names.size()))
+    return batch.dataset->class_names[c];
+  return std::to_string(c);
+}
+
+const std::vector<int64_t>& ModelStage::mapping(const DatasetInfo& dataset, bool training) {
+  const std::vector<std::string>& source = dataset.class_names;
+  std::lock_guard<std::mutex> lock(names_mutex_);
+  auto known = mappings_.find(source);
+  if (known != mappings_.end()) return known->second;
+  auto unknown_of = [&] {
+    std::vector<std::string> unknown;
+    for (const auto& name : source)
+      if (std::find(class_names_.begin(), class_names_.end(), name) == class_names_.end()) unknown.push_back(name);
+    return unknown;
+  };
+  if (training && static_cast<int64_t>(source.size()) <= classes_ && (class_names_.empty() || !unknown_of().empty())) {
+    // The training source names the outputs (a larger head keeps the rest unnamed).
+    if (!class_names_.empty())
+      spdlog::warn("model '{}': trains on the classes {} of {}; its weights were for {}", name_, names_text(source),
+                   dataset.name, names_text(class_names_));
+    class_names_ = source;
+    class_names_.resize(static_cast<size_t>(classes_));
+    mappings_.clear();
+  }
+  std::vector<int64_t> map(source.size());
+  if (class_names_.empty()) {
+    // No names to match: positions, which only agree when the counts do
+    // (a training source with more classes than outputs: labels() names the
+    // first sample out of range).
+    if (!training && static_cast<int64_t>(source.size()) != classes_)
+      throw std::runtime_error(dataset.name + " has " + std::to_string(source.size()) + " classes " +
+                               names_text(source) + " but model '" + name_ + "' has " + std::to_string(classes_) +
+                               " outputs and no class names to match them by (its weights carry none: train it in " +
+                               "this graph, or load weights flowrun saved)");
+    for (size_t i = 0; i < map.size(); ++i) map[i] = static_cast<int64_t>(i);
+  } else {
+    if (const auto unknown = unknown_of(); !unknown.empty())
+      throw std::runtime_error(dataset.name + " has the class(es) " + names_text(unknown) + " that model '" + name_ +
+                               "' does not know: the source's classes are " + names_text(source) +
+                               ", the model's " + names_text(class_names_));
+    for (size_t i = 0; i < map.size(); ++i)
+      map[i] = std::find(class_names_.begin(), class_names_.end(), source[i]) - class_names_.begin();
+  }
+  return mappings_.emplace(source, std::move(map)).first->second;
+}
+
+torch::Tensor ModelStage::labels(const Batch& batch, bool training) {
+  if (!batch.dataset || batch.dataset->class_names.empty() || !batch.labels.defined() || batch.labels.numel() == 0)
+    return labels(batch.labels);  // a source without class names: its labels are the outputs
+  const std::vector<int64_t>& map = mapping(*batch.dataset, training);
+  torch::Tensor source = batch.labels.to(torch::kCPU, torch::kLong).contiguous();
+  torch::Tensor out = torch::empty_like(source);
+  const int64_t* in = source.data_ptr<int64_t>();
+  int64_t* to = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < source.numel(); ++i) {
+    if (in[i] < 0 || in[i] >= static_cast<int64_t>(map.size()))
+      to[i] = in[i];  // unlabelled (-1), or out of range: labels() says so
+    else
+      to[i] = map[static_cast<size_t>(in[i])];
+  }
+  return labels(out);
+}
+
+std::string libtorch_error_text(const std::exception& e) {
+  // c10::Error::what() carries LibTorch's C++ stack trace: its first line only.
+  if (const auto* error = dynamic_cast<const c10::Error*>(&e)) {
+    std::string text = error->what_without_backtrace();
+    return text.substr(0, text.find('\n'));
+  }
+  return "";
+}
+
+namespace {
+// Every stage's LibTorch error reaches the user as one line (the engine
+// adds the stage; train and evaluate add the phase, epoch and batch).
+[[maybe_unused]] const bool error_text_hooked = (set_error_text_hook(&libtorch_error_text), true);
+}  // namespace
 
 ModelStage& find_model(const StageDirectory& stages, const std::string& name) {
   return stages.require<ModelStage>(name, "model");

@@ -11,6 +11,8 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -20,9 +22,13 @@
 
 namespace flowrun::stages {
 
+struct Batch;
+struct DatasetInfo;
+
 struct LoadReport {
   size_t loaded = 0;
   std::vector<std::string> reinitialised;  // head keys replaced because the class count differs
+  std::vector<std::string> notes;          // what was done to fit: a prefix stripped, counters filled
 };
 
 // Copies `weights` into `model` (strict; see above). `allow_new_head` lets
@@ -59,6 +65,22 @@ class ModelStage : public ComponentStage {
   // when to_device did not already put them there), in its memory layout.
   torch::Tensor input(const torch::Tensor& images) const;
   torch::Tensor labels(const torch::Tensor& labels) const;
+  // Classes are names, not positions: a batch's labels (positions in its
+  // source's class list) as the model's outputs, matched by name, on the
+  // model's device. A source may lack some of the model's classes; one with
+  // a class the model does not know is an error listing both lists, and so
+  // is, for a model without names, a source with another number of classes.
+  // `training`: a training source names the model's classes when it has
+  // none yet (or another set of them: a new task).
+  torch::Tensor labels(const Batch& batch, bool training = false);
+  // The class of each output, from the weights' metadata or the source that
+  // trained the model; empty when unknown (then outputs are positions).
+  std::vector<std::string> class_names() const;
+  // Output `c` by name: the model's class, else the batch source's (same
+  // positions, checked by labels()), else its number.
+  std::string output_name(int64_t c, const Batch& batch) const;
+  // The weights' metadata a file or checkpoint keeps: "classes", a JSON list.
+  Metadata class_metadata() const;
   // A batch's logits, or its features at `layer` (NetworkImpl::features), as
   // evaluation, prediction and export need them: eval mode, no gradients,
   // the stage's precision, float32 out.
@@ -73,8 +95,13 @@ class ModelStage : public ComponentStage {
  private:
   torch::Tensor infer(const std::function<torch::Tensor(NetworkImpl&, const torch::Tensor&)>& run,
                       const torch::Tensor& images);
+  // The source's position -> the model's output, per source class list.
+  const std::vector<int64_t>& mapping(const DatasetInfo& dataset, bool training);
   Network net_{nullptr};
   int64_t classes_;
+  mutable std::mutex names_mutex_;
+  std::vector<std::string> class_names_;  // guarded by names_mutex_
+  std::map<std::vector<std::string>, std::vector<int64_t>> mappings_;  // guarded by names_mutex_
   LoadReport load_;
   std::string weights_;
   std::string name_;
@@ -82,6 +109,10 @@ class ModelStage : public ComponentStage {
   bool bf16_ = false;
   bool channels_last_ = false;
 };
+
+// A c10::Error's message without LibTorch's C++ stack trace (its first
+// line); "" for other exceptions. Installed as the engine's error-text hook.
+std::string libtorch_error_text(const std::exception& e);
 
 // The model stage named `name` in the current phase; throws when missing.
 ModelStage& find_model(const StageDirectory& stages, const std::string& name);

@@ -21,7 +21,8 @@ SaveWeights::SaveWeights(const StageInit& init)
 
 void SaveWeights::on_stop(bool interrupted) {
   if (interrupted || !writes_) return;  // in a job rank 0 writes (every rank holds the same weights)
-  write_safetensors(path_, state_dict(*find_model(stages_, model_).net()));
+  ModelStage& model = find_model(stages_, model_);
+  write_safetensors(path_, state_dict(*model.net()), model.class_metadata());  // the class names in its metadata
   saved_ = true;
   spdlog::info("saved weights to {}", path_);
 }

@@ -28,19 +28,27 @@ namespace {
 struct PValue;
 using PRef = std::shared_ptr<PValue>;
 
-// The few kinds of value a state dict's pickle builds.
+// The few kinds of value a state dict's pickle builds. A checkpoint dict
+// holds more (epochs, optimizer states, hyper-parameters of any class): what
+// is not a tensor or a container becomes an Object, never constructed or
+// called, only named (by its global) in errors.
 struct PValue {
-  enum class Kind { None, Bool, Int, Float, String, Tuple, List, Dict, Global, Storage, Tensor, Mark } kind = Kind::None;
+  enum class Kind { None, Bool, Int, Float, String, Bytes, Tuple, List, Dict, Global, Object, Storage, Tensor, Mark }
+      kind = Kind::None;
   bool b = false;
   int64_t i = 0;
   double f = 0;
-  std::string s;                                 // String; Global: "module.name"
+  std::string s;                                 // String, Bytes; Global, Object: "module.name"
   std::vector<PRef> items;                       // Tuple, List
   std::vector<std::pair<PRef, PRef>> entries;    // Dict, in insertion order
   at::ScalarType storage_type = at::kFloat;      // Storage
   std::string storage_key;                       // Storage
   int64_t storage_numel = 0;                     // Storage
-  at::Tensor tensor;                             // Tensor
+  // Tensor: a view of a storage, read from the archive only when taken
+  // (an optimizer's moments in a checkpoint dict are never read).
+  std::shared_ptr<PValue> view_storage;
+  int64_t view_offset = 0;
+  std::vector<int64_t> view_size, view_stride;
 };
 
 PRef make(PValue::Kind kind) {
@@ -58,7 +66,8 @@ const std::map<std::string, at::ScalarType>& storage_types() {
       {"torch.BoolStorage", at::kBool}};
   return types;
 }
-bool allowed_global(const std::string& name) {
+// What the unpickler interprets; any other global becomes an inert Object.
+bool tensor_global(const std::string& name) {
   return name == "collections.OrderedDict" || name == "torch._utils._rebuild_tensor_v2" ||
          name == "torch._utils._rebuild_parameter" || storage_types().count(name);
 }
@@ -84,7 +93,11 @@ class Unpickler {
         case 'M': push(integer(static_cast<int64_t>(le(2)))); break;  // BININT2
         case 0x8a: {                                    // LONG1
           size_t n = byte();
-          if (n > 8) error("integer too large");
+          if (n > 8) {  // beyond int64: kept as an Object (no tensor metadata is that large)
+            bytes(n);
+            push(object("int"));
+            break;
+          }
           uint64_t v = le(n);
           if (n > 0 && n < 8 && (v >> (8 * n - 1)) & 1) v |= ~uint64_t{0} << (8 * n);  // sign-extend
           push(integer(static_cast<int64_t>(v)));
@@ -98,7 +111,25 @@ class Unpickler {
           push(v);
           break;
         }
+        case 0x8b: {                                    // LONG4: a big integer, kept as an Object
+          uint64_t n = le(4);
+          if (n > size_) error("integer longer than the file");
+          bytes(static_cast<size_t>(n));
+          push(object("int"));
+          break;
+        }
         case 'X': push(string(le(4))); break;           // BINUNICODE
+        case 0x8d: push(string(le(8))); break;          // BINUNICODE8
+        case 'B': push(bytes_value(le(4))); break;      // BINBYTES
+        case 'C': push(bytes_value(byte())); break;     // SHORT_BINBYTES
+        case 0x8e: push(bytes_value(le(8))); break;     // BINBYTES8
+        case 0x96: push(bytes_value(le(8))); break;     // BYTEARRAY8
+        case 0x8f: push(object("builtins.set")); break;  // EMPTY_SET
+        case 0x90: pop_to_mark(); break;                // ADDITEMS (to a set: not kept)
+        case 0x91: pop_to_mark(); push(object("builtins.frozenset")); break;  // FROZENSET
+        case '0': pop_any(); break;                     // POP
+        case '1': pop_to_mark(); break;                 // POP_MARK
+        case '2': push(top()); break;                   // DUP
         case 0x8c: push(string(byte())); break;         // SHORT_BINUNICODE
         case 'T': push(string(le(4))); break;           // BINSTRING
         case 'U': push(string(byte())); break;          // SHORT_BINSTRING
@@ -164,6 +195,11 @@ class Unpickler {
           push(reduce(cls, args));
           break;
         }
+        case 0x92: {                                    // NEWOBJ_EX
+          PRef kwargs = pop(), args = pop(), cls = pop();
+          push(reduce(cls, args));
+          break;
+        }
         case 'b': pop(); break;                         // BUILD: object state (an OrderedDict's _metadata): ignored
         default: {
           char hex[8];
@@ -203,16 +239,22 @@ class Unpickler {
       text += c;
     }
   }
-  PRef string(uint64_t n) {
+  PRef string(uint64_t n, PValue::Kind kind = PValue::Kind::String) {
     if (n > size_) error("string longer than the file");
     const uint8_t* p = bytes(static_cast<size_t>(n));
-    auto v = make(PValue::Kind::String);
+    auto v = make(kind);
     v->s.assign(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
     return v;
   }
-  // A global the pickle names: only a state dict's are allowed, nothing runs.
+  PRef bytes_value(uint64_t n) { return string(n, PValue::Kind::Bytes); }
+  static PRef object(const std::string& global) {
+    auto v = make(PValue::Kind::Object);
+    v->s = global;
+    return v;
+  }
+  // A global the pickle names. Nothing is ever imported or run: a state
+  // dict's globals are interpreted, any other only named.
   PRef global(const std::string& full) {
-    if (!allowed_global(full)) error("refuses the pickle global '" + full + "' (only a state dict's globals are allowed)");
     auto g = make(PValue::Kind::Global);
     g->s = full;
     return g;
@@ -238,6 +280,10 @@ class Unpickler {
     if (v->kind == PValue::Kind::Mark) error("unexpected MARK");
     return v;
   }
+  void pop_any() {
+    if (stack_.empty()) error("pickle stack underflow");
+    stack_.pop_back();
+  }
   PRef top() {
     if (stack_.empty()) error("pickle stack underflow");
     return stack_.back();
@@ -259,8 +305,10 @@ class Unpickler {
     for (size_t k = n; k > 0; --k) t->items[k - 1] = pop();
     push(t);
   }
+  // An Object (a dict or list subclass: Lightning's AttributeDict, ...)
+  // takes items as its base class would; they are kept but never used.
   PRef expect(PRef v, PValue::Kind kind, const char* op) {
-    if (v->kind != kind) error(std::string(op) + " on the wrong kind of value");
+    if (v->kind != kind && v->kind != PValue::Kind::Object) error(std::string(op) + " on the wrong kind of value");
     return v;
   }
   void memo_put(uint64_t index) {
@@ -281,6 +329,8 @@ class Unpickler {
       error("unsupported persistent id (not a tensor storage)");
     auto type = storage_types().find(id->items[1]->s);
     if (type == storage_types().end()) error("unknown storage type '" + id->items[1]->s + "'");
+    if (id->items[2]->s.empty() || id->items[2]->s.find('/') != std::string::npos)
+      error("bad storage key '" + id->items[2]->s + "'");
     auto v = make(PValue::Kind::Storage);
     v->storage_type = type->second;
     v->storage_key = id->items[2]->s;
@@ -299,8 +349,10 @@ class Unpickler {
   }
 
   PRef reduce(const PRef& callable, const PRef& args) {
+    if (callable->kind == PValue::Kind::Object) return object(callable->s);  // an object's method or class: inert
     if (callable->kind != PValue::Kind::Global || args->kind != PValue::Kind::Tuple) error("bad REDUCE");
     const std::string& name = callable->s;
+    if (!tensor_global(name)) return object(name);  // never called: an inert value naming it
     if (name == "collections.OrderedDict") return make(PValue::Kind::Dict);
     if (name == "torch._utils._rebuild_parameter") {  // (tensor, requires_grad, backward_hooks)
       if (args->items.empty() || args->items[0]->kind != PValue::Kind::Tensor) error("bad _rebuild_parameter");
@@ -310,14 +362,38 @@ class Unpickler {
       if (args->items.size() < 4 || args->items[0]->kind != PValue::Kind::Storage ||
           args->items[1]->kind != PValue::Kind::Int)
         error("bad _rebuild_tensor_v2 arguments");
-      return tensor(*args->items[0], args->items[1]->i, ints(args->items[2], "size", *this),
+      return tensor(args->items[0], args->items[1]->i, ints(args->items[2], "size", *this),
                     ints(args->items[3], "stride", *this));
     }
     error("cannot call '" + name + "'");
   }
 
-  PRef tensor(const PValue& storage, int64_t offset, const std::vector<int64_t>& size, const std::vector<int64_t>& stride) {
+  PRef tensor(const PRef& storage, int64_t offset, const std::vector<int64_t>& size, const std::vector<int64_t>& stride) {
     if (size.size() != stride.size()) error("size and stride differ in length");
+    if (storage->storage_numel < 0) error("storage '" + storage->storage_key + "' has a negative size");
+    // Every element the view reaches must lie inside the storage.
+    int64_t last = offset;
+    bool empty = false;
+    for (size_t d = 0; d < size.size(); ++d) {
+      if (size[d] == 0) empty = true;
+      if (size[d] > 0 && stride[d] > 0 && (size[d] - 1) > (INT64_MAX / 4) / stride[d]) error("absurd tensor shape");
+      if (size[d] > 0) last += (size[d] - 1) * stride[d];
+      if (last > INT64_MAX / 4) error("absurd tensor shape");
+    }
+    if (!empty && (offset < 0 || last >= storage->storage_numel))
+      error("tensor view reaches past its storage '" + storage->storage_key + "'");
+    auto v = make(PValue::Kind::Tensor);
+    v->view_storage = storage;
+    v->view_offset = offset;
+    v->view_size = size;
+    v->view_stride = stride;
+    return v;
+  }
+
+ public:
+  // A tensor the pickle described, read from its storage's record now.
+  at::Tensor materialise(const PValue& v) {
+    const PValue& storage = *v.view_storage;
     auto cached = storages_.find(storage.storage_key);
     at::Tensor flat;
     if (cached != storages_.end()) {
@@ -330,28 +406,20 @@ class Unpickler {
       size_t record_size = 0;
       at::DataPtr data;
       std::tie(data, record_size) = zip_.getRecord(record);
-      if (storage.storage_numel < 0 || static_cast<uint64_t>(storage.storage_numel) * item > record_size)
+      if (static_cast<uint64_t>(storage.storage_numel) * item > record_size)
         error("storage '" + storage.storage_key + "' claims " + std::to_string(storage.storage_numel) +
               " elements but its record holds " + std::to_string(record_size) + " bytes");
       flat = at::empty({storage.storage_numel}, at::TensorOptions().dtype(storage.storage_type));
       if (storage.storage_numel) std::memcpy(flat.data_ptr(), data.get(), storage.storage_numel * item);
       storages_[storage.storage_key] = flat;
     }
-    // Every element the view reaches must lie inside the storage.
-    int64_t last = offset;
     bool empty = false;
-    for (size_t d = 0; d < size.size(); ++d) {
-      if (size[d] == 0) empty = true;
-      if (size[d] > 0 && stride[d] > 0 && (size[d] - 1) > (INT64_MAX / 4) / stride[d]) error("absurd tensor shape");
-      if (size[d] > 0) last += (size[d] - 1) * stride[d];
-      if (last > INT64_MAX / 4) error("absurd tensor shape");
-    }
-    if (!empty && (offset < 0 || last >= flat.numel()))
-      error("tensor view reaches past its storage '" + storage.storage_key + "'");
-    auto v = make(PValue::Kind::Tensor);
-    v->tensor = empty ? at::empty(size, flat.options()) : flat.as_strided(size, stride, offset).clone();
-    return v;
+    for (int64_t d : v.view_size) empty = empty || d == 0;
+    return empty ? at::empty(v.view_size, flat.options())
+                 : flat.as_strided(v.view_size, v.view_stride, v.view_offset).clone();
   }
+
+ private:
 
   const std::string& path_;
   const uint8_t* data_;
@@ -407,7 +475,60 @@ void check_record_sizes(const std::string& path) {
 
 }  // namespace
 
-StateDict read_torch_state_dict(const std::string& path) {
+namespace {
+
+std::string describe(const PValue& v) {
+  switch (v.kind) {
+    case PValue::Kind::Tensor: return "a tensor";
+    case PValue::Kind::Dict: return "a dict";
+    case PValue::Kind::List: return "a list";
+    case PValue::Kind::Tuple: return "a tuple";
+    case PValue::Kind::Int: return "an int";
+    case PValue::Kind::Float: return "a float";
+    case PValue::Kind::String: return "a string";
+    case PValue::Kind::Bool: return "a bool";
+    case PValue::Kind::None: return "None";
+    case PValue::Kind::Object: case PValue::Kind::Global: return "an object of " + v.s;
+    default: return "another value";
+  }
+}
+
+bool all_tensors(const PValue& dict) {
+  for (const auto& [key, value] : dict.entries)
+    if (key->kind != PValue::Kind::String || value->kind != PValue::Kind::Tensor) return false;
+  return true;
+}
+
+const PValue* entry(const PValue& dict, const std::string& name) {
+  for (const auto& [key, value] : dict.entries)
+    if (key->kind == PValue::Kind::String && key->s == name) return value.get();
+  return nullptr;
+}
+
+std::string entry_list(const PValue& dict) {
+  std::string text = "[";
+  size_t n = 0;
+  for (const auto& [key, value] : dict.entries) {
+    if (n++) text += ", ";
+    if (n > 12) {
+      text += "... " + std::to_string(dict.entries.size() - 12) + " more";
+      break;
+    }
+    text += (key->kind == PValue::Kind::String ? "'" + key->s + "'" : "(" + describe(*key) + ")");
+    if (value->kind != PValue::Kind::Dict && value->kind != PValue::Kind::Tensor) text += ": " + describe(*value);
+  }
+  return text + "]";
+}
+
+}  // namespace
+
+const std::vector<std::string>& checkpoint_entries() {
+  // timm's load_state_dict(use_ema=True): the EMA weights when kept, else the model's.
+  static const std::vector<std::string> entries = {"state_dict_ema", "model_ema", "state_dict", "model"};
+  return entries;
+}
+
+StateDict read_torch_state_dict(const std::string& path, const std::string& wanted, std::string* note) {
   check_record_sizes(path);
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> zip;
   try {
@@ -416,28 +537,69 @@ StateDict read_torch_state_dict(const std::string& path) {
     std::string why = e.what();
     fail(path, "not a readable torch.save zip archive (" + why.substr(0, why.find('\n')) + ")");
   }
-  PRef root;
   try {
     if (!zip->hasRecord("data.pkl")) fail(path, "no data.pkl in the archive (not a torch.save file)");
     at::DataPtr pickle;
     size_t size = 0;
     std::tie(pickle, size) = zip->getRecord("data.pkl");
     Unpickler unpickler(path, static_cast<const uint8_t*>(pickle.get()), size, *zip);
-    root = unpickler.run();
+    PRef root = unpickler.run();
+    if (root->kind != PValue::Kind::Dict)
+      fail(path, "holds " + describe(*root) + ", not a state dict (a dict of tensors) or a checkpoint dict");
+    // A state dict, or a checkpoint dict holding one (as timm, Lightning and
+    // the ImageNet example write them): take the weights, read nothing else.
+    const PValue* weights = root.get();
+    const bool plain = all_tensors(*root) && !root->entries.empty();
+    if (wanted != "auto" || !plain) {
+      std::string taken;
+      if (wanted != "auto") {
+        weights = entry(*root, wanted);
+        if (!weights)
+          fail(path, plain ? "weights_entry='" + wanted + "', but the file is a plain state dict (use weights_entry=auto)"
+                           : "weights_entry='" + wanted + "', but the checkpoint dict has no such entry: its entries are " +
+                                 entry_list(*root));
+        taken = wanted;
+      } else {
+        weights = nullptr;
+        for (const auto& name : checkpoint_entries())
+          if (const PValue* e = entry(*root, name); e && e->kind == PValue::Kind::Dict) {
+            weights = e;
+            taken = name;
+            break;
+          }
+        if (!weights)
+          fail(path, "a checkpoint dict with entries " + entry_list(*root) +
+                         ": none of 'state_dict_ema', 'model_ema', 'state_dict', 'model' holds the weights (nothing "
+                         "in the file is run)");
+      }
+      if (weights->kind != PValue::Kind::Dict)
+        fail(path, "the checkpoint entry '" + taken + "' holds " + describe(*weights) + ", not a state dict");
+      if (note) {
+        *note = "took the weights under '" + taken + "' of a checkpoint dict with entries " + entry_list(*root);
+        if (wanted == "auto") {
+          std::string others;
+          for (const auto& name : checkpoint_entries())
+            if (name != taken && entry(*root, name)) others += (others.empty() ? "'" : ", '") + name + "'";
+          if (!others.empty()) *note += " (also holds " + others + ": choose with weights_entry=)";
+        }
+      }
+    }
+    StateDict out;
+    for (const auto& [key, value] : weights->entries) {
+      if (key->kind != PValue::Kind::String) fail(path, "a state dict key is " + describe(*key) + ", not a string");
+      if (value->kind != PValue::Kind::Tensor)
+        fail(path, "'" + key->s + "' is " + describe(*value) + ", not a tensor (nothing in the file is run)");
+      out.emplace_back(key->s, unpickler.materialise(*value));
+    }
+    return out;
   } catch (const c10::Error& e) {
     // LibTorch's zip reader refusing a damaged record (found by fuzzing).
     std::string why = e.what_without_backtrace();
     fail(path, "corrupt torch.save archive (" + why.substr(0, why.find('\n')) + ")");
   }
-  if (root->kind != PValue::Kind::Dict) fail(path, "does not hold a state dict (a dict of tensors)");
-  StateDict out;
-  for (const auto& [key, value] : root->entries) {
-    if (key->kind != PValue::Kind::String) fail(path, "a state dict key is not a string");
-    if (value->kind != PValue::Kind::Tensor) fail(path, "'" + key->s + "' is not a tensor");
-    out.emplace_back(key->s, value->tensor);
-  }
-  return out;
 }
+
+StateDict read_torch_state_dict(const std::string& path) { return read_torch_state_dict(path, "auto", nullptr); }
 
 namespace {
 const std::map<std::string, at::ScalarType>& safetensors_types() {
@@ -548,7 +710,7 @@ void write_safetensors(const std::string& path, const StateDict& tensors, const 
   write_file_atomically(path, bytes);
 }
 
-StateDict read_weights(const std::string& path, Metadata* metadata) {
+StateDict read_weights(const std::string& path, Metadata* metadata, const std::string& entry, std::string* note) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open weight file");
   // What the file is, from its first bytes: a zip (torch.save since PyTorch
@@ -557,7 +719,7 @@ StateDict read_weights(const std::string& path, Metadata* metadata) {
   unsigned char magic[9] = {};
   in.read(reinterpret_cast<char*>(magic), 9);
   const std::streamsize got = in.gcount();
-  if (got >= 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_torch_state_dict(path);
+  if (got >= 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_torch_state_dict(path, entry, note);
   if (got == 9 && magic[8] == '{') return read_safetensors(path, metadata);
   if (got >= 2 && magic[0] == 0x80 && magic[1] >= 2 && magic[1] <= 5)
     fail(path, "a torch.save file in the legacy (pre-1.6, not zip) format: load it in PyTorch and save it again "

@@ -19,9 +19,18 @@ using StateDict = std::vector<std::pair<std::string, at::Tensor>>;  // in file o
 // By content: a zip archive is a torch.save file, anything else safetensors
 // (whose header metadata goes to `metadata` when given).
 // Throws std::runtime_error("PATH: what is wrong").
+// A torch.save file may hold a plain state dict or a checkpoint dict
+// ({'epoch', 'state_dict', 'optimizer', ...}): then the weights are taken from
+// `entry`, or with "auto" from the first of checkpoint_entries() present
+// (timm's load_checkpoint order, EMA weights first), and `note` says which.
+// The rest of a checkpoint (ints, strings, optimizer states, objects of any
+// class) is parsed past, never constructed or run.
 using Metadata = std::map<std::string, std::string>;
-StateDict read_weights(const std::string& path, Metadata* metadata = nullptr);
+StateDict read_weights(const std::string& path, Metadata* metadata = nullptr, const std::string& entry = "auto",
+                       std::string* note = nullptr);
 StateDict read_torch_state_dict(const std::string& path);
+StateDict read_torch_state_dict(const std::string& path, const std::string& entry, std::string* note);
+const std::vector<std::string>& checkpoint_entries();
 StateDict read_safetensors(const std::string& path);
 
 // Writes tensors (contiguous CPU copies) as safetensors, atomically.

@@ -102,6 +102,16 @@ void Features::begin_epoch(const EpochInfo&) {
   compute_.begin_epoch(model.device().is_cpu());
 }
 
+namespace {
+bool known_classes(const ModelStage& model, const DatasetInfo& dataset) {
+  const std::vector<std::string> names = model.class_names();
+  if (names.empty() || dataset.class_names.empty()) return false;
+  for (const auto& name : dataset.class_names)
+    if (std::find(names.begin(), names.end(), name) == names.end()) return false;
+  return true;
+}
+}  // namespace
+
 void Features::process(Item& item, const Emit& emit) {
   const int64_t begin = now_ns();
   const Batch& batch = item.get<Batch>();
@@ -109,7 +119,15 @@ void Features::process(Item& item, const Emit& emit) {
   torch::Tensor features =
       find_model(stages_, model_name_).infer_features(batch.images, layer_).cpu().contiguous();
   if (dim_ == 0) dim_ = features.size(1);
-  torch::Tensor labels = batch.labels.cpu();
+  // Labels as the model's outputs, by name, when the model knows all the
+  // source's classes; else the source's own (features need no head: a model
+  // may well describe a new task's images).
+  ModelStage& model = find_model(stages_, model_name_);
+  const bool by_model = batch.dataset && known_classes(model, *batch.dataset);
+  torch::Tensor labels = by_model ? model.labels(batch).cpu() : batch.labels.cpu();
+  auto class_name = [&](const Batch& b, int64_t c) {
+    return by_model ? model.output_name(c, b) : stages::class_name(b, c);
+  };
   const float* data = features.data_ptr<float>();
   for (int64_t i = 0; i < batch.size(); ++i) {
     if (!batch.padding.empty() && batch.padding[i]) continue;  // a repeat evening out a job's shards

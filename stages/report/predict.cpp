@@ -150,7 +150,10 @@ void Predict::process(Item& item, const Emit& emit) {
   torch::Tensor probabilities = torch::softmax(logits, 1).cpu();
   const int64_t k = std::min<int64_t>(5, probabilities.size(1));
   auto [top_p, top_i] = probabilities.topk(k, 1);
-  torch::Tensor labels = batch.labels.cpu();
+  ModelStage& model = find_model(stages_, model_name_);
+  // True classes as the model's outputs, by name; every class by the model's names.
+  torch::Tensor labels = model.labels(batch).cpu();
+  auto class_name = [&](const Batch& b, int64_t c) { return model.output_name(c, b); };
   for (int64_t i = 0; i < batch.size(); ++i) {
     if (!batch.padding.empty() && batch.padding[i]) continue;  // a repeat evening out a job's shards
     const int64_t label = labels[i].item<int64_t>();

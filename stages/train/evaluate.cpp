@@ -29,6 +29,7 @@ Evaluate::Evaluate(const StageInit& init)
 
 void Evaluate::begin_epoch(const EpochInfo&) {
   model_ = &find_model(stages_, model_name_);
+  class_names_.clear();  // the model's, at this epoch's first batch (training may have named them)
   compute_.begin_epoch(model_->device().is_cpu());
   const int64_t classes = model_->classes();
   // Sums on the model's device, read once at the end of the epoch.
@@ -44,7 +45,7 @@ void Evaluate::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
   ComputeThreads::Scope compute(compute_);
   torch::Tensor logits = model_->infer_logits(batch.images);
-  torch::Tensor labels = model_->labels(batch.labels);
+  torch::Tensor labels = model_->labels(batch);  // the source's classes as the model's outputs, by name
   if (!batch.padding.empty()) {
     // Repeats that only even out a job's shards count once, on the rank that has the original.
     std::vector<int64_t> real;
@@ -66,7 +67,11 @@ void Evaluate::process(Item& item, const Emit& emit) {
   torch::Tensor predicted = topk.select(1, 0);
   confusion_ += torch::bincount(labels * classes + predicted, {}, classes * classes);
   seen_ += logits.size(0);
-  if (class_names_.empty() && batch.dataset) class_names_ = batch.dataset->class_names;
+  if (class_names_.empty()) {
+    // The confusion matrix names the model's classes (a source may lack some).
+    class_names_.resize(static_cast<size_t>(classes));
+    for (int64_t c = 0; c < classes; ++c) class_names_[c] = model_->output_name(c, batch);
+  }
   emit(item);
 }
 

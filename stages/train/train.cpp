@@ -117,6 +117,15 @@ void Train::prepare(int64_t batches_in_epoch) {
       throw std::runtime_error("the schedule needs the number of batches per epoch, which this source does not give");
     total_steps_ = std::max<int64_t>(1, batches_in_epoch * epoch_.epochs_in_phase);
   }
+  if (schedule_ && !finder_ && step_ >= total_steps_ && warned_schedule_phase_ != phase_ && (!job_ || job_->rank() == 0)) {
+    // A finished run resumed with more epochs: its schedule was planned for
+    // the epochs it had, and stays at its end.
+    warned_schedule_phase_ = phase_;
+    spdlog::warn("{}: phase '{}': the schedule ended at step {} of {} (a finished run resumed with more epochs?); epoch {} "
+                 "and later train at its final rate, lr {:.3g} (start a new phase for more training at a useful rate)",
+                 name_, epoch_.phase, step_, total_steps_, epoch_.epoch + 1,
+                 optimization_.peak_lr.front() * schedule_->lr_factor(step_, total_steps_));
+  }
   prepared_ = true;
   char title[128];
   std::snprintf(title, sizeof title, "epoch %d (%s %d/%d) %s", epoch_.epoch + 1, epoch_.phase.c_str(),
@@ -162,12 +171,40 @@ torch::Tensor Train::head_on_cached_features(const Batch& batch, const torch::Te
   return net->head(features);
 }
 
+bool Train::batchnorm_trains() const {
+  for (const auto& module : model_->net()->modules(/*include_self=*/false))
+    if (module->is_training() && (module->as<torch::nn::BatchNorm1d>() || module->as<torch::nn::BatchNorm2d>() ||
+                                  module->as<torch::nn::BatchNorm3d>()))
+      return true;
+  return false;
+}
+
 void Train::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
   if (!first_batch_ns_) first_batch_ns_ = now_ns();
   ComputeThreads::Scope compute(compute_);
+  try {
+    step(batch, item, emit);
+  } catch (const c10::Error& e) {
+    // LibTorch's message without its C++ stack trace, and where it happened.
+    throw std::runtime_error(libtorch_error_text(e) + " (phase '" + epoch_.phase + "', epoch " +
+                             std::to_string(epoch_.epoch + 1) + ", batch " + std::to_string(seen_batches_ + 1) + ")");
+  }
+}
+
+void Train::step(Batch& batch, Item& item, const Emit& emit) {
   if (!prepared_) prepare(batch.batches_in_epoch);
   Network& net = model_->net();
+  if (batch.size() == 1 && batchnorm_trains()) {
+    // BatchNorm cannot normalise one sample with batch statistics (LibTorch
+    // refuses it); dropped, as fastai drops the last training batch.
+    if (dropped_single_++ == 0 && (!job_ || job_->rank() == 0))
+      spdlog::warn("{}: dropped a training batch of one sample (phase '{}', epoch {}, batch {}): BatchNorm cannot "
+                   "normalise one sample while it trains; batch drop_last=true drops it without this message",
+                   name_, epoch_.phase, epoch_.epoch + 1, seen_batches_ + 1);
+    ++seen_batches_;
+    return;
+  }
   torch::optim::Optimizer& optimizer = *optimization_.optimizer;
   if (finder_ && finder_->finished()) return;  // the range test is over: the run is ending
   // The schedule, stepped per batch; the range test's exponential sweep instead
@@ -181,7 +218,7 @@ void Train::process(Item& item, const Emit& emit) {
     if (auto momentum = schedule_->momentum(step_, total_steps_)) optimizer_stage_->set_momentum(optimizer, *momentum);
   last_lr_ = optimization_.peak_lr.front() * factor;
 
-  const torch::Tensor images = model_->input(batch.images), labels = model_->labels(batch.labels);
+  const torch::Tensor images = model_->input(batch.images), labels = model_->labels(batch, /*training=*/true);
   // In a job the ranks vote on stopping at every step (the vote travels while the step computes).
   if (job_) job_->start_stop_vote(stop_wanted());
   const int64_t t0 = now_ns();
@@ -375,6 +412,7 @@ void Train::report(Report& report) const {
   report.set("train_loss", last_loss_);
   report.set("train_top1", last_top1_);
   report.set("train_steps", static_cast<double>(steps_done_));
+  report.set("dropped_single_batches", static_cast<double>(dropped_single_));
   report.set("precompute_batches", static_cast<double>(precompute_batches_));  // trained from cached features
   if (suggestion_) {
     report.set("lr_find_valley", suggestion_->valley);

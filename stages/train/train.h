@@ -42,6 +42,10 @@ class Train : public SerialStage {
 
  private:
   void prepare(int64_t batches_in_epoch);
+  // One training step (process() adds where a LibTorch error happened).
+  void step(Batch& batch, Item& item, const Emit& emit);
+  // Whether a BatchNorm layer of the model normalises with batch statistics now.
+  bool batchnorm_trains() const;
   // The learning-rate range test is over: weights back, files written, the run ends.
   void finish_range_test();
   // The epoch's loss sum, correct count and images so far, over every rank of a job.
@@ -77,6 +81,8 @@ class Train : public SerialStage {
   torch::Tensor first_bad_;   // on the device: the first batch with a non-finite loss, or -1
   double last_loss_ = 0, last_top1_ = 0, last_lr_ = 0;
   int64_t steps_done_ = 0;
+  int64_t dropped_single_ = 0;     // one-sample batches dropped while BatchNorm trains
+  int warned_schedule_phase_ = -1;  // the phase whose finished schedule was reported
   // This epoch's first batch arrival and last step's end: images/s of the
   // steps themselves (the pipeline filling up is not counted), best epoch kept.
   int64_t first_batch_ns_ = 0, last_step_ns_ = 0;
