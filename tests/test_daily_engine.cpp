@@ -34,8 +34,9 @@ TEST(DailyEngine, TheBottleneckIsTheStageWhoseBusyTimeBoundsTheRun) {
   EXPECT_EQ(result.bottleneck, "work");
   const std::string table = format_stage_table(result);
   EXPECT_NE(table.find("bottleneck: work ("), std::string::npos) << table;
-  for (const auto& s : result.stages)
+  for (const auto& s : result.stages) {
     if (s.name == "work") EXPECT_NEAR(s.bound_s, s.busy_s / 4, 1e-9);
+  }
 }
 
 // Item 13: a complete 3-epoch run ended at the end of epoch 3 (not "epoch 4"),

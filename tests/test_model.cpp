@@ -273,7 +273,7 @@ TEST(Model, BadFilesAreClearErrors) {
   EXPECT_EQ(load_error(18, 7, text), text + ": not a PyTorch .pth (zip) or safetensors file");
   std::string tiny = write("tiny.safetensors", "{}");
   EXPECT_EQ(load_error(18, 7, tiny), tiny + ": not a PyTorch .pth (zip) or safetensors file");
-  std::string legacy = write("legacy.pth", std::string("\x80\x02\x8a\x0alz\xfc\x9cF\xf9 j\xa8P\x19.", 17));
+  std::string legacy = write("legacy.pth", std::string("\x80\x02\x8a\x0alz\xfc\x9c" "F\xf9 j\xa8P\x19.", 16));
   EXPECT_EQ(load_error(18, 7, legacy).rfind(legacy + ": a torch.save file in the legacy (pre-1.6, not zip) format", 0), 0u)
       << load_error(18, 7, legacy);
   std::string huge = write("huge.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}");

@@ -7,6 +7,8 @@
 #ifdef FLOWRUN_WITH_DISTRIBUTED
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 
+#include "stages/dist/c10d_compat.h"
+
 namespace flowrun::stages {
 
 GradientSync::GradientSync(Job& job, torch::nn::Module& model) : job_(job) {
@@ -27,10 +29,9 @@ GradientSync::GradientSync(Job& job, torch::nn::Module& model) : job_(job) {
       sparse, /*tensor_indices=*/{}, /*logger=*/c10::nullopt);
   std::reverse(buckets.begin(), buckets.end());
   std::reverse(limits.begin(), limits.end());
-  reducer_ = std::make_unique<c10d::Reducer>(params, std::move(buckets), std::move(limits),
-                                             job.group(params.front().device()), sparse, c10d::kDefaultBucketBytesCap,
-                                             /*find_unused_parameters=*/false, /*gradient_as_bucket_view=*/false,
-                                             std::move(names), c10d::kDefaultBucketBytesCap);
+  auto group = job.group(params.front().device());
+  reducer_ = compat::make_reducer(params, std::move(buckets), std::move(limits), std::move(group), sparse,
+                                  std::move(names));
 }
 
 GradientSync::~GradientSync() = default;
