@@ -7,6 +7,7 @@
 #include <png.h>
 #include <signal.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -151,17 +152,50 @@ TEST_F(Resume, MidEpochInTheFullPhase) { stop_and_resume("stop_at epoch=2 item=3
 
 TEST_F(Resume, SigtermWritesAResumableCheckpoint) {
   const std::string& dir = *dir_;
-  // The first checkpoint (end of epoch 1) has appeared: training is in epoch 2.
+  // every=0: no checkpoint at epoch ends, so the file can only come from the
+  // signal. Batches reach train 0.4 s apart (a sleep before it changes no
+  // number), so the signal, sent 1.5 s after epoch 1 ended (metrics.csv
+  // written), lands mid-way through epoch 2's 6 batches.
   const std::string checkpoint = dir + "/signalled/checkpoint.ckpt";
+  std::string text = graph_text();
+  for (auto [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {"train_batch   = batch size=4\n", "train_batch   = batch size=4\nslow          = sleep us=400000 concurrency=1\n"},
+           {"-> train_batch -> train ->", "-> train_batch -> slow -> train ->"}}) {
+    ASSERT_NE(text.find(from), std::string::npos) << from;
+    text.replace(text.find(from), from.size(), to);
+  }
+  const std::string slow = write_graph(dir, "slow.graph", text);
+  bool checkpoint_before_signal = false;
+  std::chrono::steady_clock::time_point epoch_ended{};
   auto signalled = test::run_flowrun_signalled(
-      {*graph_, "--threads", "2", "--run-dir", dir + "/signalled", "--set", "save.path=" + dir + "/signalled.safetensors"},
-      [&] { return std::filesystem::exists(checkpoint); }, SIGTERM, dir);
+      {slow, "--threads", "2", "--run-dir", dir + "/signalled", "--set", "checkpoint.every=0",
+       "--set", "save.path=" + dir + "/signalled.safetensors"},
+      [&] {
+        checkpoint_before_signal = checkpoint_before_signal || std::filesystem::exists(checkpoint);
+        if (epoch_ended == std::chrono::steady_clock::time_point{}) {
+          if (std::filesystem::exists(dir + "/signalled/metrics.csv")) epoch_ended = std::chrono::steady_clock::now();
+          return false;
+        }
+        return std::chrono::steady_clock::now() - epoch_ended > std::chrono::milliseconds(1500);
+      },
+      SIGTERM, dir);
   ASSERT_EQ(signalled.exit_code, 130) << signalled.err;
+  EXPECT_FALSE(checkpoint_before_signal);
+  ASSERT_TRUE(std::filesystem::exists(checkpoint)) << signalled.err;
+  // The checkpoint holds the run up to where the signal stopped it, in
+  // epoch 2 (epoch 1 from 0): the position flowrun reports. (On a loaded
+  // machine the signal may still land at the epoch's start: item 0.)
   RunState state = stages::read_checkpoint(checkpoint);
-  EXPECT_GE(state.position.epoch, 1);
+  EXPECT_EQ(state.position.epoch, 1);
+  EXPECT_EQ(state.position.flow, 0);
+  EXPECT_LT(state.position.items, 24u);  // 24 samples an epoch
+  EXPECT_NE(signalled.err.find("flowrun: interrupted at " + state.position.describe() + " (1 complete epoch(s))"),
+            std::string::npos) << signalled.err;
   auto resumed = run(dir, *graph_, "after-signal", {"--set", "checkpoint.resume=" + checkpoint});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming at " + state.position.describe()), std::string::npos) << resumed.err;
   EXPECT_EQ(slurp(dir + "/after-signal.safetensors"), slurp(*whole_ + ".safetensors"));
+  EXPECT_EQ(slurp(dir + "/after-signal/metrics.csv"), slurp(*whole_ + "/metrics.csv"));
 }
 
 TEST_F(Resume, AFinishedRunResumesToTheSameResult) {

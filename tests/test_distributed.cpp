@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -107,13 +108,38 @@ std::string write_graph(const std::string& dir, const std::string& name, const s
   return path;
 }
 
+// The largest |a - b| over all the tensors of two weight files (counters
+// such as BatchNorm's num_batches_tracked included). Every
+// tensor of either file must be in the other, with the same shape, and hold
+// no NaN: a missing tensor, another shape or a NaN fails the test (naming
+// the tensor) and counts as an infinite difference, so it can never pass as
+// "close" (std::max ignores NaN; a loop over one file's keys misses the
+// other's extra ones).
 double max_difference(const std::string& a, const std::string& b) {
-  std::map<std::string, torch::Tensor> first;
+  std::map<std::string, torch::Tensor> first, second;
   for (const auto& [key, tensor] : stages::read_weights(a)) first[key] = tensor;
+  for (const auto& [key, tensor] : stages::read_weights(b)) second[key] = tensor;
   double most = 0;
-  for (const auto& [key, tensor] : stages::read_weights(b)) {
-    if (!tensor.is_floating_point()) continue;
-    most = std::max(most, (tensor - first.at(key)).abs().max().item<double>());
+  for (const auto& [key, tensor] : first)
+    if (!second.count(key)) ADD_FAILURE() << key << " is in " << a << " but not in " << b, most = INFINITY;
+  for (const auto& [key, y] : second) {
+    auto it = first.find(key);
+    if (it == first.end()) {
+      ADD_FAILURE() << key << " is in " << b << " but not in " << a;
+      most = INFINITY;
+      continue;
+    }
+    const torch::Tensor& x = it->second;
+    if (x.sizes() != y.sizes()) {
+      ADD_FAILURE() << key << ": shape " << x.sizes() << " in " << a << " but " << y.sizes() << " in " << b;
+      most = INFINITY;
+    } else if (x.isnan().any().item<bool>() || y.isnan().any().item<bool>()) {
+      ADD_FAILURE() << key << " holds a NaN (" << a << " / " << b << ")";
+      most = INFINITY;
+    } else if (x.numel() > 0) {
+      const double d = (x.to(torch::kDouble) - y.to(torch::kDouble)).abs().max().item<double>();
+      most = std::isnan(d) ? INFINITY : std::max(most, d);  // inf - inf
+    }
   }
   return most;
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -62,12 +63,16 @@ TEST(Graphs, PretrainThenFinetuneAtTinyScale) {
   for (std::string line; std::getline(confusion, line);) confusion_lines.push_back(line);
   ASSERT_EQ(confusion_lines.size(), 5u);  // header + 4 classes
   EXPECT_EQ(confusion_lines[0], "true\\predicted,Shirt,Sneaker,Bag,Ankle boot,accuracy");
-  int counted = 0;
+  int counted = 0, right = 0;
   for (size_t r = 1; r < 5; ++r) {
     std::stringstream row(confusion_lines[r]);
     std::string cell;
     std::getline(row, cell, ',');
-    for (int c = 0; c < 4; ++c) std::getline(row, cell, ','), counted += std::stoi(cell);
+    for (size_t c = 1; c <= 4; ++c) {
+      std::getline(row, cell, ',');
+      counted += std::stoi(cell);
+      if (c == r) right += std::stoi(cell);
+    }
   }
   EXPECT_EQ(counted, 20);  // every validation sample counted once
   EXPECT_TRUE(std::filesystem::exists(dir + "/run/summary.json"));
@@ -79,10 +84,24 @@ TEST(Graphs, PretrainThenFinetuneAtTinyScale) {
   nlohmann::json again = nlohmann::json::parse(again_in);
   for (const char* key : {"val_loss", "val_top1", "scratch_val_loss", "train_loss"})
     EXPECT_EQ(summary[key], again[key]) << key;
-  for (const char* key : {"val_top1", "val_top5", "val_loss", "scratch_val_top1", "train_loss"}) {
-    ASSERT_TRUE(summary.contains(key)) << key;
-    EXPECT_GE(summary[key].get<double>(), 0.0) << key;
+  // The transfer run started from the source model: every tensor of it but
+  // the 6-class head (2 of ResNet-18's 122), whose new 4-class head starts afresh.
+  EXPECT_EQ(summary["weights_loaded"], 120.0);
+  EXPECT_EQ(summary["head_reinitialised"], 1.0);
+  // The reported accuracy is the confusion matrix's diagonal, and the
+  // figures are what their names say: 0 <= top1 <= top5 <= 1, a finite
+  // positive loss, for the transferred model and the one from scratch.
+  EXPECT_DOUBLE_EQ(summary["val_top1"].get<double>(), right / 20.0);
+  for (const std::string prefix : {"val", "scratch_val"}) {
+    for (const char* key : {"_top1", "_top5", "_loss"}) ASSERT_TRUE(summary.contains(prefix + key)) << prefix + key;
+    const double top1 = summary[prefix + "_top1"], top5 = summary[prefix + "_top5"], loss = summary[prefix + "_loss"];
+    EXPECT_GE(top1, 0.0) << prefix;
+    EXPECT_LE(top1, top5) << prefix;
+    EXPECT_LE(top5, 1.0) << prefix;
+    EXPECT_TRUE(std::isfinite(loss) && loss > 0) << prefix << " " << loss;
   }
+  // Two models, not one reported twice.
+  EXPECT_NE(summary["val_loss"], summary["scratch_val_loss"]);
   EXPECT_EQ(summary["val_samples"], 20.0);  // 4 classes x 5, every sample counted
   EXPECT_EQ(summary["epochs"], 2);
   EXPECT_NE(finetune.out.find("epoch 2 (full 1/1) evaluate: val_loss"), std::string::npos) << finetune.out;

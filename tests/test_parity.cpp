@@ -80,8 +80,13 @@ TEST(Parity, EvalTransformsMatchTorchvision) {
     const stages::FloatImage& ours = item.get<stages::Sample>().tensor;
     std::vector<float> theirs = read_floats(dir + "/out" + std::to_string(i) + ".f32");
     ASSERT_EQ(ours.data.size(), theirs.size()) << c.image << " " << c.resize_line;
+    // NaN-aware: a NaN on either side counts as an infinite difference
+    // (std::max would keep the old maximum and let it pass).
     float max_difference = 0;
-    for (size_t k = 0; k < theirs.size(); ++k) max_difference = std::max(max_difference, std::abs(ours.data[k] - theirs[k]));
+    for (size_t k = 0; k < theirs.size(); ++k) {
+      const float d = std::abs(ours.data[k] - theirs[k]);
+      max_difference = std::isnan(d) ? INFINITY : std::max(max_difference, d);
+    }
     EXPECT_LE(max_difference, 1e-6f) << c.image << " " << c.resize_line << " crop " << c.center_crop;
   }
 }

@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
@@ -132,15 +134,40 @@ TEST(Samplers, BalancedEqualisesClasses) {
 }
 
 TEST(Samplers, ShardsPartitionLikeDistributedSampler) {
-  std::vector<int64_t> labels(10, 0);
-  std::vector<int64_t> all;
-  for (int rank = 0; rank < 3; ++rank) {
-    SampleSet set = sample("shard rank=" + std::to_string(rank) + " world=3", 0, 0, labels);
-    EXPECT_EQ(set.indices.size(), 4u);  // 10 padded to 12
-    all.insert(all.end(), set.indices.begin(), set.indices.end());
+  // PyTorch's DistributedSampler (the oracle) rank by rank: which rank gets
+  // which position of the epoch's order, and the padding that evens the
+  // ranks out (wrapping round to the start, more than once when world > n).
+  const std::vector<std::pair<size_t, int>> cases = {{10, 3}, {12, 4}, {7, 4}, {2, 5}, {1, 3}};
+  std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/distributed_sampler.py'";
+  for (auto [n, world] : cases) command += " " + std::to_string(n) + ":" + std::to_string(world);
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  while (pipe && fgets(buffer, sizeof buffer, pipe)) out += buffer;
+  ASSERT_TRUE(pipe && pclose(pipe) == 0 && !out.empty()) << "oracle failed: " << command;
+  const auto oracle = nlohmann::json::parse(out).get<std::vector<std::vector<std::vector<int64_t>>>>();
+  ASSERT_EQ(oracle.size(), cases.size());
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const auto [n, world] = cases[k];
+    std::vector<int64_t> labels(n, 0);
+    // The order shard cuts: a shuffled one, so positions and indices differ.
+    const std::vector<int64_t> order = sample("shuffle", 1, 4, labels).indices;
+    ASSERT_EQ(order.size(), n);
+    const auto& expected = oracle[k];
+    ASSERT_EQ(expected.size(), static_cast<size_t>(world));
+    for (int rank = 0; rank < world; ++rank) {
+      std::vector<int64_t> want;
+      for (int64_t position : expected[rank]) want.push_back(order.at(position));
+      SampleSet set = sample("shuffle | shard rank=" + std::to_string(rank) + " world=" + std::to_string(world), 1, 4,
+                             labels);
+      EXPECT_EQ(set.indices, want) << "n=" << n << " world=" << world << " rank=" << rank;
+      // The repeats are the positions past n of the padded order (evaluation skips them).
+      int64_t repeats = 0;
+      for (size_t i = 0; i < expected[rank].size(); ++i)
+        repeats += static_cast<size_t>(rank) + i * static_cast<size_t>(world) >= n;
+      EXPECT_EQ(set.padded, repeats) << "n=" << n << " world=" << world << " rank=" << rank;
+    }
   }
-  std::sort(all.begin(), all.end());
-  EXPECT_EQ(all, (std::vector<int64_t>{0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
   EXPECT_EQ(test::errors_of("source = count\ns = shard rank=3 world=3\n"),
             "test.graph:2:5: error: stage 's' (shard): rank must be below world\n");
 }

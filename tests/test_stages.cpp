@@ -7,6 +7,7 @@
 
 #include "pipeline/interrupt.h"
 #include "pipeline/registry.h"
+#include "stages/common/random.h"
 
 namespace flowrun::test {
 
@@ -121,6 +122,24 @@ void GroupSink::load_state(const std::string& in) {
   }
 }
 
+Schema RandomTag::schema() {
+  return Schema("random_tag", "replaces v by v * scale + a random draw below scale; drops with probability drop")
+      .param(Int("scale", "the multiplier and the draws' bound").def(int64_t{1000}).range(1, 1000000))
+      .param(Float("drop", "probability of dropping an item").def(0.0).range(0, 1))
+      .randomized();
+}
+RandomTag::RandomTag(const StageInit& init)
+    : seed_(init.run.seed),
+      stream_(stages::hash_name(init.name)),
+      scale_(init.params.get_int("scale")),
+      drop_(init.params.get_float("drop")) {}
+void RandomTag::process(Item& item) {
+  const int64_t value = item.get<int64_t>();
+  stages::Rng rng(seed_, stream_, epoch_, static_cast<uint64_t>(value));
+  if (rng.chance(drop_)) return item.drop();
+  item.set<int64_t>(value * scale_ + static_cast<int64_t>(rng.below(static_cast<uint64_t>(scale_))));
+}
+
 Schema StopAfter::schema() {
   return Schema("stop_after", "requests a stop when its n-th item passes (0: never)")
       .param(Int("n", "the item").def(int64_t{0}).at_least(0));
@@ -137,6 +156,7 @@ Schema MemoryKeeper::schema() {
 std::optional<RunState> MemoryKeeper::resume_state() { return resume_ ? kept : std::nullopt; }
 
 FLOWRUN_REGISTER_STAGE(StopAfter);
+FLOWRUN_REGISTER_STAGE(RandomTag);
 FLOWRUN_REGISTER_STAGE(MemoryKeeper);
 FLOWRUN_REGISTER_STAGE(Kitchen);
 FLOWRUN_REGISTER_STAGE(FailsAt);

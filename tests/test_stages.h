@@ -55,6 +55,23 @@ class GroupSink : public SerialStage {
   std::vector<std::vector<int64_t>> groups_;
 };
 
+// A random transform of integers, as the random image ops are: each item's
+// draw is a function of (run seed, stage name, epoch, the item's value), set
+// up in begin_epoch. Replaces v by v * scale + a draw below scale, and drops
+// the item with probability `drop`.
+class RandomTag : public TransformStage {
+ public:
+  static Schema schema();
+  explicit RandomTag(const StageInit& init);
+  void begin_epoch(const EpochInfo& epoch) override { epoch_ = static_cast<uint64_t>(epoch.epoch); }
+  void process(Item& item) override;
+
+ private:
+  uint64_t seed_, stream_, epoch_ = 0;
+  int64_t scale_;
+  double drop_;
+};
+
 // Asks the run to stop (as SIGINT would) when the n-th item of the run passes.
 class StopAfter : public TransformStage {
  public:

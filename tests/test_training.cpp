@@ -280,8 +280,14 @@ TEST(LrFind, TheRangeTestSuggestsARateAndPutsTheWeightsBack) {
   for (const auto& stage : result.stages)
     if (stage.name == "train") figures = stage.figures;
   ASSERT_TRUE(figures.count("lr_find_valley"));
-  EXPECT_GT(figures["lr_find_valley"], 1e-7);
-  EXPECT_LT(figures["lr_find_valley"], 100.0);
+  // The suggestions are fastai's on the recorded curve: the oracle runs
+  // fastai's valley and steep on lr_find.csv (written to 9 digits).
+  const std::string fastai = run_command("/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/fastai_lr_find.py' '" +
+                                         dir + "/run/lr_find.csv' 40");
+  ASSERT_FALSE(fastai.empty()) << "oracle failed";
+  const nlohmann::json expected = nlohmann::json::parse(fastai);
+  EXPECT_NEAR(figures["lr_find_valley"], expected["valley"].get<double>(), 1e-6 * expected["valley"].get<double>());
+  EXPECT_NEAR(figures["lr_find_steep"], expected["steep"].get<double>(), 1e-6 * expected["steep"].get<double>());
   EXPECT_GE(figures["train_steps"], 10.0);  // it stepped (and diverged, or ran its 40 batches)
   EXPECT_LE(figures["train_steps"], 40.0);
   std::ifstream csv(dir + "/run/lr_find.csv");

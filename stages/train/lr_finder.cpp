@@ -15,12 +15,15 @@ namespace flowrun::stages {
 
 namespace {
 constexpr double kBeta = 0.98;  // fastai's loss smoothing
-}
 
-LrSuggestion suggest_learning_rates(const std::vector<double>& all_lrs, const std::vector<double>& all_losses) {
+// fastai's rules with the first num_it / 10 points left out, num_it the
+// sweep's planned steps as in fastai's Learner.lr_find (a sweep that
+// diverged early recorded fewer: a tenth of those would keep points fastai
+// drops and move the valley).
+LrSuggestion suggest(const std::vector<double>& all_lrs, const std::vector<double>& all_losses, size_t num_it) {
   // fastai looks at the curve without its first tenth and last five points
   // (the start is noise, the end divergence), when that leaves enough.
-  size_t n = all_losses.size(), first = n / 10, last = n > 5 ? n - 5 : n;
+  size_t n = all_losses.size(), first = num_it / 10, last = n > 5 ? n - 5 : n;
   if (last <= first + 2) first = 0, last = n;
   std::vector<double> lrs(all_lrs.begin() + first, all_lrs.begin() + last);
   std::vector<double> losses(all_losses.begin() + first, all_losses.begin() + last);
@@ -51,6 +54,12 @@ LrSuggestion suggest_learning_rates(const std::vector<double>& all_lrs, const st
   }
   out.steep = lrs[steepest];
   return out;
+}
+
+}  // namespace
+
+LrSuggestion suggest_learning_rates(const std::vector<double>& lrs, const std::vector<double>& losses) {
+  return suggest(lrs, losses, losses.size());
 }
 
 LrFinder::LrFinder(int64_t steps, double start, double end, std::string out_dir)
@@ -85,7 +94,7 @@ LrSuggestion LrFinder::finish(torch::nn::Module& model) {
     StateDict now = state_dict(model);
     for (size_t i = 0; i < now.size() && i < saved_.size(); ++i) now[i].second.copy_(saved_[i]);
   }
-  LrSuggestion suggestion = suggest_learning_rates(lrs_, smoothed_);
+  LrSuggestion suggestion = suggest(lrs_, smoothed_, static_cast<size_t>(steps_));
   if (!out_dir_.empty()) {
     write_csv();
     write_plot(suggestion);
