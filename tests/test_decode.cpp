@@ -81,7 +81,7 @@ struct OracleCase {
 const std::string& oracle_dir() {
   static const std::string dir = [] {
     std::string d = test::temp_dir();
-    std::string command = "/usr/bin/python3 -W ignore '" FLOWRUN_SOURCE_DIR "/tests/oracle/pil_images.py' '" + d + "'";
+    std::string command = FLOWRUN_ORACLE_PYTHON " -W ignore '" FLOWRUN_SOURCE_DIR "/tests/oracle/pil_images.py' '" + d + "'";
     if (std::system(command.c_str()) != 0) throw std::runtime_error("oracle failed: " + command);
     return d;
   }();

@@ -103,7 +103,7 @@ TEST(ExamplePlugins, RandomErasingMatchesTorchvision) {
   }
   std::ofstream(dir + "/cases.json") << jobs.dump();
   std::string command =
-      "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_erasing.py' '" + dir + "/cases.json'";
+      FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_erasing.py' '" + dir + "/cases.json'";
   FILE* pipe = popen(command.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string output;

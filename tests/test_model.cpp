@@ -24,7 +24,7 @@ const std::string& oracle_dir() {
   static const std::string dir = [] {
     std::string d = MODEL_ORACLE_DIR;
     if (std::filesystem::exists(d + "/complete")) return d;
-    std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_resnet.py' --make '" + d + "'";
+    std::string command = FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_resnet.py' --make '" + d + "'";
     if (std::system(command.c_str()) != 0) throw std::runtime_error("oracle failed: " + command);
     return d;
   }();
@@ -104,7 +104,7 @@ TEST(Model, SafetensorsBothWays) {
   std::string exported = test::temp_dir() + "/exported.safetensors";
   write_safetensors(exported, state_dict(*net));
   std::string out = exported + ".logits";
-  std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_resnet.py' --check 50 '" +
+  std::string command = FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_resnet.py' --check 50 '" +
                         exported + "' '" + base + ".input.f32' '" + out + "'";
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
   EXPECT_LE(max_difference(logits, read_f32(out, {2, 7})), 1e-4f);
@@ -163,7 +163,7 @@ const std::string& ecosystem_dir() {
   static const std::string dir = [] {
     std::string d = oracle_dir() + "/ecosystem";
     if (std::filesystem::exists(d + "/complete")) return d;
-    std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/checkpoint_files.py' '" +
+    std::string command = FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/checkpoint_files.py' '" +
                           oracle_dir() + "/18.pth' '" + d + "'";
     if (std::system(command.c_str()) != 0) throw std::runtime_error("oracle failed: " + command);
     return d;
@@ -341,7 +341,7 @@ TEST(Features, MatchTorchvisionsBackboneOnTheSameFiles) {
   }
   EXPECT_NE(rows[8].find(",fox," + root + "/fox/"), std::string::npos) << rows[8];
   std::string oracle = dir + "/torchvision.f32";
-  std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_resnet.py' --features 50 '" +
+  std::string command = FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_resnet.py' --features 50 '" +
                         weights + "' '" + dir + "/out/train.csv' 32 4 '" + oracle + "'";
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
   EXPECT_LE(max_difference(features, read_f32(oracle, {9, 2048})), 1e-4f);

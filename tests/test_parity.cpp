@@ -60,7 +60,7 @@ TEST(Parity, EvalTransformsMatchTorchvision) {
                     {"resize", cases[i].resize}, {"center_crop", cases[i].center_crop},
                     {"mean", {0.485, 0.456, 0.406}}, {"std", {0.229, 0.224, 0.225}}});
   std::ofstream(dir + "/jobs.json") << jobs.dump();
-  std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_transforms.py' '" + dir +
+  std::string command = FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/torchvision_transforms.py' '" + dir +
                         "/jobs.json'";
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
 

@@ -138,7 +138,7 @@ TEST(Samplers, ShardsPartitionLikeDistributedSampler) {
   // which position of the epoch's order, and the padding that evens the
   // ranks out (wrapping round to the start, more than once when world > n).
   const std::vector<std::pair<size_t, int>> cases = {{10, 3}, {12, 4}, {7, 4}, {2, 5}, {1, 3}};
-  std::string command = "/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/distributed_sampler.py'";
+  std::string command = FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/distributed_sampler.py'";
   for (auto [n, world] : cases) command += " " + std::to_string(n) + ":" + std::to_string(world);
   FILE* pipe = popen(command.c_str(), "r");
   std::string out;

@@ -66,7 +66,7 @@ const std::string kModel = "source = count\nmodel = resnet depth=18 classes=3\n"
 
 TEST(Schedule, OneCycleMatchesPyTorch) {
   for (const char* anneal : {"cos", "linear"}) {
-    std::string out = run_command(std::string("/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/onecycle.py' 0.01 37 0.3 ") +
+    std::string out = run_command(std::string(FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/onecycle.py' 0.01 37 0.3 ") +
                                   anneal + " 25 10000");
     nlohmann::json expected = nlohmann::json::parse(out);
     test::StageBench bench(std::string("source = count\nsched = onecycle anneal=") + anneal + "\n");
@@ -282,7 +282,7 @@ TEST(LrFind, TheRangeTestSuggestsARateAndPutsTheWeightsBack) {
   ASSERT_TRUE(figures.count("lr_find_valley"));
   // The suggestions are fastai's on the recorded curve: the oracle runs
   // fastai's valley and steep on lr_find.csv (written to 9 digits).
-  const std::string fastai = run_command("/usr/bin/python3 '" FLOWRUN_SOURCE_DIR "/tests/oracle/fastai_lr_find.py' '" +
+  const std::string fastai = run_command(FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/fastai_lr_find.py' '" +
                                          dir + "/run/lr_find.csv' 40");
   ASSERT_FALSE(fastai.empty()) << "oracle failed";
   const nlohmann::json expected = nlohmann::json::parse(fastai);
