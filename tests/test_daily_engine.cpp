@@ -35,7 +35,9 @@ TEST(DailyEngine, TheBottleneckIsTheStageWhoseBusyTimeBoundsTheRun) {
   const std::string table = format_stage_table(result);
   EXPECT_NE(table.find("bottleneck: work ("), std::string::npos) << table;
   for (const auto& s : result.stages) {
-    if (s.name == "work") EXPECT_NEAR(s.bound_s, s.busy_s / 4, 1e-9);
+    if (s.name == "work") {
+      EXPECT_NEAR(s.bound_s, s.busy_s / 4, 1e-9);
+    }
   }
 }
 

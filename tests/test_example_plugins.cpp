@@ -143,7 +143,9 @@ TEST(ExamplePlugins, RandomErasingIsTheSamplesOwnDrawOnBytesToo) {
       ++changed;
       // Every changed byte is the fill value.
       for (size_t b = 0; b < pixels.size(); ++b)
-        if (pixels[b] != original.pixels[b]) ASSERT_EQ(pixels[b], 7);
+        if (pixels[b] != original.pixels[b]) {
+          ASSERT_EQ(pixels[b], 7);
+        }
     }
     EXPECT_EQ(pixels, erased(index, 0)) << "a function of (seed, epoch, index)";
   }

@@ -156,5 +156,5 @@ TEST(Graphs, GpuBenchmarkGraphsRunOnTheCpu) {
   auto eval = with({"bench/gpu_eval.graph", "--set", "batch.size=6", "--set", "resize.resize.size=32",
                     "--set", "resize.center_crop.size=32", "--set", "decode.min_size=0"});
   ASSERT_EQ(eval.exit_code, 0) << eval.err;
-  EXPECT_NE(eval.err.find("(12 samples)"), std::string::npos) << eval.err;
+  EXPECT_NE(eval.out.find("(12 samples)"), std::string::npos) << eval.out;  // results on stdout
 }
