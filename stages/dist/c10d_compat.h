@@ -17,6 +17,7 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
+#include <c10/util/Logging.h>
 #include <torch/version.h>
 #ifdef FLOWRUN_WITH_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -87,6 +88,17 @@ inline c10::intrusive_ptr<c10d::ProcessGroup> make_nccl_group(const c10::intrusi
 #endif
 }
 #endif
+
+// LibTorch 2.x's c10d logs its errors itself (C10D_ERROR, at c10's ERROR
+// level, with the exception's C++ backtrace) before throwing them; quiet
+// that log (caffe2_log_level above ERROR) when `quiet`. 1.13 logs no such lines.
+inline void quiet_c10d_error_log(bool quiet) {
+#if TORCH_VERSION_MAJOR >= 2
+  if (quiet && FLAGS_caffe2_log_level < 3) FLAGS_caffe2_log_level = 3;
+#else
+  (void)quiet;
+#endif
+}
 
 // DDP's Reducer over `params` in `buckets` (DDP's order: reversed), with
 // DDP's defaults: no unused parameters, gradients not bucket views.

@@ -93,6 +93,9 @@ Job::Job(const JobInfo& info) : info_(info), impl_(std::make_unique<Impl>()) {
   if (info.master_addr.empty() || info.master_port <= 0)
     throw std::runtime_error(prefix + "MASTER_ADDR and MASTER_PORT must say where the job's ranks meet");
   const int64_t start = now_ns();
+  // flowrun reports a failed exchange itself (one line naming the rank and the address); LibTorch 2.x's c10d
+  // would also log it, with a C++ backtrace. Its own log stays on when flowrun logs at debug.
+  compat::quiet_c10d_error_log(!spdlog::should_log(spdlog::level::debug));
   spdlog::info("joining the job at {} ({} ranks, timeout {} s)", where(info), info.world_size, info.timeout_s);
   try {
     impl_->store = connect_store(info, /*join=*/true, info.timeout_s);
