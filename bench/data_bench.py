@@ -25,7 +25,7 @@ def run_flowrun(binary, data, threads, epochs, extra=()):
     with tempfile.NamedTemporaryFile(suffix=".json") as summary:
         subprocess.run([binary, os.path.join(HERE, "data.graph"), "--set", "source.root=" + data, "--set",
                         "run.epochs=%d" % epochs, "--threads", str(threads), "--summary-json", summary.name,
-                        *extra], check=True, stderr=subprocess.DEVNULL)
+                        *extra], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(summary.name) as f:
             return json.load(f)
 

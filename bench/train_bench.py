@@ -34,7 +34,8 @@ def run_flowrun(binary, data, depth, epochs, threads):
         start = time.perf_counter()
         subprocess.run([binary, os.path.join(HERE, "train.graph"), "--set", "source.root=" + data, "--set",
                         "model.depth=%d" % depth, "--set", "run.epochs=%d" % epochs, "--threads", str(threads),
-                        "--summary-json", summary.name], check=True, stderr=subprocess.DEVNULL)
+                        "--summary-json", summary.name], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         with open(summary.name) as f:
