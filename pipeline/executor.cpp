@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <optional>
 #include <set>
 #include <cstdio>
 #include <memory>
@@ -137,6 +138,7 @@ class Runner : public StageDirectory {
           EpochInfo info{phase.name, static_cast<int>(p), global_epoch, static_cast<int>(e),
                          static_cast<int>(phase.epochs), graph_.run.seed};
           spdlog::debug("phase '{}' epoch {}/{} (global epoch {})", phase.name, e + 1, phase.epochs, global_epoch);
+          epoch_now_ = info;
           for_each_stage([&](StageSlot& slot, Stage& stage) { stage.begin_epoch(info); });
           if (resume) {
             load_states(*resume);
@@ -273,9 +275,10 @@ class Runner : public StageDirectory {
         for (auto& op : slot->ops) call_stage(*slot, [&] { f(*slot, *op); });
   }
 
-  // Runs stage code, turning its exceptions into StageError naming the stage.
+  // Runs stage code, turning its exceptions into StageError naming the stage
+  // (and, for an item's processing, where in the run it failed).
   template <class F>
-  void call_stage(const StageSlot& slot, F&& f) {
+  void call_stage(const StageSlot& slot, F&& f, std::optional<uint64_t> item_seq = std::nullopt) {
     try {
       f();
     } catch (const StageError&) {
@@ -283,7 +286,13 @@ class Runner : public StageDirectory {
       throw;
     } catch (const std::exception& e) {
       failed_.store(true);
-      throw StageError(slot.config.name, "stage '" + slot.config.name + "' (" + type_and_origin_of(slot.config) + "): " + error_text(e));
+      std::string where;
+      if (item_seq)
+        where = " (phase '" + epoch_now_.phase + "', epoch " + std::to_string(epoch_now_.epoch + 1) + " (" +
+                std::to_string(epoch_now_.epoch_in_phase + 1) + "/" + std::to_string(epoch_now_.epochs_in_phase) +
+                " of the phase), item " + std::to_string(*item_seq + 1) + " the stage received this epoch)";
+      throw StageError(slot.config.name,
+                       "stage '" + slot.config.name + "' (" + type_and_origin_of(slot.config) + "): " + error_text(e) + where);
     }
   }
 
@@ -441,15 +450,18 @@ class Runner : public StageDirectory {
               }
               if (!item.dropped()) {
                 slot.counters.items_in.fetch_add(1, std::memory_order_relaxed);
-                call_stage(slot, [&] {
-                  for (auto& op : slot.ops) {
-                    static_cast<TransformStage&>(*op).process(item);
-                    if (item.dropped()) {
-                      slot.counters.dropped.fetch_add(1, std::memory_order_relaxed);
-                      break;
-                    }
-                  }
-                });
+                call_stage(
+                    slot,
+                    [&] {
+                      for (auto& op : slot.ops) {
+                        static_cast<TransformStage&>(*op).process(item);
+                        if (item.dropped()) {
+                          slot.counters.dropped.fetch_add(1, std::memory_order_relaxed);
+                          break;
+                        }
+                      }
+                    },
+                    item.seq);
                 if (!item.dropped()) slot.counters.items_out.fetch_add(1, std::memory_order_relaxed);
               }
               int64_t end = now_ns();
@@ -481,7 +493,7 @@ class Runner : public StageDirectory {
                 chain.pending[i] += item.tokens;
                 slot.counters.items_in.fetch_add(1, std::memory_order_relaxed);
                 SerialStage::Emit emit = [this, &chain, i](Item out) { forward(chain, i, std::move(out)); };
-                call_stage(slot, [&] { static_cast<SerialStage&>(*slot.ops.front()).process(item, emit); });
+                call_stage(slot, [&] { static_cast<SerialStage&>(*slot.ops.front()).process(item, emit); }, item.seq);
               }
               int64_t end = now_ns();
               slot.counters.busy_ns.fetch_add(end - begin, std::memory_order_relaxed);
@@ -706,6 +718,7 @@ class Runner : public StageDirectory {
   mutable std::set<size_t> one_thread_;                     // flows that run on one worker thread
   std::vector<tbb::task_arena*> arenas_;              // all the workers, one worker
   std::atomic<bool> failed_{false};
+  EpochInfo epoch_now_;  // the epoch under way (named in a stage's errors)
   StageSlot* keeper_slot_ = nullptr;
   std::string graph_text_;
 };

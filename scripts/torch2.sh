@@ -7,7 +7,8 @@
 #     oracle the parity tests compare with in this tree;
 #  2. build-torch2/ configured against that LibTorch with CUDA enabled
 #     (architectures 80;90: A100, H100, H200) and built whole:
-#     flowrun, plugins (the out-of-tree examples too), test suites, benchmarks.
+#     flowrun, plugins (the out-of-tree examples too), test suites (the
+#     benchmarks are built on request: cmake --build build-torch2 --target benchmarks).
 # Runs on a machine without a GPU: CUDA code compiles and links, and at run
 # time CUDA is simply unavailable. On a GPU host it is the same command.
 #   scripts/torch2.sh                  # venv + configure + build
@@ -48,7 +49,7 @@ elif ! have_pins; then
     fi
   fi
   echo "torch2: installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION from PyPI into $venv"
-  if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+  if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir \
       "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"; then
     echo "torch2: error: could not fetch torch==$TORCH_VERSION and torchvision==$TORCHVISION_VERSION from PyPI" \
          "(see pip's message above); the LibTorch 2.x lane cannot be built" >&2
@@ -76,6 +77,6 @@ prefix_path="$torch_root;$torch_cmake"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" \
   -DCMAKE_PREFIX_PATH="$prefix_path" -DCUDAToolkit_ROOT="$cuda_root" \
   -DCMAKE_CUDA_COMPILER="$cuda_root/bin/nvcc" -DTORCH_CUDA_ARCH_LIST="8.0;9.0" \
-  -DFLOWRUN_REQUIRE_CUDA=ON -DFLOWRUN_ORACLE_PYTHON="$python" "$@"
+  -DFLOWRUN_REQUIRE_CUDA=ON -DFLOWRUN_DEPRECATED_ERRORS=ON -DFLOWRUN_ORACLE_PYTHON="$python" "$@"
 cmake --build "$build"
 echo "torch2: built $build/flowrun against LibTorch $("$python" -c 'import torch; print(torch.__version__)')"

@@ -217,6 +217,20 @@ TEST_F(Resume, AFinishedRunResumesToTheSameResult) {
   EXPECT_EQ(slurp(dir + "/finished/metrics.csv"), slurp(*whole_ + "/metrics.csv"));
 }
 
+// A finished run resumed with more epochs: its one-cycle schedule was planned
+// for the epochs it had and stays at its floor; the run says so at the phase's start.
+TEST_F(Resume, AFinishedRunResumedWithMoreEpochsSaysItsScheduleHasEnded) {
+  const std::string& dir = *dir_;
+  auto more = run(dir, *graph_, "more", {"--set", "checkpoint.resume=" + *whole_ + "/checkpoint.ckpt", "--set", "full.epochs=3"});
+  ASSERT_EQ(more.exit_code, 0) << more.err;
+  EXPECT_NE(more.out.find("epoch 4 (full 3/3)"), std::string::npos) << "the added epoch should run:\n" << more.out;
+  const std::string said = "train: phase 'full': the schedule ended at step";
+  const size_t warning = more.err.find(said);
+  ASSERT_NE(warning, std::string::npos) << more.err;
+  EXPECT_NE(more.err.find("epoch 4 and later train at its final rate", warning), std::string::npos) << more.err;
+  EXPECT_EQ(more.err.find("the schedule ended", warning + said.size()), std::string::npos) << "said once:\n" << more.err;
+}
+
 TEST_F(Resume, BadCheckpointsAreClearErrors) {
   const std::string& dir = *dir_;
   const std::string good = *whole_ + "/checkpoint.ckpt";

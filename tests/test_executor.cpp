@@ -110,7 +110,19 @@ TEST(Executor, StageErrorStopsTheRunAndNamesTheStage) {
     FAIL() << "expected a StageError";
   } catch (const StageError& e) {
     EXPECT_EQ(e.stage(), "bad");
-    EXPECT_STREQ(e.what(), "stage 'bad' (fails_at): bad value 500");
+    // Where it failed: the phase, the epoch, and which of the stage's items (from 1).
+    EXPECT_STREQ(e.what(),
+                 "stage 'bad' (fails_at): bad value 500 (phase 'main', epoch 1 (1/1 of the phase), item 501 the stage "
+                 "received this epoch)");
+  }
+  // In a later phase and epoch, the error says so.
+  try {
+    run_text("source = count count=20\nbad = fails_at at=7\nsink = sink\n"
+             "phase warm epochs=1 { bad.at = 100 }\nphase main epochs=3 { bad.at = 7 }\n", 2);
+    FAIL() << "expected a StageError";
+  } catch (const StageError& e) {
+    EXPECT_NE(std::string(e.what()).find("bad value 7 (phase 'main', epoch 2 (1/3 of the phase), item 8 "), std::string::npos)
+        << e.what();
   }
 }
 

@@ -83,4 +83,13 @@ CommandResult run_flowrun_signalled(const std::vector<std::string>& args, const 
   return result;
 }
 
+std::string without_where(const std::string& message) {
+  const std::string end = " the stage received this epoch)";
+  const size_t where = message.rfind(" (phase '");
+  if (where == std::string::npos || message.size() < end.size() ||
+      message.compare(message.size() - end.size(), end.size(), end) != 0)
+    return "no note of where: " + message;
+  return message.substr(0, where);
+}
+
 }  // namespace flowrun::test

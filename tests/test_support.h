@@ -20,6 +20,11 @@ std::string errors_of(const std::string& text, const std::vector<std::string>& s
 // A fresh empty directory under the system temp dir.
 std::string temp_dir();
 
+// A stage error's message without the engine's note of where it happened
+// (" (phase 'P', epoch E (e/n of the phase), item K the stage received this
+// epoch)"), which it must end with; returns "no note of where: MESSAGE" if not.
+std::string without_where(const std::string& message);
+
 struct CommandResult {
   int exit_code = -1;
   std::string out, err;

@@ -11,6 +11,7 @@
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "data_support.h"
 #include "stages/model/model.h"
@@ -503,6 +504,7 @@ TEST(Classes, EvaluationAndPredictionMatchTheModelsClassesByName) {
   EXPECT_EQ(metadata["classes"], R"(["a_red","b_green","c_blue"])");
   std::map<std::string, std::vector<std::string>> confusion;
   std::map<std::string, std::map<std::string, std::string>> predicted;  // folder -> file -> "true,predicted"
+  std::map<std::string, std::map<std::string, std::string>> featured;   // folder -> file -> "label,class"
   for (const auto& [name, root] : {std::pair<std::string, std::string>{"complete", setup.complete}, {"partial", setup.partial}}) {
     RunOptions options;
     options.threads = 2;
@@ -522,6 +524,26 @@ TEST(Classes, EvaluationAndPredictionMatchTheModelsClassesByName) {
       const size_t third = line.find(',', line.find(',', comma + 1) + 1);
       predicted[name][file] = line.substr(comma + 1, third - comma - 1);
     }
+    // Features: each row's label and class are the model's (row,index,label,class,path).
+    const std::string features = setup.dir + "/" + name + "-features.safetensors";
+    run_graph(test::resolve_text(folder_graph(root, "features = features path=\"" + features + "\"",
+                                              "model = resnet depth=18 classes=3 weights=\"" + setup.weights + "\"")),
+              options);
+    for (const auto& line : lines_of(setup.dir + "/" + name + "-features.csv")) {
+      if (line.rfind("row,", 0) == 0) continue;
+      const size_t path = line.rfind(',');
+      const size_t label = line.find(',', line.find(',') + 1);
+      featured[name][std::filesystem::path(line.substr(path + 1)).filename().string()] =
+          line.substr(label + 1, path - label - 1);  // "LABEL,CLASS"
+    }
+  }
+  // The features' labels: the model's numbering, the same in both folders (c_blue is 2, not 1).
+  ASSERT_EQ(featured["partial"].size(), 6u);
+  for (const auto& [file, label] : featured["partial"]) {
+    EXPECT_EQ(label, featured["complete"][file]) << file;
+    const std::string true_class = file.substr(0, file.find('_', 2));
+    EXPECT_EQ(label, std::to_string(true_class == "a_red" ? 0 : true_class == "b_green" ? 1 : 2) + "," + true_class)
+        << file;
   }
   // The confusion matrix names the model's classes, whatever the folder lacks;
   // a class's row is the same whether the folder is complete or not.
@@ -538,6 +560,36 @@ TEST(Classes, EvaluationAndPredictionMatchTheModelsClassesByName) {
     EXPECT_EQ(classes, predicted["complete"][file]) << file;
     EXPECT_EQ(classes.substr(0, file.find('_', 2)), file.substr(0, file.find('_', 2))) << file;  // the true class
   }
+}
+
+// The reported case itself: training on {a_red, b_green, c_blue} and
+// validating on {a_red, c_blue} in one run scored every c_blue image as b_green.
+TEST(Classes, AValidationFolderLackingAClassIsScoredByNameInTheTrainingRun) {
+  ThreeClasses setup;
+  RunOptions options;
+  options.threads = 2;
+  options.run_dir = setup.dir + "/one-run";
+  const std::string graph =
+      "run epochs=1 seed=3\n"
+      "src = imagefolder root=\"" + setup.complete + "\"\n"
+      "prep = decode | resize size=32 | center_crop size=32 | normalize\nbatch = batch size=4\n"
+      "train = train\nmodel = resnet depth=18 classes=3\noptim = adam lr=1e-3\n"
+      "flow src -> prep -> batch -> train\n"
+      "val_src = imagefolder root=\"" + setup.partial + "\"\nval_prep = like prep\nval_batch = like batch\n"
+      "evaluate = evaluate model=model\nflow val_src -> val_prep -> val_batch -> evaluate\n";
+  run_graph(test::resolve_text(graph), options);
+  const auto confusion = lines_of(options.run_dir + "/val_confusion.csv");
+  ASSERT_EQ(confusion.size(), 4u);
+  EXPECT_EQ(confusion[0], "true\\predicted,a_red,b_green,c_blue,accuracy");
+  EXPECT_EQ(confusion[2], "b_green,0,0,0,0");
+  // c_blue's three images are scored as c_blue's: their row sums to 3 under the model's names.
+  int c_blue = 0;
+  std::stringstream row(confusion[3]);
+  std::string cell;
+  std::getline(row, cell, ',');
+  EXPECT_EQ(cell, "c_blue");
+  for (int i = 0; i < 3 && std::getline(row, cell, ','); ++i) c_blue += std::stoi(cell);
+  EXPECT_EQ(c_blue, 3);
 }
 
 TEST(Classes, AClassTheModelDoesNotKnowOrAnotherHeadIsAnError) {

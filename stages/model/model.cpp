@@ -476,7 +476,7 @@ std::string libtorch_error_text(const std::exception& e) {
 
 namespace {
 // Every stage's LibTorch error reaches the user as one line (the engine
-// adds the stage; train and evaluate add the phase, epoch and batch).
+// adds the stage, and where in the run an item's processing failed).
 [[maybe_unused]] const bool error_text_hooked = (set_error_text_hook(&libtorch_error_text), true);
 }  // namespace
 

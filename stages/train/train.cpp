@@ -183,13 +183,9 @@ void Train::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
   if (!first_batch_ns_) first_batch_ns_ = now_ns();
   ComputeThreads::Scope compute(compute_);
-  try {
-    step(batch, item, emit);
-  } catch (const c10::Error& e) {
-    // LibTorch's message without its C++ stack trace, and where it happened.
-    throw std::runtime_error(libtorch_error_text(e) + " (phase '" + epoch_.phase + "', epoch " +
-                             std::to_string(epoch_.epoch + 1) + ", batch " + std::to_string(seen_batches_ + 1) + ")");
-  }
+  // A LibTorch error reaches the user as its first line, with the phase,
+  // epoch and batch: the engine adds where (pipeline/error_text.h).
+  step(batch, item, emit);
 }
 
 void Train::step(Batch& batch, Item& item, const Emit& emit) {

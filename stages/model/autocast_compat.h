@@ -1,0 +1,22 @@
+// LibTorch 1.13 and 2.x name CUDA autocast's switches differently (2.x takes
+// the device type; 1.13's "gpu" calls are deprecated there): the one place
+// that knows, as stages/dist/c10d_compat.h is for c10d.
+#pragma once
+
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
+namespace flowrun::stages::compat {
+
+// bf16 autocast on CUDA on (true) or off (false) for the calling thread.
+inline void set_cuda_bf16_autocast(bool enabled) {
+#if TORCH_VERSION_MAJOR >= 2
+  if (enabled) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  at::autocast::set_autocast_enabled(at::kCUDA, enabled);
+#else
+  if (enabled) at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+  at::autocast::set_enabled(enabled);
+#endif
+}
+
+}  // namespace flowrun::stages::compat
