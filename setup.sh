@@ -10,9 +10,9 @@ cd "$(dirname "$0")"
 PACKAGES=(
   cmake ninja-build g++ ccache pkg-config dpkg-dev
   libtorch-dev libgloo-dev libtbb-dev libturbojpeg0-dev libpng-dev libwebp-dev libtiff-dev libstb-dev zlib1g-dev libcairo2-dev libzip-dev
-  libboost-program-options-dev libspdlog-dev nlohmann-json3-dev
+  libboost-program-options-dev libspdlog-dev nlohmann-json3-dev libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev libbenchmark-dev valgrind
-  python3-torch python3-torchvision dataset-fashion-mnist
+  python3-torch python3-torchvision python3-venv dataset-fashion-mnist
 )
 
 missing=()
@@ -25,6 +25,25 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+# The TensorBoard oracle of the tests: PyPI's tensorboard (its own event
+# reader) in the ignored venv .venv-tensorboard/. Not needed to run flowrun:
+# without PyPI this warns, and the tests that read event files fail naming it.
+TENSORBOARD_VERSION=2.21.0
+tb_venv=.venv-tensorboard
+have_tensorboard() {
+  "$tb_venv/bin/python" -c "import tensorboard, sys; sys.exit(tensorboard.__version__ != '$TENSORBOARD_VERSION')" 2>/dev/null
+}
+if ! have_tensorboard; then
+  echo "setup: installing tensorboard==$TENSORBOARD_VERSION from PyPI into $tb_venv (the tests' TensorBoard oracle)"
+  rm -rf "$tb_venv"
+  if ! { /usr/bin/python3 -m venv "$tb_venv" &&
+         "$tb_venv/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check \
+           "tensorboard==$TENSORBOARD_VERSION" && have_tensorboard; }; then
+    echo "setup: WARNING: could not install tensorboard==$TENSORBOARD_VERSION from PyPI into $tb_venv (see pip's" \
+         "message above): flowrun builds and runs, but the tests that read TensorBoard files back will FAIL" >&2
+  fi
 fi
 
 BUILD_DIR="${BUILD_DIR:-build}"

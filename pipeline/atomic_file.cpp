@@ -49,6 +49,8 @@ std::vector<std::string> files_written() {
   return g_written;
 }
 
+void record_file_written(const std::string& path) { record_written(path); }
+
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write) {
   auto fail = [&](const std::string& why) { throw std::runtime_error(path + ": error: cannot write: " + why); };
   const std::filesystem::path target(path);

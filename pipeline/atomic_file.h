@@ -18,5 +18,7 @@ void write_file_atomically(const std::string& path, const std::string& content);
 // Every file this process has written through write_file_atomically, once
 // each, in the order first written: what the command says at the end.
 std::vector<std::string> files_written();
+// Adds a file written otherwise (appended to as a run goes) to that list.
+void record_file_written(const std::string& path);
 
 }  // namespace flowrun

@@ -34,7 +34,7 @@ cairo_surface_t* to_surface(const Image& image) {
 
 }  // namespace
 
-void write_image_grid(const std::string& path, const std::vector<GridTile>& tiles, int columns, int tile_px) {
+Png write_image_grid(const std::string& path, const std::vector<GridTile>& tiles, int columns, int tile_px) {
   if (tiles.empty()) throw std::runtime_error(path + ": nothing to draw");
   const int rows = (static_cast<int>(tiles.size()) + columns - 1) / columns;
   const int label_h = std::max(12, tile_px / 8), pad = 4;
@@ -75,27 +75,35 @@ void write_image_grid(const std::string& path, const std::vector<GridTile>& tile
     cairo_show_text(cr, tile.title.c_str());
   }
   cairo_destroy(cr);
+  Png png;
+  png.width = cairo_image_surface_get_width(canvas);
+  png.height = cairo_image_surface_get_height(canvas);
   try {
-    write_png(path, canvas);
+    png.bytes = encode_png(canvas, path);
+    write_file_atomically(path, png.bytes);
   } catch (...) {
     cairo_surface_destroy(canvas);
     throw;
   }
   cairo_surface_destroy(canvas);
+  return png;
+}
+
+std::string encode_png(cairo_surface_t* surface, const std::string& what) {
+  std::string bytes;
+  auto write = [](void* closure, const unsigned char* data, unsigned int length) {
+    static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
+    return CAIRO_STATUS_SUCCESS;
+  };
+  cairo_status_t status = cairo_surface_write_to_png_stream(surface, write, &bytes);
+  if (status != CAIRO_STATUS_SUCCESS)
+    throw std::runtime_error(what + ": error: cannot write PNG: " + cairo_status_to_string(status));
+  return bytes;
 }
 
 void write_png(const std::string& path, cairo_surface_t* surface) {
   // Through the atomic writer: a temporary beside the target, flushed, renamed.
-  write_file_atomically(path, [&](std::ostream& out) {
-    auto write = [](void* closure, const unsigned char* data, unsigned int length) {
-      auto& stream = *static_cast<std::ostream*>(closure);
-      stream.write(reinterpret_cast<const char*>(data), length);
-      return stream ? CAIRO_STATUS_SUCCESS : CAIRO_STATUS_WRITE_ERROR;
-    };
-    cairo_status_t status = cairo_surface_write_to_png_stream(surface, write, &out);
-    if (status != CAIRO_STATUS_SUCCESS)
-      throw std::runtime_error(path + ": error: cannot write PNG: " + cairo_status_to_string(status));
-  });
+  write_file_atomically(path, encode_png(surface, path));
 }
 
 }  // namespace flowrun::stages

@@ -23,6 +23,7 @@ std::shared_ptr<MetricsLog> MetricsLog::of(const StageInit& init) {
   auto log = init.services.find<MetricsLog>("metrics");
   if (!log) {
     log = std::make_shared<MetricsLog>(init.run.job.writes_files() ? init.run.run_dir : "");  // rank 0 writes
+    log->tensorboard_ = TensorBoardWriter::of(init);
     init.services.provide("metrics", log);
   }
   return log;
@@ -37,6 +38,14 @@ void MetricsLog::record(const EpochInfo& epoch, const std::map<std::string, doub
   }
   for (const auto& [key, value] : figures) row->figures[key] = value;
   if (!run_dir_.empty()) write();
+  if (tensorboard_) {
+    for (const auto& [key, value] : figures) tensorboard_->metric("epoch/" + key, row->epoch, value);
+    tensorboard_->flush();  // at every epoch's end: a running TensorBoard sees it
+  }
+}
+
+void MetricsLog::stopped(bool interrupted) {
+  if (tensorboard_) tensorboard_->session_end(!interrupted);
 }
 
 std::string MetricsLog::to_json() const {

@@ -2,6 +2,8 @@
 // from the stages that make them and written into the run directory after
 // every epoch: metrics.csv, metrics.jsonl and plots of loss and accuracy
 // (metrics.png, drawn with Cairo). Every file is rewritten whole, atomically.
+// Each figure also goes to the run's TensorBoard file as the scalar
+// epoch/FIGURE (stages/report/tensorboard_writer.h), flushed at every epoch.
 // Shared by the stages of a run through Services ("metrics").
 #pragma once
 
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "pipeline/stage.h"
+#include "stages/report/tensorboard_writer.h"
 
 namespace flowrun::stages {
 
@@ -26,6 +29,8 @@ class MetricsLog {
   // Every row so far as JSON, and back (a resumed run keeps its history).
   std::string to_json() const;
   void restore(const std::string& json);
+  // The run stopped (a stage's on_stop): the TensorBoard session ends.
+  void stopped(bool interrupted);
 
  private:
   void write() const;
@@ -37,6 +42,7 @@ class MetricsLog {
   std::string run_dir_;
   mutable std::mutex mutex_;
   std::vector<Row> rows_;
+  std::shared_ptr<TensorBoardWriter> tensorboard_;  // null: none (no run directory, or not rank 0)
 };
 
 }  // namespace flowrun::stages

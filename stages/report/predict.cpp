@@ -95,6 +95,7 @@ Schema Predict::schema() {
 
 Predict::Predict(const StageInit& init)
     : stages_(init.stages),
+      name_(init.name),
       model_name_(init.params.get_string("model")),
       csv_path_(init.params.get_string("csv")),
       grid_path_(init.params.get_string("grid")),
@@ -102,7 +103,8 @@ Predict::Predict(const StageInit& init)
       columns_(init.params.get_int("columns")),
       every_(init.params.get_int("every")),
       compute_(init),
-      job_(Job::of(init.run.job)) {
+      job_(Job::of(init.run.job)),
+      tensorboard_(TensorBoardWriter::of(init)) {
   // Not the atomic writer's NAME.tmp.PID: rank 0 reads its spool while that
   // writer fills the merged file. Opened at the first pass, so that a run
   // failing at start-up leaves nothing beside the outputs.
@@ -196,6 +198,7 @@ void Predict::on_stop(bool interrupted) {
   write_outputs(interrupted);
   if (!pass_rows_.empty()) std::remove(spool_path_.c_str());
   pass_rows_.clear();
+  if (tensorboard_) tensorboard_->session_end(!interrupted);
 }
 
 void Predict::write_outputs(bool interrupted) {
@@ -258,7 +261,9 @@ void Predict::write_outputs(bool interrupted) {
       });
       if (!tiles.empty()) {
         int tile_px = std::max(96, std::max(tiles.front().image.width, tiles.front().image.height));
-        write_image_grid(grid_path_, tiles, static_cast<int>(std::min<int64_t>(columns_, tiles.size())), tile_px);
+        const Png png =
+            write_image_grid(grid_path_, tiles, static_cast<int>(std::min<int64_t>(columns_, tiles.size())), tile_px);
+        if (tensorboard_) tensorboard_->image("images/" + name_, current_epoch_, png.bytes, png.width, png.height);
       }
     }
   }

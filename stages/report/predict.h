@@ -2,7 +2,9 @@
 // (path, true class when known, predicted class, the top-5 classes with
 // their probabilities) and a PNG grid of the first images titled
 // "true / predicted probability" (wrong ones in red), as the recipe's last
-// plot. Both are written atomically when the run completes.
+// plot. Both are written atomically when the run completes; with a run
+// directory the grid also goes to its TensorBoard file (images/NAME, the
+// step the epoch of the pass it shows).
 //
 // In a graph of several epochs (a training graph) it predicts once, in the
 // run's last epoch, by default: the model the run ends with. every=N also
@@ -22,6 +24,7 @@
 #include "stages/common/compute_threads.h"
 #include "stages/dist/job.h"
 #include "stages/report/image_grid.h"
+#include "stages/report/tensorboard_writer.h"
 
 namespace flowrun::stages {
 
@@ -42,6 +45,7 @@ class Predict : public SerialStage {
   void write_outputs(bool interrupted);
 
   const StageDirectory& stages_;
+  std::string name_;
   std::string model_name_, csv_path_, grid_path_, spool_path_;
   int64_t grid_count_, columns_, every_;
   std::ofstream spool_;
@@ -52,6 +56,7 @@ class Predict : public SerialStage {
   int64_t predicted_ = 0, correct_ = 0, labelled_ = 0;  // the current pass's
   ComputeThreads compute_;
   Job* job_;  // the job of several processes this rank is in; null alone
+  std::shared_ptr<TensorBoardWriter> tensorboard_;  // null: none (no run directory, or not rank 0)
 };
 
 }  // namespace flowrun::stages

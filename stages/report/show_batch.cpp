@@ -23,13 +23,15 @@ Schema ShowBatch::schema() {
 }
 
 ShowBatch::ShowBatch(const StageInit& init)
-    : path_(init.params.get_string("path")),
+    : name_(init.name),
+      path_(init.params.get_string("path")),
       columns_(init.params.get_int("columns")),
       max_images_(init.params.get_int("max_images")),
       epoch_wanted_(init.params.get_int("epoch")),
       batch_wanted_(init.params.get_int("batch")),
       tile_px_(init.params.get_int("tile")),
-      writes_(init.run.job.writes_files()) {}
+      writes_(init.run.job.writes_files()),
+      tensorboard_(TensorBoardWriter::of(init)) {}
 
 void ShowBatch::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
@@ -45,8 +47,12 @@ void ShowBatch::process(Item& item, const Emit& emit) {
     }
     const int width = tiles.front().image.width, height = tiles.front().image.height;
     int tile_px = tile_px_ > 0 ? static_cast<int>(tile_px_) : std::max(96, std::max(width, height));
-    write_image_grid(path_, tiles, static_cast<int>(std::min<int64_t>(columns_, n)), tile_px);
+    const Png png = write_image_grid(path_, tiles, static_cast<int>(std::min<int64_t>(columns_, n)), tile_px);
     written_ = true;
+    if (tensorboard_) {
+      tensorboard_->image("images/" + name_, epoch_ + 1, png.bytes, png.width, png.height);
+      tensorboard_->flush();
+    }
   }
   emit(item);
 }

@@ -29,6 +29,7 @@ class Evaluate : public SerialStage {
   explicit Evaluate(const StageInit& init);
   void begin_epoch(const EpochInfo& epoch) override;
   void end_epoch(const EpochInfo& epoch) override;
+  void on_stop(bool interrupted) override { metrics_->stopped(interrupted); }
   void process(Item& item, const Emit& emit) override;
   void report(Report& report) const override;
   // The epoch's running sums and the last epoch's result.

@@ -54,7 +54,8 @@ Train::Train(const StageInit& init)
       compute_(init),
       cache_(init.params.get_int("precompute_limit_mb") << 20),
       job_(Job::of(init.run.job)),
-      metrics_(MetricsLog::of(init)) {
+      metrics_(MetricsLog::of(init)),
+      tensorboard_(TensorBoardWriter::of(init)) {
   if (job_ && job_->rank() != 0) progress_.silence();
   if (const int64_t steps = init.params.get_int("lr_find"))
     finder_ = std::make_unique<LrFinder>(steps, init.params.get_float("lr_find_start"), init.params.get_float("lr_find_end"),
@@ -261,6 +262,7 @@ void Train::step(Batch& batch, Item& item, const Emit& emit) {
   forward_ns_ += t1 - t0;
   backward_ns_ += t2 - t1;
   optimizer_ns_ += t3 - t2;
+  if (tensorboard_) tensorboard_->scalar("step/" + name_ + "_lr", steps_done_, last_lr_);  // the run's step count, from 0
   ++step_;
   ++steps_done_;
   // Metrics stay tensors: no host synchronisation inside a step.

@@ -34,6 +34,7 @@ class Train : public SerialStage {
   explicit Train(const StageInit& init);
   void begin_epoch(const EpochInfo& epoch) override;
   void end_epoch(const EpochInfo& epoch) override;
+  void on_stop(bool interrupted) override { metrics_->stopped(interrupted); }
   void process(Item& item, const Emit& emit) override;
   void report(Report& report) const override;
   // Step, phase, optimizer moments and the epoch's running sums.
@@ -100,6 +101,7 @@ class Train : public SerialStage {
   std::unique_ptr<LrFinder> finder_;        // lr_find: the range test instead of training
   std::optional<LrSuggestion> suggestion_;  // what the range test suggested
   std::shared_ptr<MetricsLog> metrics_;
+  std::shared_ptr<TensorBoardWriter> tensorboard_;  // the learning rate per step; null: none
 };
 
 }  // namespace flowrun::stages
