@@ -107,8 +107,8 @@ class Resolver {
     for (const auto& decl : spec_.phases) graph.phases.push_back(resolve_phase(decl));
 
     apply_command_line(overrides, graph, run);
+    resolve_stage_refs(graph);  // first: a schema's rule may look at the stages its references name
     check_ops(graph);
-    resolve_stage_refs(graph);
 
     graph.run.seed = static_cast<uint64_t>(run.get_int("seed"));
     graph.run.in_flight = run.get_int("in_flight");

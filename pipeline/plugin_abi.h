@@ -13,7 +13,9 @@
 // (<flowrun/data.h>: Sample, Image, Rng, RandomImageOp, SamplerOp;
 // <flowrun/model.h>: Batch, ModelStage, NetworkImpl, the loss hook). Bumped whenever one
 // of them changes layout or meaning. The engine compares it as a number.
-#define FLOWRUN_STAGE_API_VERSION 1u
+// 2: Rng only through RandomStream (a stage's declared randomness) or
+// SamplerOp::rng; RandomImageOp holds a RandomStream.
+#define FLOWRUN_STAGE_API_VERSION 2u
 #define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"
 
 #define FLOWRUN_STRINGIFY_INNER(x) #x

@@ -129,13 +129,12 @@ Schema RandomTag::schema() {
       .randomized();
 }
 RandomTag::RandomTag(const StageInit& init)
-    : seed_(init.run.seed),
-      stream_(stages::hash_name(init.name)),
+    : stream_(init, "random_tag"),
       scale_(init.params.get_int("scale")),
       drop_(init.params.get_float("drop")) {}
 void RandomTag::process(Item& item) {
   const int64_t value = item.get<int64_t>();
-  stages::Rng rng(seed_, stream_, epoch_, static_cast<uint64_t>(value));
+  stages::Rng rng = stream_.draw(epoch_, static_cast<uint64_t>(value));
   if (rng.chance(drop_)) return item.drop();
   item.set<int64_t>(value * scale_ + static_cast<int64_t>(rng.below(static_cast<uint64_t>(scale_))));
 }

@@ -7,6 +7,7 @@
 
 #include "pipeline/run_state.h"
 #include "pipeline/stage.h"
+#include "stages/common/random.h"
 
 namespace flowrun::test {
 
@@ -67,7 +68,8 @@ class RandomTag : public TransformStage {
   void process(Item& item) override;
 
  private:
-  uint64_t seed_, stream_, epoch_ = 0;
+  stages::RandomStream stream_;
+  uint64_t epoch_ = 0;
   int64_t scale_;
   double drop_;
 };

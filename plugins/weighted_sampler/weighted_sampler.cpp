@@ -141,7 +141,7 @@ class Weighted : public flowrun::stages::SamplerOp {
     if (!replacement_ && n > positive)
       throw std::runtime_error(path_ + ": " + std::to_string(n) + " samples without replacement, but only " +
                                std::to_string(positive) + " weigh more than 0");
-    Rng rng(seed_, stream_, static_cast<uint64_t>(epoch));
+    Rng rng = this->rng(static_cast<uint64_t>(epoch));
     std::vector<int64_t> out;
     out.reserve(n);
     if (replacement_) {

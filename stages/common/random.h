@@ -4,9 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "pipeline/registry.h"
+#include "pipeline/stage.h"
 
 namespace flowrun::stages {
 
@@ -24,10 +28,16 @@ inline uint64_t hash_name(const std::string& text) {
   return h;
 }
 
+class RandomStream;
+class SamplerOp;
+
+// A generator of one (seed, stream, epoch, index). A stage gets one only
+// through its declared randomness (RandomStream, which a stage type without
+// Schema::randomized() cannot draw from) or as a sampler op (SamplerOp::rng):
+// there is no public constructor, so an undeclared augmentation cannot
+// draw unseen (precompute would cache its first draw).
 class Rng {
  public:
-  Rng(uint64_t seed, uint64_t stream, uint64_t epoch = 0, uint64_t index = 0)
-      : state_(mix64(mix64(mix64(seed ^ mix64(stream)) ^ epoch) ^ index)) {}
   uint64_t next() { return mix64(state_++); }
   // Uniform in [0, 1) with 53 random bits.
   double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
@@ -48,7 +58,38 @@ class Rng {
   }
 
  private:
+  friend class RandomStream;
+  Rng(uint64_t seed, uint64_t stream, uint64_t epoch, uint64_t index)
+      : state_(mix64(mix64(mix64(seed ^ mix64(stream)) ^ epoch) ^ index)) {}
   uint64_t state_;
+};
+
+// A stage's random stream: one generator per (epoch, item), a function of
+// (run seed, stage name, stage type) alone. A stage type whose schema does
+// not declare randomized() (its output differs every epoch) may build one
+// but not draw from it: draw() throws, naming the type and what to add, so
+// a stage that forgot it is caught at its first draw.
+class RandomStream {
+ public:
+  RandomStream(const StageInit& init, const std::string& type)
+      : seed_(init.run.seed), stream_(hash_name(init.name + "/" + type)), type_(type) {
+    const StageType* registered = Registry::global().find(type);
+    declared_ = !registered || registered->schema.is_randomized();  // (a type of a test's own registry: not refused)
+  }
+  Rng draw(uint64_t epoch, uint64_t index) const {
+    if (!declared_)
+      throw std::logic_error("stage type '" + type_ + "' draws random numbers but its schema does not declare them: "
+                             "add .randomized() to its Schema (otherwise flowrun takes it as deterministic and "
+                             "precompute caches its first draw)");
+    return Rng(seed_, stream_, epoch, index);
+  }
+
+ private:
+  friend class SamplerOp;  // a sampler's order, a function of (seed, epoch): never a sample's output
+  RandomStream(uint64_t seed, uint64_t stream) : seed_(seed), stream_(stream), declared_(true) {}
+  uint64_t seed_, stream_;
+  std::string type_;
+  bool declared_ = true;
 };
 
 }  // namespace flowrun::stages

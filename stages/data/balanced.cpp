@@ -22,7 +22,7 @@ void Balanced::apply(SampleSet& set, int epoch) const {
   if (by_class.empty()) return;
   size_t target = over_ ? 0 : SIZE_MAX;
   for (const auto& [label, members] : by_class) target = over_ ? std::max(target, members.size()) : std::min(target, members.size());
-  Rng rng(seed_, stream_, static_cast<uint64_t>(epoch));
+  Rng rng = this->rng(static_cast<uint64_t>(epoch));
   std::vector<int64_t> out;
   for (auto& [label, members] : by_class) {
     rng.shuffle(members);

@@ -21,7 +21,7 @@ void PerClass::apply(SampleSet& set, int) const {
   for (int64_t index : set.indices) by_class[set.labels[index]].push_back(index);
   std::vector<int64_t> kept;
   for (auto& [label, members] : by_class) {
-    Rng rng(seed_, stream_, 0, static_cast<uint64_t>(label));
+    Rng rng = this->rng(0, static_cast<uint64_t>(label));
     size_t take = std::min<size_t>(members.size(), static_cast<size_t>(k_));
     if (take < static_cast<size_t>(k_)) {
       std::string name = label >= 0 && static_cast<size_t>(label) < set.class_names.size()

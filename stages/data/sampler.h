@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "pipeline/stage.h"
+#include "stages/common/random.h"
 
 namespace flowrun::stages {
 
@@ -35,6 +36,9 @@ class SamplerOp : public ComponentStage {
   virtual void apply(SampleSet& set, int epoch) const = 0;
 
  protected:
+  // The op's generator for (epoch, index): its `seed` and type, never the
+  // sample's own stream (a sampler orders samples; it does not change them).
+  Rng rng(uint64_t epoch, uint64_t index = 0) const { return RandomStream(seed_, stream_).draw(epoch, index); }
   uint64_t seed_;    // the op's `seed`, or the run's when auto
   uint64_t stream_;  // the op type: ops with one seed still draw independent streams
 };

@@ -10,7 +10,7 @@ Schema Shuffle::schema() {
 }
 
 void Shuffle::apply(SampleSet& set, int epoch) const {
-  Rng(seed_, stream_, static_cast<uint64_t>(epoch)).shuffle(set.indices);
+  rng(static_cast<uint64_t>(epoch)).shuffle(set.indices);
 }
 
 FLOWRUN_REGISTER_STAGE(Shuffle);

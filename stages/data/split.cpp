@@ -29,7 +29,7 @@ void Split::apply(SampleSet& set, int) const {
   for (int64_t index : set.indices) groups[stratified_ ? set.labels[index] : 0].push_back(index);
   std::vector<int64_t> kept;
   for (auto& [label, members] : groups) {
-    Rng rng(seed_, stream_, 0, static_cast<uint64_t>(label));
+    Rng rng = this->rng(0, static_cast<uint64_t>(label));
     rng.shuffle(members);
     size_t n_val = static_cast<size_t>(std::llround(val_fraction_ * static_cast<double>(members.size())));
     if (val_part_) kept.insert(kept.end(), members.begin(), members.begin() + n_val);

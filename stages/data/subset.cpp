@@ -22,7 +22,7 @@ void Subset::apply(SampleSet& set, int) const {
   size_t keep = count_ > 0 ? std::min<size_t>(n, static_cast<size_t>(count_))
                            : static_cast<size_t>(std::llround(fraction_ * static_cast<double>(n)));
   std::vector<int64_t> chosen = set.indices;
-  Rng(seed_, stream_).choose_front(chosen, keep);  // no epoch: the same subset every epoch
+  rng(0).choose_front(chosen, keep);  // no epoch: the same subset every epoch
   chosen.resize(keep);
   set.indices = keep_in_order(set.indices, std::move(chosen));
 }

@@ -16,29 +16,18 @@ namespace flowrun::stages {
 // Its schema must say `.randomized()`: a stage that draws new numbers every
 // epoch is then never taken as deterministic (precompute would cache its
 // first draw and the augmentation would silently stop augmenting).
-// rng_for() throws at the first draw of a stage whose schema does not.
+// rng_for() (its RandomStream) throws at the first draw of a stage whose schema does not.
 class RandomImageOp : public TransformStage {
  public:
-  RandomImageOp(const StageInit& init, const std::string& op_type)
-      : seed_(init.run.seed), stream_(hash_name(init.name + "/" + op_type)), op_type_(op_type) {
-    const StageType* type = Registry::global().find(op_type);
-    undeclared_ = type && !type->schema.is_randomized();
-  }
+  RandomImageOp(const StageInit& init, const std::string& op_type) : stream_(init, op_type) {}
   void begin_epoch(const EpochInfo& epoch) override { epoch_ = static_cast<uint64_t>(epoch.epoch); }
 
  protected:
-  Rng rng_for(const Sample& sample) const {
-    if (undeclared_)
-      throw std::logic_error("stage type '" + op_type_ + "' draws random numbers (RandomImageOp::rng_for) but its "
-                             "schema does not declare them: add .randomized() to its Schema (otherwise flowrun takes "
-                             "it as deterministic and precompute caches its first draw)");
-    return Rng(seed_, stream_, epoch_, static_cast<uint64_t>(sample.index));
-  }
+  Rng rng_for(const Sample& sample) const { return stream_.draw(epoch_, static_cast<uint64_t>(sample.index)); }
 
  private:
-  uint64_t seed_, stream_, epoch_ = 0;
-  std::string op_type_;
-  bool undeclared_ = false;  // registered without Schema::randomized()
+  RandomStream stream_;  // refuses to draw for a type registered without Schema::randomized()
+  uint64_t epoch_ = 0;
 };
 
 // The sample's pixels, or an error naming the sample when it was never decoded.

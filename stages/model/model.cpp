@@ -170,7 +170,14 @@ Schema ModelStage::common_schema(std::string type, std::string doc) {
                  .def(Auto{}).or_auto().range(0, 63))
       .param(String("precision", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16").def(std::string("auto"))
                  .one_of({"auto", "fp32", "bf16"}))
-      .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}));
+      .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}))
+      // Values alone, so that --check reports them; whether CUDA is there is
+      // known only on the machine that runs (the constructor checks that).
+      .check([](const Params& p) {
+        return p.get_string("precision") == "bf16" && p.get_string("device") == "cpu"
+                   ? "precision=bf16 needs CUDA (autocast here is for the GPU), but device=cpu"
+                   : "";
+      });
 }
 
 Schema ModelStage::schema() {

@@ -45,7 +45,13 @@ Schema Features::schema() {
                  .def(std::string("")))
       .param(String("layer", "avgpool: the pooled input of the head; another of the model's layers (a ResNet's: "
                              "stem, layer1..layer4): that layer's output, globally average-pooled")
-                 .def(std::string("avgpool")));
+                 .def(std::string("avgpool")))
+      .check([](const Params& p) {
+        const std::string& path = p.get_string("path");
+        const std::string csv = p.get_string("csv").empty() ? csv_beside(path) : p.get_string("csv");
+        return csv == path ? "csv and path are the same file: " + path + " (give the features another name, or csv=)"
+                           : std::string();
+      });
 }
 
 Features::Features(const StageInit& init)

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "pipeline/atomic_file.h"
+#include "stages/report/chart.h"
 #include "stages/report/image_grid.h"
 
 namespace flowrun::stages {
@@ -69,27 +70,51 @@ void MetricsLog::restore(const std::string& json) {
   if (!run_dir_.empty()) write();
 }
 
-namespace {
-
-// One chart: the series whose names end with `suffix` (loss, top1) per epoch.
-void draw_chart(cairo_t* cr, double x0, double y0, double w, double h, const std::string& title,
-                const std::vector<std::pair<std::string, std::vector<std::pair<int, double>>>>& series, int epochs) {
-  // The legend goes in a band under the axis, two entries a row: inside the
-  // plot it hid the curves.
-  const int legend_rows = static_cast<int>((series.size() + 1) / 2);
-  const double left = 50, right = 10, top = 28, bottom = 34 + 14.0 * legend_rows;
+ValueAxis chart_value_axis(const std::vector<double>& values, bool accuracy) {
   double lo = 1e300, hi = -1e300;
-  for (const auto& [name, points] : series)
-    for (const auto& [epoch, value] : points) lo = std::min(lo, value), hi = std::max(hi, value);
+  for (double value : values) lo = std::min(lo, value), hi = std::max(hi, value);
   if (lo > hi) lo = 0, hi = 1;
   if (hi - lo < 1e-9) hi = lo + 1;
   const double pad = (hi - lo) * 0.05;
   // Losses and accuracies are never negative (nor accuracies above 1): the
   // padding does not take the axis past those bounds.
-  const bool nonnegative = lo >= 0, fraction = hi <= 1 && title.find("accuracy") != std::string::npos;
+  const bool nonnegative = lo >= 0, fraction = hi <= 1 && accuracy;
   lo -= pad, hi += pad;
   if (nonnegative) lo = std::max(lo, 0.0);
   if (fraction) hi = std::min(hi, 1.0);
+  ValueAxis axis{lo, hi, {}};
+  for (int k = 0; k <= 4; ++k) axis.ticks.push_back(lo + (hi - lo) * k / 4);
+  return axis;
+}
+
+ChartLayout chart_layout(double x0, double y0, double w, double h, size_t series) {
+  // The legend goes in a band under the axis (below the epoch ticks and
+  // label), two entries a row: inside the plot it hid the curves.
+  const int legend_rows = static_cast<int>((series + 1) / 2);
+  const double left = 50, right = 10, top = 28, bottom = 34 + 14.0 * legend_rows;
+  ChartLayout layout;
+  layout.plot_left = x0 + left;
+  layout.plot_top = y0 + top;
+  layout.plot_right = x0 + w - right;
+  layout.plot_bottom = y0 + h - bottom;
+  for (size_t s = 0; s < series; ++s)
+    layout.legend.push_back({layout.plot_left + (s % 2) * (w - left - right) / 2, layout.plot_bottom + 44 + 14.0 * (s / 2)});
+  return layout;
+}
+
+namespace {
+
+// One chart: the series whose names end with `suffix` (loss, top1) per epoch.
+void draw_chart(cairo_t* cr, double x0, double y0, double w, double h, const std::string& title,
+                const std::vector<std::pair<std::string, std::vector<std::pair<int, double>>>>& series, int epochs) {
+  const ChartLayout layout = chart_layout(x0, y0, w, h, series.size());
+  const double left = layout.plot_left - x0, right = x0 + w - layout.plot_right, top = layout.plot_top - y0,
+               bottom = y0 + h - layout.plot_bottom;
+  std::vector<double> values;
+  for (const auto& [name, points] : series)
+    for (const auto& [epoch, value] : points) values.push_back(value);
+  const ValueAxis axis = chart_value_axis(values, title.find("accuracy") != std::string::npos);
+  const double lo = axis.lo, hi = axis.hi;
   auto px = [&](double epoch) { return x0 + left + (w - left - right) * (epochs > 1 ? (epoch - 1) / (epochs - 1) : 0.5); };
   auto py = [&](double value) { return y0 + top + (h - top - bottom) * (1 - (value - lo) / (hi - lo)); };
   cairo_set_source_rgb(cr, 0, 0, 0);
@@ -100,8 +125,7 @@ void draw_chart(cairo_t* cr, double x0, double y0, double w, double h, const std
   cairo_rectangle(cr, x0 + left, y0 + top, w - left - right, h - top - bottom);
   cairo_stroke(cr);
   cairo_set_font_size(cr, 10);
-  for (int k = 0; k <= 4; ++k) {  // value ticks
-    double v = lo + (hi - lo) * k / 4;
+  for (double v : axis.ticks) {  // value ticks
     char text[32];
     std::snprintf(text, sizeof text, "%.3g", v);
     cairo_move_to(cr, x0 + 4, py(v) + 3);
@@ -132,7 +156,7 @@ void draw_chart(cairo_t* cr, double x0, double y0, double w, double h, const std
       cairo_fill(cr);
     }
     // Legend: a swatch and the name, under the axis.
-    const double lx = x0 + left + (s % 2) * (w - left - right) / 2, ly = y0 + h - bottom + 44 + 14.0 * (s / 2);
+    const double lx = layout.legend[s].first, ly = layout.legend[s].second;
     cairo_rectangle(cr, lx, ly - 8, 14, 3);
     cairo_fill(cr);
     cairo_move_to(cr, lx + 18, ly - 3);
@@ -183,7 +207,7 @@ void MetricsLog::write() const {
     target->emplace_back(key, points);
   }
   const int epochs = rows_.empty() ? 1 : rows_.back().epoch;
-  const int width = 900, height = 360;
+  const int width = kMetricsPlotWidth, height = kMetricsPlotHeight;
   cairo_surface_t* surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height);
   cairo_t* cr = cairo_create(surface);
   cairo_set_source_rgb(cr, 1, 1, 1);

@@ -80,6 +80,27 @@ void in_turn(const std::vector<int64_t>& counts, const Take& take) {
 
 }  // namespace
 
+// Whether a stage of the graph may end the run after any epoch (its schema
+// provides "run_end": early_stopping). Which epoch is the last is then
+// known only once it has ended.
+static bool may_end_early(const StageDirectory& stages) {
+  const ResolvedGraph* graph = stages.resolved_graph();
+  if (!graph) return false;
+  for (const auto& phase : graph->phases)
+    for (const auto& stage : phase.stages)
+      for (const auto& op : stage.ops)
+        if (op.stage_type)
+          for (const auto& role : op.stage_type->schema.roles())
+            if (role == "run_end") return true;
+  return false;
+}
+
+std::string prediction_title(const std::string& truth, const std::string& guess, double probability) {
+  char text[16];
+  std::snprintf(text, sizeof text, " %.2f", probability);
+  return truth + " / " + guess + text;
+}
+
 Schema Predict::schema() {
   return Schema("predict", "the model's predictions: a CSV with top-5 probabilities and a PNG grid true/predicted")
       .param(StageRef("model", "the model stage", "model"))
@@ -87,8 +108,9 @@ Schema Predict::schema() {
       .param(Path("grid", "the PNG grid to write; \"\" = none").def(std::string("")))
       .param(Int("grid_images", "images in the grid (the recipe shows 9)").def(int64_t{9}).range(1, 1024))
       .param(Int("columns", "grid images per row").def(int64_t{9}).range(1, 64))
-      .param(Int("every", "0: predict once, in the run's last epoch; N: also in every Nth epoch (the CSV then gets "
-                          "an epoch column and every pass's rows; the grid shows the last pass)")
+      .param(Int("every", "0: predict once, in the run's last epoch (the one it ends at, early stopping included); "
+                          "N: also in every Nth epoch (the CSV then gets an epoch column and every pass's rows; the "
+                          "grid shows the last pass)")
                  .def(int64_t{0})
                  .at_least(0));
 }
@@ -104,7 +126,8 @@ Predict::Predict(const StageInit& init)
       every_(init.params.get_int("every")),
       compute_(init),
       job_(Job::of(init.run.job)),
-      tensorboard_(TensorBoardWriter::of(init)) {
+      tensorboard_(TensorBoardWriter::of(init)),
+      end_may_come_early_(may_end_early(init.stages)) {
   // Not the atomic writer's NAME.tmp.PID: rank 0 reads its spool while that
   // writer fills the merged file. Opened at the first pass, so that a run
   // failing at start-up leaves nothing beside the outputs.
@@ -125,9 +148,31 @@ bool Predict::predicts_in(const EpochInfo& epoch) const {
 }
 
 void Predict::begin_epoch(const EpochInfo& epoch) {
+  // The pass starts at the epoch's first batch: a stage that ends the run
+  // here (early stopping) does so after every stage's begin_epoch, and the
+  // previous pass must then stay the last.
   predicting_ = predicts_in(epoch);
+  epoch_tentative_ = !predicting_ && end_may_come_early_;
+  predicting_ = predicting_ || epoch_tentative_;
+  pass_started_ = false;
   if (!predicting_) return;
   current_epoch_ = epoch.epoch + 1;
+  compute_.begin_epoch(find_model(stages_, model_name_).device().is_cpu());
+}
+
+void Predict::start_pass() {
+  pass_started_ = true;
+  // A pass made only in case its epoch was the last: a later epoch came, so it was not.
+  if (pass_tentative_ && !pass_rows_.empty()) {
+    spool_.close();
+    std::error_code ec;
+    std::filesystem::resize_file(spool_path_, tentative_start_, ec);
+    if (ec) throw std::runtime_error(spool_path_ + ": cannot drop the previous epoch's predictions: " + ec.message());
+    spool_.open(spool_path_, std::ios::app);
+    if (!spool_) throw std::runtime_error(csv_path_ + ": cannot write beside it (" + spool_path_ + ")");
+    pass_rows_.pop_back();
+  }
+  pass_tentative_ = epoch_tentative_;
   if (!spool_.is_open()) {
     std::filesystem::path target(csv_path_);
     std::error_code ec;
@@ -135,10 +180,11 @@ void Predict::begin_epoch(const EpochInfo& epoch) {
     spool_.open(spool_path_, std::ios::trunc);
     if (!spool_) throw std::runtime_error(csv_path_ + ": cannot write beside it (" + spool_path_ + ")");
   }
+  spool_.flush();
+  tentative_start_ = static_cast<uint64_t>(spool_.tellp());
   pass_rows_.push_back(0);
   tiles_.clear();
   predicted_ = correct_ = labelled_ = 0;
-  compute_.begin_epoch(find_model(stages_, model_name_).device().is_cpu());
 }
 
 void Predict::process(Item& item, const Emit& emit) {
@@ -146,6 +192,7 @@ void Predict::process(Item& item, const Emit& emit) {
     emit(item);
     return;
   }
+  if (!pass_started_) start_pass();
   const Batch& batch = item.get<Batch>();
   ComputeThreads::Scope compute(compute_);
   torch::Tensor logits = find_model(stages_, model_name_).infer_logits(batch.images);
@@ -181,10 +228,8 @@ void Predict::process(Item& item, const Emit& emit) {
     if (static_cast<int64_t>(tiles_.size()) < grid_count_ && !grid_path_.empty()) {
       GridTile tile;
       tile.image = batch_image(batch, i);
-      char probability[16];
-      std::snprintf(probability, sizeof probability, " %.2f", top_p[i][0].item<float>());
-      tile.title = (label >= 0 ? class_name(batch, label) : std::string("?")) + " / " + class_name(batch, guess) +
-                   probability;
+      tile.title = prediction_title(label >= 0 ? class_name(batch, label) : std::string("?"), class_name(batch, guess),
+                                    top_p[i][0].item<float>());
       tile.highlight = label >= 0 && label != guess;
       tiles_.push_back(std::move(tile));
     }

@@ -7,7 +7,10 @@
 // step the epoch of the pass it shows).
 //
 // In a graph of several epochs (a training graph) it predicts once, in the
-// run's last epoch, by default: the model the run ends with. every=N also
+// run's last epoch, by default: the model the run ends with. When a stage
+// may end the run early (early_stopping, whose schema provides "run_end")
+// the last epoch is known only after it: every epoch then predicts, and
+// each pass but the last one is dropped. every=N also
 // predicts in every Nth epoch; the CSV then has an `epoch` column (1-based)
 // and holds every pass's rows, the grid and figures are the last pass's.
 // Epochs it does not predict in pass batches through untouched.
@@ -28,6 +31,10 @@
 
 namespace flowrun::stages {
 
+// A grid tile's title: "TRUE / PREDICTED P", P the predicted class's
+// probability to 2 decimals; TRUE is "?" for an unlabelled image.
+std::string prediction_title(const std::string& truth, const std::string& guess, double probability);
+
 class Predict : public SerialStage {
  public:
   static Schema schema();
@@ -40,6 +47,7 @@ class Predict : public SerialStage {
 
  private:
   bool predicts_in(const EpochInfo& epoch) const;
+  void start_pass();  // at the epoch's first batch
   // Rank 0 (or a process alone) writes the CSV and the grid from every
   // rank's share; in a job every rank takes part in the collectives.
   void write_outputs(bool interrupted);
@@ -57,6 +65,14 @@ class Predict : public SerialStage {
   ComputeThreads compute_;
   Job* job_;  // the job of several processes this rank is in; null alone
   std::shared_ptr<TensorBoardWriter> tensorboard_;  // null: none (no run directory, or not rank 0)
+  // A stage may end the run after any epoch (early_stopping): every epoch
+  // predicts, and a pass made only in case it was the last (tentative) is
+  // dropped from the spool (from tentative_start_) when another pass starts.
+  bool end_may_come_early_ = false;
+  bool epoch_tentative_ = false;  // this epoch's pass would be
+  bool pass_tentative_ = false;   // the last pass in the spool is
+  bool pass_started_ = false;     // this epoch's pass has had its first batch
+  uint64_t tentative_start_ = 0;
 };
 
 }  // namespace flowrun::stages

@@ -12,6 +12,7 @@ namespace flowrun::stages {
 Schema EarlyStopping::schema() {
   Schema schema("early_stopping", "ends training when a monitored figure stops improving (patience epochs), as "
                                   "Lightning's EarlyStopping");
+  schema.provides("run_end");  // it may end the run after any epoch: stages that act in the last one (predict) ask
   Monitor::add_params(schema);
   schema.param(Int("patience", "epochs without improvement before the run ends").def(int64_t{3}).range(1, 1000000));
   return schema;

@@ -39,6 +39,12 @@ Schema Train::schema() {
       .param(Float("lr_find_end", "the range test's last learning rate").def(10.0).range(1e-12, 1e6))
       .check([](const Params& p) {
         return p.get_float("lr_find_start") < p.get_float("lr_find_end") ? "" : "lr_find_start must be below lr_find_end";
+      })
+      // Run after the stage references are resolved: `loss` is then the phase's loss stage, or "".
+      .check([](const Params& p) -> std::string {
+        if (p.get_float("label_smoothing") == 0 || p.is_auto("loss") || p.get_string("loss").empty()) return "";
+        return "label_smoothing belongs to the built-in cross-entropy; loss stage '" + p.get_string("loss") +
+               "' has its own parameters";
       });
 }
 

@@ -10,7 +10,11 @@
 //                            is the sample's own generator, a function of (run
 //                            seed, stage name, epoch, sample index), so results
 //                            do not depend on threads or order
-//   flowrun::stages::Rng     that generator: uniform(), below(n), chance(p), shuffle()
+//   flowrun::stages::Rng     that generator: uniform(), below(n), chance(p), shuffle();
+//                            no public constructor: a stage gets one from its
+//                            declared randomness, RandomStream(init, type).draw(epoch,
+//                            index) (refused unless the type's schema says
+//                            randomized()), or as a sampler op, SamplerOp::rng(epoch)
 //   flowrun::stages::SamplerOp / SampleSet  a sampler op reorders, filters or
 //                            draws the epoch's dataset indices
 //
