@@ -183,11 +183,17 @@ TEST_F(Resume, SigtermWritesAResumableCheckpoint) {
   ASSERT_EQ(signalled.exit_code, 130) << signalled.err;
   EXPECT_FALSE(checkpoint_before_signal);
   ASSERT_TRUE(std::filesystem::exists(checkpoint)) << signalled.err;
-  // The checkpoint holds the run up to where the signal stopped it, in
-  // epoch 2 (epoch 1 from 0): the position flowrun reports. (On a loaded
-  // machine the signal may still land at the epoch's start: item 0.)
+  // The checkpoint holds the run up to where the signal stopped it, in the
+  // middle of epoch 2's training flow (epoch 1 from 0): the position flowrun
+  // reports. Mid-epoch for sure: the flow's 6 batches take 2.4 s at least
+  // (the sleep), so 1.5 s in some, not all, have passed train, and a first
+  // batch needs 0.4 s and a step, leaving a loaded machine 1 s to spare. A
+  // checkpoint written as of the epoch's start would be item 0.
   RunState state = stages::read_checkpoint(checkpoint);
-  EXPECT_EQ(state.position.epoch, 1);  // inside epoch 2 (its training or its validation flow)
+  EXPECT_EQ(state.position.epoch, 1) << state.position.describe();
+  EXPECT_EQ(state.position.flow, 0) << state.position.describe();  // the training flow
+  EXPECT_GT(state.position.items, 0u) << state.position.describe();
+  EXPECT_LT(state.position.items, 24u) << state.position.describe();  // 3 classes x 8, batches of 4
   EXPECT_NE(signalled.err.find("flowrun: interrupted at " + state.position.describe() + " (1 complete epoch(s))"),
             std::string::npos) << signalled.err;
   // Resumed, the run ends as one of the same graph that never stopped. compute_threads is pinned: with auto,

@@ -191,9 +191,11 @@ TEST(Executor, SameSeedSameResultWhateverTheThreads) {
   // before order-sensitive serial stages, over two epochs: the same seed
   // gives the very same stream (the checksum weighs each value by its
   // position, exactly: values < 3e6 at positions < 5000) whatever the
-  // threads; another seed, another stream.
+  // threads; another seed, another stream. The first one's items wait 0 to
+  // 80 us, so with threads they reach the next stages out of order: a draw
+  // taken in arrival order (not keyed by the item) shows.
   const std::string graph =
-      "run epochs=2\nsource = count count=3000\njitter = random_tag scale=100 drop=0.2 concurrency=3\n"
+      "run epochs=2\nsource = count count=3000\njitter = random_tag scale=100 drop=0.2 delay_us=20 concurrency=3\n"
       "work = sleep drop_every=5 concurrency=3\nmore = random_tag scale=10 concurrency=2\ng = group size=9\n"
       "out = group_sink\n";
   auto run = [&](int threads, const std::string& seed) {

@@ -19,14 +19,19 @@ using namespace flowrun;
 TEST(Graphs, PretrainThenFinetuneAtTinyScale) {
   std::string dir = test::temp_dir();
   std::string source = dir + "/source.safetensors", target = dir + "/target.safetensors";
+  // 6 classes x 8 in batches of 16: 3 steps (the graph's batches of 64,
+  // drop_last, would leave none, and the source model untrained).
   auto pretrain = test::run_flowrun({"graphs/fashion_pretrain.graph", "--threads", "2",
+                                     "--summary-json", dir + "/pretrain.json",
                                      "--set", "model.depth=18",
                                      "--set", "train_sampler.per_class.k=8",
+                                     "--set", "train_batch.size=16",
                                      "--set", "val_sampler.per_class.k=4",
                                      "--set", "pretrain.epochs=1",
                                      "--set", "save.path=" + source});
   ASSERT_EQ(pretrain.exit_code, 0) << pretrain.err;
   ASSERT_TRUE(std::filesystem::exists(source));
+  EXPECT_EQ(nlohmann::json::parse(std::ifstream(dir + "/pretrain.json"))["train_steps"], 3.0);
 
   auto run_finetune = [&](const std::string& summary_path) {
     return test::run_flowrun({"graphs/finetune.graph", "--threads", "2", "--summary-json", summary_path,

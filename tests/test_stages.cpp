@@ -2,8 +2,10 @@
 // parameter type and the executor's paths (errors, accumulation, phases).
 #include "test_stages.h"
 
+#include <chrono>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include "pipeline/interrupt.h"
 #include "pipeline/registry.h"
@@ -126,14 +128,18 @@ Schema RandomTag::schema() {
   return Schema("random_tag", "replaces v by v * scale + a random draw below scale; drops with probability drop")
       .param(Int("scale", "the multiplier and the draws' bound").def(int64_t{1000}).range(1, 1000000))
       .param(Float("drop", "probability of dropping an item").def(0.0).range(0, 1))
+      .param(Int("delay_us", "first waits (v mod 5) * delay_us: concurrent copies finish out of order").def(int64_t{0})
+                 .range(0, 100000))
       .randomized();
 }
 RandomTag::RandomTag(const StageInit& init)
     : stream_(init, "random_tag"),
       scale_(init.params.get_int("scale")),
+      delay_us_(init.params.get_int("delay_us")),
       drop_(init.params.get_float("drop")) {}
 void RandomTag::process(Item& item) {
   const int64_t value = item.get<int64_t>();
+  if (delay_us_ > 0) std::this_thread::sleep_for(std::chrono::microseconds(value % 5 * delay_us_));
   stages::Rng rng = stream_.draw(epoch_, static_cast<uint64_t>(value));
   if (rng.chance(drop_)) return item.drop();
   item.set<int64_t>(value * scale_ + static_cast<int64_t>(rng.below(static_cast<uint64_t>(scale_))));

@@ -59,7 +59,9 @@ class GroupSink : public SerialStage {
 // A random transform of integers, as the random image ops are: each item's
 // draw is a function of (run seed, stage name, epoch, the item's value), set
 // up in begin_epoch. Replaces v by v * scale + a draw below scale, and drops
-// the item with probability `drop`.
+// the item with probability `drop`. With delay_us, an item first waits
+// (v mod 5) * delay_us: concurrent copies then finish out of order, and the
+// items reach the stages after it in another order than they were made.
 class RandomTag : public TransformStage {
  public:
   static Schema schema();
@@ -70,7 +72,7 @@ class RandomTag : public TransformStage {
  private:
   stages::RandomStream stream_;
   uint64_t epoch_ = 0;
-  int64_t scale_;
+  int64_t scale_, delay_us_;
   double drop_;
 };
 
