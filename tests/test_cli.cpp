@@ -117,7 +117,9 @@ TEST(Cli, FailingRunExitsOneAndNamesTheStage) {
   auto result = run_flowrun({path, "--plugin", TEST_PLUGIN_EXPLODE, "--summary-json", summary});
   EXPECT_EQ(result.exit_code, 1);
   // A plugin's stage is reported as any stage is, naming the plugin it came from.
-  EXPECT_EQ(result.err, "flowrun: error: stage 'boom' (explode from plugin " TEST_PLUGIN_EXPLODE "): exploded at 500\n");
+  // And where in the run it failed: the 501st item the stage received.
+  EXPECT_EQ(result.err, "flowrun: error: stage 'boom' (explode from plugin " TEST_PLUGIN_EXPLODE "): exploded at 500 "
+                        "(phase 'main', epoch 1 (1/1 of the phase), item 501 the stage received this epoch)\n");
   EXPECT_FALSE(std::filesystem::exists(summary));  // no summary of a failed run
 }
 
