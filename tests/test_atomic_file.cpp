@@ -16,14 +16,9 @@
 #include "test_support.h"
 
 using namespace flowrun;
+using test::slurp;
 
 namespace {
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 }  // namespace
 
 TEST(AtomicFile, KillDashNineDuringAWriteLeavesThePreviousFile) {

@@ -19,6 +19,8 @@
 #include "test_support.h"
 
 using namespace flowrun;
+using test::slurp;
+using test::write_graph;
 
 namespace {
 
@@ -57,19 +59,6 @@ phase full epochs=2 {
   sched   = onecycle
 }
 )";
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-std::string write_graph(const std::string& dir, const std::string& name, const std::string& text) {
-  std::string path = dir + "/" + name;
-  std::ofstream(path) << text;
-  return path;
 }
 
 // One run of a graph in `dir`, its outputs in dir/RUN (run dir) and dir/RUN.safetensors.

@@ -20,29 +20,11 @@
 #include "test_support.h"
 
 using namespace flowrun;
+using test::slurp;
+using test::split;
+using test::write_graph;
 
 namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-std::vector<std::string> split(const std::string& line) {
-  std::vector<std::string> fields;
-  std::stringstream in(line);
-  for (std::string field; std::getline(in, field, ',');) fields.push_back(field);
-  if (!line.empty() && line.back() == ',') fields.push_back("");
-  return fields;
-}
-
-std::string write_graph(const std::string& dir, const std::string& name, const std::string& text) {
-  std::string path = dir + "/" + name;
-  std::ofstream(path) << text;
-  return path;
-}
 
 const std::string& nine_images() {
   static const std::string root = test::make_jpeg_folder({"a", "b", "c"}, 3, 40, 36);

@@ -29,16 +29,11 @@
 #include "test_support.h"
 
 using namespace flowrun;
+using test::slurp;
+using test::write_graph;
 extern char** environ;
 
 namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(slurp(path)); }
 
@@ -100,12 +95,6 @@ std::string training_graph(int batch, int epochs, const std::string& weights, co
          "freezer = freeze mode=none bn_eval=true\n"
          "optim = sgd lr=0.05 momentum=0.9\n"
          "save = save_weights path=\"" + weights + "\"\n" + extra;
-}
-
-std::string write_graph(const std::string& dir, const std::string& name, const std::string& text) {
-  std::string path = dir + "/" + name;
-  std::ofstream(path) << text;
-  return path;
 }
 
 // The largest |a - b| over all the tensors of two weight files (counters

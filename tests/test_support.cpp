@@ -83,6 +83,34 @@ CommandResult run_flowrun_signalled(const std::vector<std::string>& args, const 
   return result;
 }
 
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::vector<std::string> lines_of(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+std::vector<std::string> split(const std::string& csv_line) {
+  std::vector<std::string> fields;
+  std::stringstream in(csv_line);
+  for (std::string field; std::getline(in, field, ',');) fields.push_back(field);
+  if (!csv_line.empty() && csv_line.back() == ',') fields.push_back("");
+  return fields;
+}
+
+std::string write_graph(const std::string& dir, const std::string& name, const std::string& text) {
+  std::string path = dir + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
 std::string without_where(const std::string& message) {
   const std::string end = " the stage received this epoch)";
   const size_t where = message.rfind(" (phase '");

@@ -20,6 +20,14 @@ std::string errors_of(const std::string& text, const std::vector<std::string>& s
 // A fresh empty directory under the system temp dir.
 std::string temp_dir();
 
+// A file's bytes ("" when it cannot be read); its lines; one CSV line's
+// fields (a trailing comma ends with an empty field).
+std::string slurp(const std::string& path);
+std::vector<std::string> lines_of(const std::string& path);
+std::vector<std::string> split(const std::string& csv_line);
+// Writes `text` to DIR/NAME and returns that path.
+std::string write_graph(const std::string& dir, const std::string& name, const std::string& text);
+
 // A stage error's message without the engine's note of where it happened
 // (" (phase 'P', epoch E (e/n of the phase), item K the stage received this
 // epoch)"), which it must end with; returns "no note of where: MESSAGE" if not.

@@ -28,6 +28,7 @@
 #include "test_support.h"
 
 using namespace flowrun;
+using test::lines_of;
 using namespace flowrun::stages;
 
 namespace {
@@ -454,13 +455,6 @@ std::string folder_graph(const std::string& root, const std::string& end, const 
          "src = imagefolder root=\"" + root + "\"\n"
          "prep = decode | resize size=32 | center_crop size=32 | normalize\nbatch = batch size=4\n" + end + "\n" +
          components + "\n";
-}
-
-std::vector<std::string> lines_of(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
 }
 
 std::string run_error(const std::string& text) {
