@@ -139,9 +139,15 @@ class Runner : public StageDirectory {
                          static_cast<int>(phase.epochs), graph_.run.seed};
           spdlog::debug("phase '{}' epoch {}/{} (global epoch {})", phase.name, e + 1, phase.epochs, global_epoch);
           epoch_now_ = info;
+          // A state saved between epochs (an end-of-epoch checkpoint) is
+          // loaded before the epoch begins, so that each stage starts the
+          // epoch afresh (its per-epoch sums are the finished epoch's); one
+          // saved inside an epoch after, so that the epoch goes on from it.
+          const bool resume_between_epochs = resume && resume->position.at_epoch_start();
+          if (resume_between_epochs) load_states(*resume);
           for_each_stage([&](StageSlot& slot, Stage& stage) { stage.begin_epoch(info); });
           if (resume) {
-            load_states(*resume);
+            if (!resume_between_epochs) load_states(*resume);
             position = resume->position;
             resume.reset();
           }

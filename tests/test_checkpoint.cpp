@@ -219,6 +219,11 @@ TEST_F(Resume, AFinishedRunResumedWithMoreEpochsSaysItsScheduleHasEnded) {
   auto more = run(dir, *graph_, "more", {"--set", "checkpoint.resume=" + *whole_ + "/checkpoint.ckpt", "--set", "full.epochs=3"});
   ASSERT_EQ(more.exit_code, 0) << more.err;
   EXPECT_NE(more.out.find("epoch 4 (full 3/3)"), std::string::npos) << "the added epoch should run:\n" << more.out;
+  // The resumed epoch's figures are its own, not summed with the finished epoch's
+  // the end-of-epoch checkpoint holds: evaluate saw its 12 validation images once.
+  EXPECT_NE(more.out.find("epoch 4 (full 3/3) evaluate: val_loss"), std::string::npos) << more.out;
+  EXPECT_NE(more.out.find("val_top5 1.0000 (12 samples)"), std::string::npos) << more.out;
+  EXPECT_EQ(more.out.find("(24 samples)"), std::string::npos) << more.out;
   const std::string said = "train: phase 'full': the schedule ended at step";
   const size_t warning = more.err.find(said);
   ASSERT_NE(warning, std::string::npos) << more.err;

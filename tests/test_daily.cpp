@@ -334,6 +334,8 @@ TEST(Daily, BestWeightsAndEarlyStopping) {
   auto weights = stages::read_weights(dir + "/best.safetensors", &metadata);
   EXPECT_FALSE(weights.empty());
   EXPECT_EQ(metadata["monitor"], "val_top1");
+  // The class names too, as save_weights writes them: a later graph maps its classes by name.
+  EXPECT_EQ(metadata["classes"], R"(["a","b","c"])");
   EXPECT_EQ(metadata["best_epoch"], std::to_string(best)) << top1[0] << " " << top1[1] << " " << top1[2];
   EXPECT_NEAR(std::stod(metadata["best_value"]), top1[best - 1], 1e-4);
   EXPECT_EQ(summary["best_epoch"], best);

@@ -156,12 +156,13 @@ void Predict::begin_epoch(const EpochInfo& epoch) {
   predicting_ = predicting_ || epoch_tentative_;
   pass_started_ = false;
   if (!predicting_) return;
-  current_epoch_ = epoch.epoch + 1;
+  epoch_beginning_ = epoch.epoch + 1;
   compute_.begin_epoch(find_model(stages_, model_name_).device().is_cpu());
 }
 
 void Predict::start_pass() {
   pass_started_ = true;
+  current_epoch_ = epoch_beginning_;  // the pass's epoch: one that ends the run before its first batch has none
   // A pass made only in case its epoch was the last: a later epoch came, so it was not.
   if (pass_tentative_ && !pass_rows_.empty()) {
     spool_.close();

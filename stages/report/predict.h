@@ -58,7 +58,8 @@ class Predict : public SerialStage {
   int64_t grid_count_, columns_, every_;
   std::ofstream spool_;
   bool predicting_ = false;   // this epoch is a prediction pass
-  int current_epoch_ = 0;     // 1-based, for the epoch column
+  int current_epoch_ = 0;     // 1-based: the epoch of the pass made last (the epoch column, the grid's step)
+  int epoch_beginning_ = 0;   // 1-based: the epoch begun last (its pass starts at its first batch)
   std::vector<int64_t> pass_rows_;  // rows of each pass in the spool, in order
   std::vector<GridTile> tiles_;     // the current pass's first grid_images
   int64_t predicted_ = 0, correct_ = 0, labelled_ = 0;  // the current pass's

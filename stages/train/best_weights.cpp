@@ -38,8 +38,14 @@ void BestWeights::look() {
   if (writes_) {
     char text[32];
     std::snprintf(text, sizeof text, "%.9g", value);
-    write_safetensors(path_, state_dict(*find_model(stages_, model_name_).net()),
-                      {{"best_epoch", std::to_string(epoch)}, {"monitor", monitor_.figure()}, {"best_value", text}});
+    // The model's class names as save_weights writes them (a later graph maps
+    // its classes by name), then which epoch this is and why.
+    ModelStage& model = find_model(stages_, model_name_);
+    Metadata metadata = model.class_metadata();
+    metadata["best_epoch"] = std::to_string(epoch);
+    metadata["monitor"] = monitor_.figure();
+    metadata["best_value"] = text;
+    write_safetensors(path_, state_dict(*model.net()), metadata);
   }
   ++written_;
   spdlog::info("best_weights: epoch {} {} {:.4f}: {}", epoch, monitor_.figure(), value, path_);
