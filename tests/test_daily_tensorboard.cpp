@@ -230,6 +230,23 @@ TEST(DailyTensorBoard, RunDirHoldsEventsTensorBoardReads) {
 // The .proto files flowrun compiles hold TensorBoard's messages: every
 // message, field number, type, label and oneof of them, against the
 // descriptors of PyPI's tensorboard.
+// Early stopping ends the run after epoch 2, once epoch 3 has begun (every
+// stage's begin_epoch runs first): the prediction grid is epoch 2's pass, and
+// so is its step, not that of the epoch that never ran.
+TEST(DailyTensorBoard, AnEarlyStoppedRunsGridHasTheStepOfItsLastEpoch) {
+  const std::string dir = test::temp_dir();
+  const std::string graph = write_graph(
+      dir, "t.graph", training_graph(dir) + "stop = early_stopping monitor=val_loss patience=1 min_delta=1e9\n");
+  auto run = test::run_flowrun({graph, "--run-dir", dir + "/run", "--summary-json", dir + "/s.json"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  ASSERT_EQ(nlohmann::json::parse(slurp(dir + "/s.json"))["epochs"], 2);
+  const nlohmann::json tb = tensorboard_oracle("read '" + dir + "/run' '" + dir + "/oracle'");
+  ASSERT_TRUE(tb["images"].contains("images/predict")) << tb["images"].dump();
+  ASSERT_EQ(tb["images"]["images/predict"].size(), 1u);
+  EXPECT_EQ(tb["images"]["images/predict"][0]["step"], 2);
+  EXPECT_TRUE(slurp(tb["images"]["images/predict"][0]["file"].get<std::string>()) == slurp(dir + "/p.png"));
+}
+
 TEST(DailyTensorBoard, ProtoFieldsAreTensorBoards) {
   const std::string dir = test::temp_dir();
   const std::string root = FLOWRUN_SOURCE_DIR "/stages/report/tensorboard_proto";
