@@ -50,6 +50,15 @@ std::string host_name() {
   return name;
 }
 
+// An event at `step` (now) holding one summary value, tagged `tag`, for the caller to fill.
+tensorboard::Summary::Value* tagged_value(tensorboard::Event& event, const std::string& tag, int64_t step) {
+  event.set_wall_time(wall_time());
+  event.set_step(step);
+  tensorboard::Summary::Value* value = event.mutable_summary()->add_value();
+  value->set_tag(tag);
+  return value;
+}
+
 constexpr const char* kHparamsPlugin = "hparams";
 
 // A Summary.Value of the hparams plugin: metadata only, as add_hparams writes it.
@@ -123,14 +132,8 @@ void TensorBoardWriter::write_event(const std::string& data) {
 
 void TensorBoardWriter::scalar(const std::string& tag, int64_t step, double value) {
   tensorboard::Event event;
-  event.set_wall_time(wall_time());
-  event.set_step(step);
-  tensorboard::Summary::Value* v = event.mutable_summary()->add_value();
-  v->set_tag(tag);
-  v->set_simple_value(static_cast<float>(value));
-  const std::string data = event.SerializeAsString();
-  std::lock_guard<std::mutex> lock(mutex_);
-  write_event(data);
+  tagged_value(event, tag, step)->set_simple_value(static_cast<float>(value));
+  write_locked(event);
 }
 
 void TensorBoardWriter::metric(const std::string& tag, int64_t step, double value) {
@@ -143,28 +146,19 @@ void TensorBoardWriter::metric(const std::string& tag, int64_t step, double valu
 
 void TensorBoardWriter::image(const std::string& tag, int64_t step, const std::string& png, int width, int height) {
   tensorboard::Event event;
-  event.set_wall_time(wall_time());
-  event.set_step(step);
-  tensorboard::Summary::Value* v = event.mutable_summary()->add_value();
-  v->set_tag(tag);
-  tensorboard::Summary::Image* image = v->mutable_image();
+  tensorboard::Summary::Image* image = tagged_value(event, tag, step)->mutable_image();
   image->set_width(width);
   image->set_height(height);
   image->set_colorspace(3);  // RGB
   image->set_encoded_image_string(png);
-  const std::string data = event.SerializeAsString();
-  std::lock_guard<std::mutex> lock(mutex_);
-  write_event(data);
+  write_locked(event);
 }
 
 void TensorBoardWriter::text(const std::string& tag, int64_t step, const std::string& markdown) {
   // As torch.utils.tensorboard's add_text: the text plugin's metadata and a
   // DT_STRING tensor of one element.
   tensorboard::Event event;
-  event.set_wall_time(wall_time());
-  event.set_step(step);
-  tensorboard::Summary::Value* v = event.mutable_summary()->add_value();
-  v->set_tag(tag);
+  tensorboard::Summary::Value* v = tagged_value(event, tag, step);
   auto* plugin = v->mutable_metadata()->mutable_plugin_data();
   plugin->set_plugin_name("text");
   tensorboard::TextPluginData text_data;
@@ -174,7 +168,11 @@ void TensorBoardWriter::text(const std::string& tag, int64_t step, const std::st
   tensor->set_dtype(tensorboard::DT_STRING);
   tensor->mutable_tensor_shape()->add_dim()->set_size(1);
   tensor->add_string_val(markdown);
-  const std::string data = event.SerializeAsString();
+  write_locked(event);
+}
+
+void TensorBoardWriter::write_locked(const tensorboard::Event& event) {
+  const std::string data = event.SerializeAsString();  // outside the lock
   std::lock_guard<std::mutex> lock(mutex_);
   write_event(data);
 }
@@ -269,10 +267,7 @@ std::map<std::string, TensorBoardWriter::HParam> graph_hparams(const ResolvedGra
         }
         const Schema* schema = op.stage_type ? &op.stage_type->schema : nullptr;
         for (const auto& [name, value] : op.params.values()) {
-          const ParamSpec* spec = nullptr;
-          if (schema)
-            for (const auto& p : schema->params())
-              if (p.name == name) spec = &p;
+          const ParamSpec* spec = schema ? schema->find(name) : nullptr;
           if (spec && !spec->role.empty()) continue;  // which stage plays a role: wiring, not a setting
           if (spec && spec->default_value && *spec->default_value == value) continue;
           found[prefix + name] = value;

@@ -32,6 +32,9 @@
 namespace flowrun {
 struct ResolvedGraph;
 }
+namespace tensorboard {
+class Event;
+}
 
 namespace flowrun::stages {
 
@@ -70,7 +73,8 @@ class TensorBoardWriter {
   void flush();
 
  private:
-  void write_event(const std::string& serialized_event);
+  void write_event(const std::string& serialized_event);     // under mutex_
+  void write_locked(const tensorboard::Event& event);        // serialises, then takes mutex_
   void end_locked(bool success);
 
   std::string path_;
