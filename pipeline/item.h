@@ -51,6 +51,9 @@ class Item {
   uint64_t source_end = 0;
   // Passed along unprocessed because the run is stopping.
   bool abandoned = false;
+  // Which of its flow's sources made it: 0 = the first; a flow that joins
+  // sources (`flow a + b -> ...`) alternates them, and b's items are 1.
+  uint32_t origin = 0;
 
  private:
   std::shared_ptr<std::any> data_;

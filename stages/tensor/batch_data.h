@@ -26,6 +26,16 @@ struct Batch {
     for (uint8_t p : padding) n -= p;
     return n;
   }
+  // A flow that joins sources (`flow source + target -> ...`, domain
+  // adaptation): the batch holds domain_counts[0] samples of the first
+  // source, then domain_counts[1] of the second, and so on. Empty: all
+  // samples come from one source. A second source's labels may be -1
+  // (unlabelled); training never reads them.
+  std::vector<int64_t> domain_counts;
+  int64_t domain_size(size_t domain) const {
+    if (domain_counts.empty()) return domain == 0 ? size() : 0;
+    return domain < domain_counts.size() ? domain_counts[domain] : 0;
+  }
   std::shared_ptr<const DatasetInfo> dataset;
   std::array<float, 3> mean{0, 0, 0}, std{1, 1, 1};  // the normalization applied
   int64_t number = 0;                // position of the batch in its epoch
