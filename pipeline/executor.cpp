@@ -47,6 +47,7 @@ struct StageSlot {
 // The TBB nodes of one chain for one epoch, and its bookkeeping.
 struct ChainRun {
   std::vector<StageSlot*> stages;
+  std::vector<StageSlot*> sources;  // stages[0], then the sources joined to it: their items alternate
   std::unique_ptr<flow::input_node<Item>> source;
   std::unique_ptr<flow::limiter_node<Item, int>> limiter;
   std::vector<std::unique_ptr<flow::graph_node>> nodes;
@@ -525,19 +526,31 @@ class Runner : public StageDirectory {
       flow::make_edge(*chain.limiter, *chain.entry[n]);
     }
 
-    StageSlot& source_slot = *chain.stages[0];
-    chain.source = std::make_unique<flow::input_node<Item>>(g, [this, &chain, &source_slot](tbb::flow_control& control) {
+    chain.source = std::make_unique<flow::input_node<Item>>(g, [this, &chain](tbb::flow_control& control) {
       ensure_worker_thread_setup();
       int64_t begin = now_ns();
-      if (chain.last_return_ns) source_slot.counters.wait_output_ns.fetch_add(begin - chain.last_return_ns);
+      if (chain.last_return_ns) chain.sources[0]->counters.wait_output_ns.fetch_add(begin - chain.last_return_ns);
       if (stop_requested() || failed_.load()) {
         chain.stopped = true;
         control.stop();
         return Item();
       }
+      // Joined sources take turns: item j of the epoch comes from source j % m.
+      const size_t origin = static_cast<size_t>((chain.first_item + chain.next_seq) % chain.sources.size());
+      StageSlot& source_slot = *chain.sources[origin];
       Item item;
       bool more = false;
-      call_stage(source_slot, [&] { more = static_cast<SourceStage&>(*source_slot.ops.front()).next(item); });
+      call_stage(source_slot, [&] {
+        auto& source = static_cast<SourceStage&>(*source_slot.ops.front());
+        more = source.next(item);
+        if (!more && origin > 0) {  // a joined source starts over: the first source alone ends the epoch
+          source.begin_epoch(epoch_now_);
+          more = source.next(item);
+          if (!more)
+            throw std::runtime_error("it is joined to the flow from '" + chain.sources[0]->config.name +
+                                     "' but has no items this epoch");
+        }
+      });
       int64_t end = now_ns();
       source_slot.counters.busy_ns.fetch_add(end - begin, std::memory_order_relaxed);
       trace(source_slot, begin, end);
@@ -551,6 +564,7 @@ class Runner : public StageDirectory {
       item.seq = chain.next_seq++;
       item.source_end = chain.first_item + item.seq + 1;
       item.tokens = 1;
+      item.origin = static_cast<uint32_t>(origin);
       item.producer = source_slot.index;
       item.ready_ns = end;
       int64_t alive = chain.alive.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -591,15 +605,31 @@ class Runner : public StageDirectory {
     flow::graph g;
     ChainRun chain;
     for (const auto& name : graph_.chains[c]) chain.stages.push_back(find_slot(name));
+    for (const auto& name : graph_.sources_of(graph_.chains[c].front())) chain.sources.push_back(find_slot(name));
     chain.max_alive = &max_alive_[c];
     if (start) {
-      StageSlot& source = *chain.stages[0];
-      uint64_t skipped = 0;
-      call_stage(source, [&] { skipped = static_cast<SourceStage&>(*source.ops.front()).skip(start); });
-      if (skipped < start)
-        throw std::runtime_error("cannot resume the flow from '" + source.config.name + "' at item " +
-                                 std::to_string(start) + ": this epoch it has only " + std::to_string(skipped) +
-                                 " (did its data change?)");
+      // Each source passes over its share of the first `start` items (a
+      // joined one starting over as it does while running).
+      const uint64_t m = chain.sources.size();
+      for (uint64_t k = 0; k < m; ++k) {
+        StageSlot& source = *chain.sources[k];
+        const uint64_t count = start > k ? (start - k + m - 1) / m : 0;
+        uint64_t skipped = 0;
+        call_stage(source, [&] {
+          auto& stage = static_cast<SourceStage&>(*source.ops.front());
+          skipped = stage.skip(count);
+          while (k > 0 && skipped < count) {
+            stage.begin_epoch(epoch_now_);
+            const uint64_t more = stage.skip(count - skipped);
+            if (!more) break;
+            skipped += more;
+          }
+        });
+        if (skipped < count)
+          throw std::runtime_error("cannot resume the flow from '" + source.config.name + "' at item " +
+                                   std::to_string(count) + ": this epoch it has only " + std::to_string(skipped) +
+                                   " (did its data change?)");
+      }
       chain.first_item = start;
     }
     build_chain(g, chain);
@@ -662,7 +692,9 @@ class Runner : public StageDirectory {
     for (size_t c = 0; c < graph_.chains.size(); ++c) {
       // Flows take turns: a stage's capacity is the time its own flow ran.
       const double elapsed = std::max(chain_ns_[c] / 1e9, 1e-9);
-      for (const auto& name : graph_.chains[c]) {
+      std::vector<std::string> names = graph_.sources_of(graph_.chains[c].front());
+      names.insert(names.end(), graph_.chains[c].begin() + 1, graph_.chains[c].end());
+      for (const auto& name : names) {
         const StageSlot& slot = *find_slot(name);
         StageStats stats;
         stats.name = name;

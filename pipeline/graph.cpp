@@ -94,6 +94,7 @@ class Resolver {
     }
 
     graph.chains = resolve_flows();
+    graph.joined = joined_;
 
     // Phases: the top-level stages, with each phase's redeclarations and overrides.
     if (spec_.phases.empty()) {
@@ -351,7 +352,31 @@ class Resolver {
       }
       for (const auto& name : flow_stages) mentioned[name] = find_top(name)->where;
     }
+    std::set<std::string> joined_names;
     for (const auto& flow : spec_.flows) {
+      for (size_t j = 0; j < flow.joined.size(); ++j) {
+        const std::string& name = flow.joined[j];
+        const Location& where = flow.joined_where[j];
+        const ResolvedStage* stage = find_top(name);
+        if (!stage) {
+          error(where, "dangling connection: no stage named '" + name + "'" + did_you_mean(name, top_names()));
+          continue;
+        }
+        if (stage->kind != StageKind::Source) {
+          error(where, "stage '" + name + "' is joined to '" + flow.names.front() +
+                           "' with '+' but is not a source; only sources join a flow ('flow source + target -> ...')");
+          mentioned.emplace(name, where);  // reported here: no follow-up errors
+          reported.insert(name);
+          continue;
+        }
+        if (mentioned.count(name)) {
+          error(where, "source '" + name + "' is already in a flow; a source feeds one flow");
+          continue;
+        }
+        mentioned.emplace(name, where);
+        joined_names.insert(name);
+        joined_[flow.names.front()].push_back(name);
+      }
       for (size_t i = 0; i < flow.names.size(); ++i) {
         const std::string& name = flow.names[i];
         const Location& where = flow.where[i];
@@ -363,6 +388,10 @@ class Resolver {
         }
         if (stage->kind == StageKind::Component) {
           error(where, "stage '" + name + "' is a component; components take no part in a flow");
+          continue;
+        }
+        if (joined_names.count(name)) {
+          error(where, "source '" + name + "' is joined to a flow with '+'; a source feeds one flow");
           continue;
         }
         mentioned.emplace(name, where);
@@ -416,7 +445,7 @@ class Resolver {
         error(stage->where, "stage '" + name + "' is not connected; add it to a flow line");
         continue;
       }
-      if (prev.count(name) || reported.count(name)) continue;  // not a chain head
+      if (prev.count(name) || reported.count(name) || joined_names.count(name)) continue;  // not a chain head
       if (stage->kind != StageKind::Source) {
         error(mentioned[name], "stage '" + name + "' has no input; a flow starts with a source stage");
         continue;
@@ -726,6 +755,7 @@ class Resolver {
   };
   std::map<const ResolvedOp*, std::vector<Override>> overridden_;
   std::vector<ResolvedStage> top_;
+  std::map<std::string, std::vector<std::string>> joined_;  // flow head -> sources joined to it
 };
 
 // A path as the resolved graph writes it: absolute, so that the text runs
@@ -772,6 +802,12 @@ ResolvedGraph resolve_graph(const GraphSpec& spec, const Registry& registry,
   return graph;
 }
 
+std::vector<std::string> ResolvedGraph::sources_of(const std::string& head) const {
+  std::vector<std::string> sources = {head};
+  if (auto it = joined.find(head); it != joined.end()) sources.insert(sources.end(), it->second.begin(), it->second.end());
+  return sources;
+}
+
 std::string ResolvedGraph::format() const {
   std::ostringstream out;
   out << "# resolved from " << file << "\n";
@@ -784,13 +820,19 @@ std::string ResolvedGraph::format() const {
   // Top level: the first phase's view of every stage declared outside phases.
   std::set<std::string> in_flow;
   for (const auto& chain : chains) in_flow.insert(chain.begin(), chain.end());
+  for (const auto& entry : joined) in_flow.insert(entry.second.begin(), entry.second.end());
   std::vector<const ResolvedStage*> base;
   for (const auto& stage : first.stages)
     if (in_flow.count(stage.name) || implicit_phase) base.push_back(&stage);
   for (const auto* stage : base) out << format_stage(*stage) << "\n";
   for (const auto& chain : chains) {
     out << "flow";
-    for (size_t i = 0; i < chain.size(); ++i) out << (i ? " -> " : " ") << chain[i];
+    for (size_t i = 0; i < chain.size(); ++i) {
+      out << (i ? " -> " : " ") << chain[i];
+      if (i == 0)
+        if (auto it = joined.find(chain[0]); it != joined.end())
+          for (const auto& name : it->second) out << " + " << name;
+    }
     out << "\n";
   }
   // Each phase spells out every stage that is not a flow stage, and redeclares

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,12 @@ struct ResolvedGraph {
   RunSettings run;
   std::vector<std::string> plugins;
   std::vector<std::vector<std::string>> chains;  // stage names, source first
+  // A flow that joins sources (`flow a + t -> ...`), keyed by its first
+  // source (a): the sources whose items alternate with a's (t). a's items
+  // define the epoch; each joined source starts over when it runs out.
+  std::map<std::string, std::vector<std::string>> joined;
+  // The sources of the flow starting at `head`: head, then any joined to it.
+  std::vector<std::string> sources_of(const std::string& head) const;
   std::vector<ResolvedPhase> phases;             // at least one
   bool implicit_phase = false;                   // no phase declared: one 'main' phase of run.epochs
   // Renders the graph back in the graph language with every parameter

@@ -104,8 +104,12 @@ void expand_copies(GraphSpec& spec, Diagnostics& diagnostics) {
   // `copy`: the flows starting at the named sources, stage by stage.
   if (spec.copies.empty()) return;
   std::map<std::string, std::string> next;
-  for (const auto& flow : spec.flows)
+  std::map<std::string, std::vector<std::string>> joined;  // flow head -> sources joined to it
+  for (const auto& flow : spec.flows) {
     for (size_t i = 1; i < flow.names.size(); ++i) next.emplace(flow.names[i - 1], flow.names[i]);
+    if (!flow.names.empty())
+      joined[flow.names.front()].insert(joined[flow.names.front()].end(), flow.joined.begin(), flow.joined.end());
+  }
   std::set<std::string> names;
   for (const auto& stage : spec.stages) names.insert(stage.name);
   for (const auto& copy : spec.copies) {
@@ -119,6 +123,20 @@ void expand_copies(GraphSpec& spec, Diagnostics& diagnostics) {
         continue;
       }
       FlowDecl flow;
+      // The sources joined to this one are copied with it.
+      for (const std::string& name : joined[source]) {
+        const std::string copied = copy.prefix + name;
+        if (names.count(copied) || copies.count(name)) {
+          diagnostics.error(copy.prefix_where, "copy: the copy of '" + name + "' would be named '" + copied +
+                                                   "', which is taken");
+        } else if (auto it = top.find(name); it != top.end()) {
+          StageDecl stage = spec.stages[it->second];
+          stage.name = copied;
+          copies.emplace(name, std::move(stage));
+        }
+        flow.joined.push_back(copied);
+        flow.joined_where.push_back(copy.sources_where[s]);
+      }
       for (std::string name = source;; name = next.at(name)) {
         if (flow.names.size() > spec.stages.size()) break;  // a loop: the validation reports it
         const std::string copied = copy.prefix + name;
@@ -152,13 +170,16 @@ void expand_copies(GraphSpec& spec, Diagnostics& diagnostics) {
       apply_change(it->second, change, 1, diagnostics);
     }
     // The copies, in the order of the flows they belong to.
-    for (const auto& flow : flows)
-      for (const auto& name : flow.names)
+    for (const auto& flow : flows) {
+      std::vector<std::string> order = flow.joined;  // joined sources first, as a source comes before its flow
+      order.insert(order.end(), flow.names.begin(), flow.names.end());
+      for (const auto& name : order)
         for (auto& entry : copies)
           if (entry.second.name == name) {
             names.insert(name);
             spec.stages.push_back(entry.second);
           }
+    }
     for (auto& flow : flows) spec.flows.push_back(std::move(flow));
   }
   spec.copies.clear();

@@ -10,7 +10,7 @@
 namespace flowrun {
 namespace {
 
-enum class Tok { Ident, Int, Float, String, Newline, Semi, Eq, Pipe, Dot, Arrow, LBrack, RBrack, Comma, LBrace, RBrace, End };
+enum class Tok { Ident, Int, Float, String, Newline, Semi, Eq, Pipe, Plus, Dot, Arrow, LBrack, RBrack, Comma, LBrace, RBrace, End };
 
 const char* describe(Tok tok) {
   switch (tok) {
@@ -22,6 +22,7 @@ const char* describe(Tok tok) {
     case Tok::Semi: return "';'";
     case Tok::Eq: return "'='";
     case Tok::Pipe: return "'|'";
+    case Tok::Plus: return "'+'";
     case Tok::Dot: return "'.'";
     case Tok::Arrow: return "'->'";
     case Tok::LBrack: return "'['";
@@ -72,6 +73,7 @@ class Lexer {
         case ';': punct = Tok::Semi; break;
         case '=': punct = Tok::Eq; break;
         case '|': punct = Tok::Pipe; break;
+        case '+': punct = Tok::Plus; break;
         case '.': punct = Tok::Dot; break;
         case '[': punct = Tok::LBrack; break;
         case ']': punct = Tok::RBrack; break;
@@ -306,6 +308,20 @@ class Parser {
       flow.names.push_back(current().text);
       flow.where.push_back(current().where);
       next();
+      // `flow source + target -> ...`: sources joined to the first.
+      while (flow.names.size() == 1 && accept(Tok::Plus)) {
+        if (!at(Tok::Ident)) {
+          error(current(), std::string("expected a source stage to join after '+' but found ") + describe(current().kind));
+          return false;
+        }
+        flow.joined.push_back(current().text);
+        flow.joined_where.push_back(current().where);
+        next();
+      }
+      if (at(Tok::Plus)) {
+        error(current(), "only a flow's first stage joins sources with '+' ('flow source + target -> ...')");
+        return false;
+      }
     } while (accept(Tok::Arrow));
     if (flow.names.size() < 2) {
       error(tokens_[pos_ - 1], "a flow links at least two stages: 'flow a -> b'");

@@ -75,10 +75,13 @@ struct PhaseDecl {
   std::vector<ParamOverride> overrides;   // parameters changed for this phase
 };
 
-// `flow a -> b -> c`
+// `flow a -> b -> c`, or `flow a + t -> b -> c`: sources joined to the
+// first (`joined`: t), their items alternating with a's in one stream.
 struct FlowDecl {
   std::vector<std::string> names;
   std::vector<Location> where;
+  std::vector<std::string> joined;
+  std::vector<Location> joined_where;
 };
 
 struct PluginDecl {

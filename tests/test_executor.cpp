@@ -298,3 +298,55 @@ TEST(Executor, SavedCountsAreDecimalDigitsOnly) {
   for (const char* bad : {"", "-1", "+1", " 1", "1 ", "1x", "0x10", "4611686018427387905", "99999999999999999999"})
     EXPECT_EQ(parse_saved_count(bad), std::nullopt) << "'" << bad << "'";
 }
+
+// A flow joining sources alternates their items; the first defines the
+// epoch, a joined one starts over when it runs out (here: 3 of a's, 2 of t's).
+TEST(Executor, JoinedSourcesAlternateAndTheFirstEndsTheEpoch) {
+  for (int threads : {1, 3}) {
+    test::OrderLog::log.clear();
+    run_text("a = count count=3\nt = count count=2 start=100\nwork = sleep concurrency=3\nx = order_log\n"
+             "flow a + t -> work -> x\nrun epochs=2\n",
+             threads);
+    const std::vector<std::string> epoch = {"x:0", "x:100", "x:1", "x:101", "x:2", "x:100"};
+    std::vector<std::string> both = epoch;
+    both.insert(both.end(), epoch.begin(), epoch.end());
+    EXPECT_EQ(test::OrderLog::log, both) << threads;
+  }
+  EXPECT_THROW(
+      {
+        try {
+          run_text("a = count count=3\nt = count count=0\nx = order_log\nflow a + t -> x\n", 1);
+        } catch (const StageError& e) {
+          EXPECT_STREQ(e.what(), "stage 't' (count): it is joined to the flow from 'a' but has no items this epoch");
+          throw;
+        }
+      },
+      StageError);
+}
+
+// Stopped anywhere, a joined flow resumes as if it had never stopped: each
+// source takes up its own share, the joined one in its second round too.
+TEST(Executor, AResumedJoinedFlowEndsAsIfItHadNeverStopped) {
+  const std::string graph =
+      "run in_flight=16 epochs=2\nsource = count count=40\ntarget = count count=15 start=1000\n"
+      "work = sleep drop_every=7 concurrency=3\nstop = stop_after\ng = group size=9\nout = group_sink\n"
+      "keeper = memory_keeper\nflow source + target -> work -> stop -> g -> out\n";
+  clear_stop_request();
+  test::MemoryKeeper::kept.reset();
+  RunResult whole = run_text(graph, 2);
+  ASSERT_FALSE(whole.interrupted);
+  EXPECT_EQ(stats_of(whole, "target").items_out, 80u);  // 40 an epoch: 15, 15 again, then 10
+  const auto& expected = stats_of(whole, "out").figures;
+  for (int threads : {1, 2})
+    for (int stop_at : {5, 37, 100, 130}) {
+      SCOPED_TRACE("threads " + std::to_string(threads) + ", stop at item " + std::to_string(stop_at));
+      test::MemoryKeeper::kept.reset();
+      RunResult stopped = run_text(graph, threads, {"stop.n=" + std::to_string(stop_at)});
+      clear_stop_request();
+      ASSERT_TRUE(stopped.interrupted);
+      RunResult resumed = run_text(graph, threads, {"keeper.resume=true"});
+      ASSERT_FALSE(resumed.interrupted);
+      const auto& got = stats_of(resumed, "out").figures;
+      for (const char* key : {"groups", "total", "checksum", "last_size"}) EXPECT_EQ(got.at(key), expected.at(key)) << key;
+    }
+}

@@ -331,3 +331,27 @@ TEST(Validation, CopyRepeatsWholeFlowsUnderANewName) {
   EXPECT_EQ(errors_of(flows + "copy a x_\n"),
             "test.graph:5:10: error: expected 'as PREFIX' after the flows to copy but found end of line\n");
 }
+
+// `flow a + t -> ...`: sources joined to a flow's first; they print back
+// as written, are copied with their flow, and only sources join.
+TEST(Validation, AFlowJoinsSourcesWithPlus) {
+  const std::string text = "a = count count=3\nt = count count=2\nwork = sleep\nend = sink\nflow a + t -> work -> end\n";
+  ResolvedGraph graph = resolve_text(text);
+  EXPECT_EQ(graph.chains, (std::vector<std::vector<std::string>>{{"a", "work", "end"}}));
+  EXPECT_EQ(graph.sources_of("a"), (std::vector<std::string>{"a", "t"}));
+  EXPECT_NE(graph.format().find("flow a + t -> work -> end\n"), std::string::npos) << graph.format();
+  ResolvedGraph copied = resolve_text(text + "copy a as x_ { work.us = 3 }\n");
+  EXPECT_EQ(copied.sources_of("x_a"), (std::vector<std::string>{"x_a", "x_t"}));
+  EXPECT_EQ(stage_of(copied, "x_t").ops[0].params.get_int("count"), 2);
+  EXPECT_EQ(errors_of("a = count\nw = sleep\nend = sink\nflow a + w -> end\n"),
+            "test.graph:4:10: error: stage 'w' is joined to 'a' with '+' but is not a source; only sources join a flow "
+            "('flow source + target -> ...')\n");
+  EXPECT_EQ(errors_of("a = count\nt = count\nb = count\nend = sink\nend2 = sink\nflow a + t -> end\nflow b + t -> end2\n"),
+            "test.graph:7:10: error: source 't' is already in a flow; a source feeds one flow\n");
+  EXPECT_EQ(errors_of("a = count\nt = count\nend = sink\nend2 = sink\nflow a + t -> end\nflow t -> end2\n"),
+            "test.graph:6:6: error: source 't' is joined to a flow with '+'; a source feeds one flow\n");
+  EXPECT_EQ(errors_of("a = count\nt = count\nw = sleep\nend = sink\nflow a -> w + t -> end\n"),
+            "test.graph:5:13: error: only a flow's first stage joins sources with '+' ('flow source + target -> ...')\n");
+  EXPECT_EQ(errors_of("a = count\nend = sink\nflow a + tt -> end\n"),
+            "test.graph:3:10: error: dangling connection: no stage named 'tt'\n");
+}

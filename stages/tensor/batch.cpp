@@ -2,9 +2,11 @@
 
 #include <oneapi/tbb/parallel_for.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
+#include "pipeline/graph.h"
 #include "pipeline/registry.h"
 #include "pipeline/run_state.h"
 #include "pipeline/trace.h"
@@ -14,7 +16,7 @@ namespace flowrun::stages {
 
 Schema BatchStage::schema() {
   return Schema("batch", "collates normalized samples into [N,C,H,W] float and [N] label tensors, in order")
-      .param(Int("size", "samples per batch").def(int64_t{32}).range(1, 1 << 20))
+      .param(Int("size", "samples per batch (of each source, in a flow that joins sources)").def(int64_t{32}).range(1, 1 << 20))
       .param(Bool("drop_last", "drop the last, smaller batch of an epoch").def(false))
       .param(String("pin", "pin host memory: auto = when CUDA is available").def(std::string("auto"))
                  .one_of({"auto", "yes", "no"}))
@@ -22,16 +24,32 @@ Schema BatchStage::schema() {
 }
 
 BatchStage::BatchStage(const StageInit& init)
-    : size_(init.params.get_int("size")),
+    : stages_(init.stages),
+      name_(init.name),
+      size_(init.params.get_int("size")),
       drop_last_(init.params.get_bool("drop_last")),
       pool_size_(static_cast<size_t>(init.params.get_int("pool"))) {
   const std::string pin = init.params.get_string("pin");
   pin_ = pin == "yes" || (pin == "auto" && cuda_available());
   if (pin_ && !cuda_available()) throw std::runtime_error("pin=yes needs CUDA, and there is " + no_cuda_device_reason());
   pending_.reserve(static_cast<size_t>(size_));
+  counts_.assign(sources_, 0);
 }
 
-void BatchStage::begin_epoch(const EpochInfo&) { number_ = 0; }
+void BatchStage::begin_epoch(const EpochInfo&) {
+  number_ = 0;
+  sources_ = 1;
+  if (const ResolvedGraph* graph = stages_.resolved_graph())
+    for (const auto& chain : graph->chains)
+      if (std::find(chain.begin(), chain.end(), name_) != chain.end()) sources_ = graph->sources_of(chain.front()).size();
+  counts_.assign(sources_, 0);
+}
+
+bool BatchStage::ready(bool complete) const {
+  for (int64_t count : counts_)
+    if (complete ? count < size_ : count == 0) return false;
+  return true;
+}
 
 bool BatchStage::save_state(std::string& out) const {
   out = std::to_string(number_);
@@ -67,16 +85,34 @@ void BatchStage::process(Item& item, const Emit& emit) {
   if (!pending_.empty() && shape_of(sample) != shape_of(pending_.front()))
     throw std::runtime_error(sample.describe() + " is " + shape_of(sample).text() + " but the batch is " +
                              shape_of(pending_.front()).text() + " (add resize/center_crop so all samples match)");
+  if (item.origin >= counts_.size())  // an engine bug, never to pass silently
+    throw std::logic_error(sample.describe() + " comes from source " + std::to_string(item.origin) + " of a flow of " +
+                           std::to_string(counts_.size()));
   pending_.push_back(std::move(sample));
-  if (static_cast<int64_t>(pending_.size()) == size_) emit_batch(emit);
+  origins_.push_back(item.origin);
+  ++counts_[item.origin];
+  if (ready(/*complete=*/true)) emit_batch(emit);
 }
 
 void BatchStage::flush(const Emit& emit) {
-  if (!pending_.empty() && !drop_last_) emit_batch(emit);
+  // A joined flow's last batch needs a sample of every source (a step adapts the domains it sees).
+  if (!pending_.empty() && !drop_last_ && ready(/*complete=*/false)) emit_batch(emit);
   pending_.clear();
+  origins_.clear();
+  counts_.assign(sources_, 0);
 }
 
 void BatchStage::emit_batch(const Emit& emit) {
+  if (sources_ > 1) {
+    // Grouped by source, each in stream order: the first source's samples first.
+    std::vector<size_t> order(pending_.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return origins_[a] < origins_[b]; });
+    std::vector<Sample> grouped;
+    grouped.reserve(pending_.size());
+    for (size_t i : order) grouped.push_back(std::move(pending_[i]));
+    pending_ = std::move(grouped);
+  }
   const Shape shape = shape_of(pending_.front());
   const int64_t n = static_cast<int64_t>(pending_.size());
   Batch batch;
@@ -107,9 +143,13 @@ void BatchStage::emit_batch(const Emit& emit) {
   batch.mean = pending_.front().normalization->mean;
   batch.std = pending_.front().normalization->std;
   batch.number = number_++;
+  if (sources_ > 1) batch.domain_counts = counts_;
+  // The first source's samples define the epoch (the others start over).
   if (int64_t samples = pending_.front().epoch_size; samples > 0)
     batch.batches_in_epoch = drop_last_ ? samples / size_ : (samples + size_ - 1) / size_;
   pending_.clear();
+  origins_.clear();
+  counts_.assign(sources_, 0);
   images_ += n;
   ++batches_;
   Item out;

@@ -5,8 +5,14 @@
 // when CUDA is available, so uploads can be asynchronous. Reports `images`,
 // `batches` and `images_per_s` (from the first item to the end of the last
 // epoch).
+//
+// In a flow that joins sources (`flow source + target -> ...`, see
+// pipeline/graph.h) `size` counts each source's samples: a batch holds
+// `size` of each, grouped by source in the flow's order (Batch::domain_counts),
+// as a domain-adaptation step takes a source batch and a target batch.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "pipeline/stage.h"
@@ -32,6 +38,15 @@ class BatchStage : public SerialStage {
   // A [n, c, h, w] float tensor: a free one from the pool when there is one.
   at::Tensor images_tensor(int64_t n, int64_t c, int64_t h, int64_t w);
 
+  // Whether every source of the flow has `size` samples waiting (`complete`)
+  // or at least one (a last, smaller batch).
+  bool ready(bool complete) const;
+
+  const StageDirectory& stages_;
+  std::string name_;
+  size_t sources_ = 1;          // of this stage's flow: 2 for `flow source + target -> ...`
+  std::vector<int64_t> counts_;  // pending samples per source
+  std::vector<uint32_t> origins_;  // the source of each pending sample
   int64_t size_;
   bool drop_last_;
   bool pin_;
