@@ -22,7 +22,7 @@ OptimizerStage::OptimizerStage(const StageInit& init)
       clip_norm_(init.params.get_float("clip_norm")),
       no_decay_bn_bias_(init.params.get_bool("no_decay_bn_bias")) {}
 
-Optimization OptimizerStage::build(NetworkImpl& model) const {
+Optimization OptimizerStage::build(NetworkImpl& model, const std::vector<torch::Tensor>& extra) const {
   // Groups: [head decay, head no-decay, backbone decay, backbone no-decay].
   std::vector<torch::Tensor> grouped[4];
   Optimization out;
@@ -32,6 +32,11 @@ Optimization OptimizerStage::build(NetworkImpl& model) const {
     bool head = model.is_head(item.key());
     bool no_decay = no_decay_bn_bias_ && p.dim() <= 1;
     grouped[(head ? 0 : 2) + (no_decay ? 1 : 0)].push_back(p);
+    out.parameters.push_back(p);
+  }
+  for (const torch::Tensor& p : extra) {
+    if (!p.requires_grad()) continue;
+    grouped[no_decay_bn_bias_ && p.dim() <= 1 ? 1 : 0].push_back(p);
     out.parameters.push_back(p);
   }
   if (out.parameters.empty()) throw std::runtime_error("no trainable parameters (everything is frozen)");

@@ -26,7 +26,9 @@ class OptimizerStage : public ComponentStage {
  public:
   explicit OptimizerStage(const StageInit& init);
   // Groups the model's trainable parameters and builds the optimizer.
-  Optimization build(NetworkImpl& model) const;
+  // `extra`: parameters that train beside the model (a domain classifier),
+  // grouped with the head's (its learning rate and weight decay).
+  Optimization build(NetworkImpl& model, const std::vector<torch::Tensor>& extra = {}) const;
   // Clips gradients as configured (before the step).
   void clip(const Optimization& optimization) const;
   // Sets momentum (SGD) or beta1 (Adam) for a schedule that cycles it.

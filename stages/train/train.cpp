@@ -9,6 +9,7 @@
 #include "pipeline/interrupt.h"
 #include "pipeline/registry.h"
 #include "pipeline/trace.h"
+#include "stages/adapt/adaptation.h"
 #include "stages/model/model.h"
 #include "stages/model/precision.h"
 #include "stages/tensor/batch_data.h"
@@ -27,6 +28,9 @@ Schema Train::schema() {
       .param(OptionalStageRef("scheduler", "the schedule stage (none: constant)", "scheduler"))
       .param(OptionalStageRef("freezer", "the freeze stage (none: all trainable)", "freezer"))
       .param(OptionalStageRef("loss", "a loss stage, e.g. from a plugin (none: cross-entropy)", "loss"))
+      .param(OptionalStageRef("adaptation", "a domain-adaptation stage (coral, dann) for a flow joining a source and "
+                                            "a target: `flow source + target -> ...` (none: the source alone)",
+                              "adaptation"))
       .param(Float("label_smoothing", "cross-entropy label smoothing").def(0.0).range(0, 1))
       .param(String("precompute", "train the head from backbone features computed once per sample, when the phase "
                                   "keeps the backbone frozen and nothing before is random (auto: then; on: or fail; off)")
@@ -56,6 +60,7 @@ Train::Train(const StageInit& init)
       schedule_name_(init.params.get_string("scheduler")),
       freezer_name_(init.params.get_string("freezer")),
       loss_name_(init.params.get_string("loss")),
+      adaptation_name_(init.params.get_string("adaptation")),
       label_smoothing_(init.params.get_float("label_smoothing")),
       compute_(init),
       cache_(init.params.get_int("precompute_limit_mb") << 20),
@@ -76,6 +81,14 @@ void Train::begin_epoch(const EpochInfo& epoch) {
   schedule_ = find_schedule(stages_, schedule_name_);
   freezer_ = freezer_name_.empty() ? nullptr : &stages_.require<Freeze>(freezer_name_, "freeze");
   loss_ = loss_name_.empty() ? nullptr : &stages_.require<LossStage>(loss_name_, "loss");
+  AdaptationStage* adaptation =
+      adaptation_name_.empty() ? nullptr : &stages_.require<AdaptationStage>(adaptation_name_, "adaptation");
+  if (adaptation != adaptation_) {  // a new phase may rebuild it: a new module, a new optimizer
+    adaptation_ = adaptation;
+    adaptation_module_.reset();
+    synced_.reset();
+    optimization_ = Optimization();
+  }
   if (loss_ && label_smoothing_ > 0)
     throw std::runtime_error("label_smoothing belongs to the built-in cross-entropy; loss stage '" + loss_name_ +
                              "' has its own parameters");
@@ -108,8 +121,22 @@ void Train::prepare(int64_t batches_in_epoch) {
     saved_optimizer_.clear();  // a new phase starts a new optimizer
   }
   if (!optimization_.optimizer || frozen != frozen_) {
-    optimization_ = optimizer_stage_->build(*net);
-    if (job_) sync_ = std::make_unique<GradientSync>(*job_, *net);  // over what trains now
+    std::vector<torch::Tensor> extra;
+    if (adaptation_) {
+      adaptation_module_ = adaptation_->prepare(head_input_size(), model_->device());
+      if (adaptation_module_) extra = adaptation_module_->parameters();
+    }
+    optimization_ = optimizer_stage_->build(*net, extra);
+    if (job_) {  // over what trains now: the model, and the adaptation's module beside it
+      if (adaptation_module_) {
+        synced_ = std::make_shared<torch::nn::Module>();
+        synced_->register_module("model", net.ptr());
+        synced_->register_module("adaptation", adaptation_module_);
+        sync_ = std::make_unique<GradientSync>(*job_, *synced_);
+      } else {
+        sync_ = std::make_unique<GradientSync>(*job_, *net);
+      }
+    }
     // A resumed run: the moments saved for the same trainable set.
     if (!saved_optimizer_.empty() && frozen == frozen_) {
       torch::serialize::InputArchive archive;
@@ -146,6 +173,9 @@ void Train::plan_phase() {
   const ResolvedGraph* graph = stages_.resolved_graph();
   if (!graph || epoch_.phase_index >= static_cast<int>(graph->phases.size())) return;
   precompute_ = plan_precompute(graph->phases[static_cast<size_t>(epoch_.phase_index)], flow_of(*graph, name_), name_);
+  if (adaptation_ && precompute_.use)
+    precompute_ = PrecomputePlan{false, precompute_.forced, "adaptation '" + adaptation_name_ +
+                                                                "' trains the features on the target's images"};
   if (precompute_.forced && !precompute_.use)
     throw std::runtime_error("precompute=on, but in phase '" + epoch_.phase + "' " + precompute_.why +
                              " (precompute=auto uses it only where it can)");
@@ -178,6 +208,14 @@ torch::Tensor Train::head_on_cached_features(const Batch& batch, const torch::Te
   return net->head(features);
 }
 
+int64_t Train::head_input_size() const {
+  Network& net = model_->net();
+  for (const auto& item : net->named_parameters(true))
+    if (net->is_head(item.key()) && item.value().dim() == 2) return item.value().size(1);
+  throw std::runtime_error("adaptation '" + adaptation_name_ + "' needs the features model '" + model_name_ +
+                           "' gives its head, and its head has no Linear layer to tell their width");
+}
+
 bool Train::batchnorm_trains() const {
   for (const auto& module : model_->net()->modules(/*include_self=*/false))
     if (module->is_training() && (module->as<torch::nn::BatchNorm1d>() || module->as<torch::nn::BatchNorm2d>() ||
@@ -195,10 +233,33 @@ void Train::process(Item& item, const Emit& emit) {
   step(batch, item, emit);
 }
 
-void Train::step(Batch& batch, Item& item, const Emit& emit) {
+void Train::step(Batch& joined, Item& item, const Emit& emit) {
+  // A batch of a flow joining a source and a target: the source's samples
+  // come first (Batch::domain_counts).
+  if (joined.domain_counts.size() > 2)
+    throw std::runtime_error("the batch joins " + std::to_string(joined.domain_counts.size()) +
+                             " sources; training adapts a source to one target ('flow source + target -> ...')");
+  const int64_t sources = joined.domain_size(0), targets = joined.size() - sources;
+  if (adaptation_ && targets == 0)
+    throw std::runtime_error("adaptation '" + adaptation_name_ + "' needs target images in every batch, and this one "
+                             "has none: join a target source to the flow ('flow SOURCE + TARGET -> ...')");
+  if (sources == 0)
+    throw std::runtime_error("the batch has no source samples: the flow's first source gives the labelled images");
+  // Without adaptation the target's samples take no part; the source's are a batch of their own.
+  Batch source_part;
+  if (targets > 0 && !adaptation_) {
+    source_part = joined;
+    source_part.images = joined.images.narrow(0, 0, sources);
+    source_part.labels = joined.labels.narrow(0, 0, sources);
+    source_part.indices.resize(static_cast<size_t>(sources));
+    source_part.paths.resize(static_cast<size_t>(sources));
+    if (!source_part.padding.empty()) source_part.padding.resize(static_cast<size_t>(sources));
+    source_part.domain_counts.clear();
+  }
+  Batch& batch = targets > 0 && !adaptation_ ? source_part : joined;
   if (!prepared_) prepare(batch.batches_in_epoch);
   Network& net = model_->net();
-  if (batch.size() == 1 && batchnorm_trains()) {
+  if ((adaptation_ ? sources + targets : sources) == 1 && batchnorm_trains()) {
     // BatchNorm cannot normalise one sample with batch statistics (LibTorch
     // refuses it); dropped, as fastai drops the last training batch.
     if (dropped_single_++ == 0 && (!job_ || job_->rank() == 0))
@@ -221,13 +282,29 @@ void Train::step(Batch& batch, Item& item, const Emit& emit) {
     if (auto momentum = schedule_->momentum(step_, total_steps_)) optimizer_stage_->set_momentum(optimizer, *momentum);
   last_lr_ = optimization_.peak_lr.front() * factor;
 
-  const torch::Tensor images = model_->input(batch.images), labels = model_->labels(batch, /*training=*/true);
+  const torch::Tensor images = model_->input(batch.images);
+  torch::Tensor labels;
+  if (targets > 0 && adaptation_) {  // the target's labels are never read
+    Batch labelled = batch;
+    labelled.labels = batch.labels.narrow(0, 0, sources);
+    labels = model_->labels(labelled, /*training=*/true);
+  } else {
+    labels = model_->labels(batch, /*training=*/true);
+  }
   // In a job the ranks vote on stopping at every step (the vote travels while the step computes).
   if (job_) job_->start_stop_vote(stop_wanted());
   const int64_t t0 = now_ns();
   if (sync_) sync_->before_forward();
   AutocastScope autocast(model_->bf16());
-  torch::Tensor logits = precompute_.use ? head_on_cached_features(batch, images) : net->forward(images);
+  torch::Tensor logits, features;
+  if (adaptation_) {
+    // Both domains in one forward pass (their BatchNorm statistics mixed, as
+    // DANN's and CORAL's reference code does); the head sees the source's.
+    features = net->features(images);
+    logits = net->head(features.narrow(0, 0, sources));
+  } else {
+    logits = precompute_.use ? head_on_cached_features(batch, images) : net->forward(images);
+  }
   torch::Tensor loss = loss_ ? loss_->loss(logits, labels)
                             : torch::nn::functional::cross_entropy(
                                   logits, labels,
@@ -235,6 +312,15 @@ void Train::step(Batch& batch, Item& item, const Emit& emit) {
   if (loss_ && loss.dim() != 0)
     throw std::runtime_error("loss stage '" + loss_name_ + "' returned a tensor of " + std::to_string(loss.dim()) +
                              " dimensions, not the batch's mean loss (a scalar)");
+  if (adaptation_) {
+    const double progress = total_steps_ ? std::min(1.0, static_cast<double>(step_) / static_cast<double>(total_steps_)) : 0;
+    torch::Tensor transfer =
+        adaptation_->loss(features.narrow(0, 0, sources), features.narrow(0, sources, targets), progress);
+    if (transfer.dim() != 0)
+      throw std::runtime_error("adaptation stage '" + adaptation_name_ + "' returned a tensor of " +
+                               std::to_string(transfer.dim()) + " dimensions, not a scalar loss");
+    loss = loss + transfer.to(loss.scalar_type());
+  }
   autocast.end();  // before backward, clearing the cast cache (the weights change at the step)
   if (sync_) sync_->before_backward();
   const int64_t batch_number = seen_batches_++;
@@ -272,7 +358,7 @@ void Train::step(Batch& batch, Item& item, const Emit& emit) {
   ++step_;
   ++steps_done_;
   // Metrics stay tensors: no host synchronisation inside a step.
-  const int64_t n = batch.size();
+  const int64_t n = sources;
   loss_sum_ += loss.detach().to(torch::kDouble) * n;
   correct_ += (logits.argmax(1) == labels).sum();
   seen_ += n;
@@ -336,7 +422,19 @@ void Train::end_epoch(const EpochInfo& epoch) {
     timed_images_ += static_cast<double>(seen);
     timed_s_ += (last_step_ns_ - first_batch_ns_) / 1e9;
   }
-  metrics_->record(epoch, {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_}, {name_ + "_lr", last_lr_}});
+  std::map<std::string, double> figures = {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_},
+                                            {name_ + "_lr", last_lr_}};
+  std::string adapted;  // the adaptation's figures on the epoch line
+  if (adaptation_) {
+    adaptation_figures_ = adaptation_->epoch_figures();
+    for (const auto& [key, value] : adaptation_figures_) {
+      figures[key] = value;
+      char text[96];
+      std::snprintf(text, sizeof text, " %s %.4f", key.c_str(), value);
+      adapted += text;
+    }
+  }
+  metrics_->record(epoch, figures);
   if (job_ && job_->rank() != 0) return;  // the epoch line once per job
   // Results on stdout (`flowrun G > log` keeps them), diagnostics on stderr.
   if (finder_)  // the range test's epochs are passes over the data, up to its steps: no phase's epochs
@@ -344,9 +442,9 @@ void Train::end_epoch(const EpochInfo& epoch) {
                  epoch.epoch + 1, static_cast<long long>(step_), static_cast<long long>(finder_->steps()), last_loss_,
                  last_lr_);
   else
-    std::fprintf(stdout, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g (%.1f img/s)\n", epoch.epoch + 1,
+    std::fprintf(stdout, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g%s (%.1f img/s)\n", epoch.epoch + 1,
                  epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_,
-                 last_top1_, last_lr_, images_per_s_);
+                 last_top1_, last_lr_, adapted.c_str(), images_per_s_);
   std::fflush(stdout);
 }
 
@@ -418,6 +516,7 @@ void Train::report(Report& report) const {
   report.set("train_steps", static_cast<double>(steps_done_));
   report.set("dropped_single_batches", static_cast<double>(dropped_single_));
   report.set("precompute_batches", static_cast<double>(precompute_batches_));  // trained from cached features
+  for (const auto& [key, value] : adaptation_figures_) report.set(key, value);
   if (suggestion_) {
     report.set("lr_find_valley", suggestion_->valley);
     report.set("lr_find_steep", suggestion_->steep);

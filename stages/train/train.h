@@ -4,6 +4,13 @@
 // optimizer, schedule and freezer stages by name; a new phase (or a gradual
 // unfreeze) rebuilds the optimizer over what is trainable. Reports
 // train_loss and train_top1 of the last epoch.
+//
+// In a flow that joins a source and a target (`flow source + target ->`,
+// domain adaptation) the batch's first domain (the source) alone gives the
+// loss and the figures; target labels are never read. With an adaptation
+// stage (`adaptation=coral`, `dann`: stages/adapt/) both domains go through
+// the model in one forward pass and the adaptation's loss on their pooled
+// features is added; without one, the target's samples are left out.
 #pragma once
 
 #include <torch/torch.h>
@@ -27,6 +34,7 @@ struct Batch;
 class Freeze;
 class LossStage;
 class ScheduleStage;
+class AdaptationStage;
 
 class Train : public SerialStage {
  public:
@@ -59,10 +67,13 @@ class Train : public SerialStage {
   // The head's logits from the batch's backbone features: cached ones, or
   // computed now (without gradients: the backbone is frozen) and kept.
   torch::Tensor head_on_cached_features(const Batch& batch, const torch::Tensor& images);
+  // The width of the features the model's head takes (its Linear's
+  // in_features), for an adaptation stage's own layers.
+  int64_t head_input_size() const;
 
   const StageDirectory& stages_;
   std::string name_;
-  std::string model_name_, optimizer_name_, schedule_name_, freezer_name_, loss_name_;
+  std::string model_name_, optimizer_name_, schedule_name_, freezer_name_, loss_name_, adaptation_name_;
   double label_smoothing_;
   EpochInfo epoch_;
   bool prepared_ = false;
@@ -73,6 +84,10 @@ class Train : public SerialStage {
   ScheduleStage* schedule_ = nullptr;
   Freeze* freezer_ = nullptr;
   LossStage* loss_ = nullptr;  // none: cross-entropy
+  AdaptationStage* adaptation_ = nullptr;  // none: the source's samples alone train
+  // The adaptation's module (a domain classifier), and a module holding it
+  // beside the model for a job's gradient averaging; null when none.
+  std::shared_ptr<torch::nn::Module> adaptation_module_, synced_;
   Optimization optimization_;
   std::string saved_optimizer_;  // restored state, loaded once the optimizer is built
   int64_t step_ = 0, total_steps_ = 0;
@@ -81,6 +96,7 @@ class Train : public SerialStage {
   int64_t seen_batches_ = 0;  // this epoch's batches so far
   torch::Tensor first_bad_;   // on the device: the first batch with a non-finite loss, or -1
   double last_loss_ = 0, last_top1_ = 0, last_lr_ = 0;
+  std::map<std::string, double> adaptation_figures_;  // the last epoch's (dann_domain_top1...)
   int64_t steps_done_ = 0;
   int64_t dropped_single_ = 0;     // one-sample batches dropped while BatchNorm trains
   int warned_schedule_phase_ = -1;  // the phase whose finished schedule was reported

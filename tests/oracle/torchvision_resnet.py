@@ -18,6 +18,12 @@ the features torchvision gives for the images of a features CSV (flowrun's
 ToTensor, Normalize(ImageNet), then nn.Sequential(*list(model.children())[:-1])
 on batches of BATCH rows, as flowrun batched them (the batch size alone moves
 float32 features of a random ResNet-50 by ~2e-4: other kernels, other sums).
+
+/usr/bin/python3 torchvision_resnet.py --adabn DEPTH WEIGHTS.safetensors INPUT.f32 BATCHES BATCH OUT.safetensors
+AdaBN as PyTorch users write it: every BatchNorm2d's running statistics
+reset, momentum=None (a cumulative average), the model in eval mode but its
+BatchNorm layers in train mode, a no-grad forward of each of the BATCHES
+batches of [BATCH, 3, 32, 32] images; writes the model's state dict.
 """
 import csv
 import collections
@@ -93,7 +99,27 @@ def features(depth, weights, table, size, batch, out):
     torch.cat(rows).numpy().astype("<f4").tofile(out)
 
 
+def adabn(depth, weights, inp, batches, batch, out):
+    state = load_safetensors(weights)
+    model = make_model(depth, state["fc.weight"].shape[0])
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+    x = torch.from_numpy(np.fromfile(inp, dtype="<f4")).reshape(batches * batch, 3, 32, 32)
+    with torch.no_grad():
+        for i in range(batches):
+            model(x[i * batch:(i + 1) * batch])
+    save_safetensors(model.state_dict(), out)
+
+
 def main():
+    if sys.argv[1] == "--adabn":
+        adabn(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
+        return
     if sys.argv[1] == "--features":
         features(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
         return
