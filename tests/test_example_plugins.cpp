@@ -1,8 +1,8 @@
 // The example plugins of plugins/ (each built outside the tree against the
 // installed SDK, as a user builds one): random_erasing against torchvision,
-// the weighted sampler's draws, focal loss inside the train stage, and all
-// three in one graph run by the flowrun program. Also: a plugin built for
-// another stage API is refused by name.
+// focal loss inside the train stage, and both in one graph run by the
+// flowrun program beside the built-in weighted sampler (once a plugin too).
+// Also: a plugin built for another stage API is refused by name.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,7 +18,6 @@
 #include "pipeline/plugin_loader.h"
 #include "pipeline/registry.h"
 #include "stages/data/sample.h"
-#include "stages/data/sampler.h"
 #include "stages/model/model.h"
 #include "stages/tensor/batch_data.h"
 #include "stages/train/loss.h"
@@ -31,7 +30,6 @@ using namespace flowrun::stages;
 namespace {
 
 const std::string kErasing = FLOWRUN_PLUGIN_DIR "/libflowrun_random_erasing.so";
-const std::string kWeighted = FLOWRUN_PLUGIN_DIR "/libflowrun_weighted_sampler.so";
 const std::string kFocal = FLOWRUN_PLUGIN_DIR "/libflowrun_focal_loss.so";
 
 void load(const std::string& path) { load_plugin(path, Registry::global()); }
@@ -160,52 +158,6 @@ TEST(ExamplePlugins, RandomErasingIsTheSamplesOwnDrawOnBytesToo) {
             std::string::npos);
 }
 
-TEST(ExamplePlugins, WeightedSamplerDrawsByTheCsvWeights) {
-  ASSERT_EQ(load_error(kWeighted), "");
-  std::string dir = test::temp_dir();
-  std::ofstream(dir + "/classes.csv") << "class,weight\na,1\nb,3\n";  // c leaves out: weight 0
-  std::ofstream(dir + "/samples.csv") << "index,weight\n2,1\n5,0\n7,2.5\n";
-  std::vector<int64_t> labels;
-  for (int i = 0; i < 30; ++i) labels.push_back(i % 3);
-  const std::vector<std::string> names = {"a", "b", "c"};
-
-  test::StageBench by_class("source = count\nsampler = weighted weights=\"" + dir + "/classes.csv\" num_samples=8000\n");
-  SampleSet set = sample_epoch(by_class, "sampler", labels, names, 0);
-  ASSERT_EQ(set.indices.size(), 8000u);
-  std::map<int64_t, int> per_class;
-  for (int64_t index : set.indices) ++per_class[labels[static_cast<size_t>(index)]];
-  EXPECT_EQ(per_class[2], 0);
-  // b weighs three times a: 6000 +- 4.5 sd (sd = sqrt(8000 * 0.75 * 0.25) = 38.7).
-  EXPECT_NEAR(per_class[1], 6000, 175);
-  EXPECT_EQ(sample_epoch(by_class, "sampler", labels, names, 0).indices, set.indices) << "same seed, same draws";
-  EXPECT_NE(sample_epoch(by_class, "sampler", labels, names, 1).indices, set.indices) << "each epoch draws again";
-
-  test::StageBench by_sample("source = count\nsampler = weighted weights=\"" + dir +
-                             "/samples.csv\" replacement=false num_samples=2\n");
-  SampleSet two = sample_epoch(by_sample, "sampler", labels, names, 0);
-  std::sort(two.indices.begin(), two.indices.end());
-  EXPECT_EQ(two.indices, (std::vector<int64_t>{2, 7})) << "without replacement: the two samples that weigh anything";
-
-  // Bad files name the file and line.
-  std::ofstream(dir + "/bad.csv") << "class,weight\na,1\nb,-2\n";
-  try {
-    test::StageBench bad("source = count\nsampler = weighted weights=\"" + dir + "/bad.csv\"\n");
-    FAIL() << "a negative weight was accepted";
-  } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find(dir + "/bad.csv:3: weight '-2' is not a finite number >= 0"),
-              std::string::npos)
-        << e.what();
-  }
-  std::ofstream(dir + "/unknown.csv") << "class,weight\nzebra,1\n";
-  test::StageBench unknown("source = count\nsampler = weighted weights=\"" + dir + "/unknown.csv\"\n");
-  try {
-    sample_epoch(unknown, "sampler", labels, names, 0);
-    FAIL() << "an unknown class was accepted";
-  } catch (const std::exception& e) {
-    EXPECT_EQ(std::string(e.what()), dir + "/unknown.csv: class 'zebra' is not in the dataset");
-  }
-}
-
 TEST(ExamplePlugins, FocalLossIsWhatItSaysAndTrainsTheModel) {
   ASSERT_EQ(load_error(kFocal), "");
   test::StageBench bench("source = count\nmodel = resnet depth=18 classes=3\noptim = adam lr=0.01\n"
@@ -247,14 +199,14 @@ TEST(ExamplePlugins, FocalLossIsWhatItSaysAndTrainsTheModel) {
             std::string::npos);
 }
 
-TEST(ExamplePlugins, AllThreeInOneGraphRunByFlowrun) {
+TEST(ExamplePlugins, BothInOneGraphRunByFlowrun) {
   std::string root = test::make_jpeg_folder({"a", "b", "c"}, 6, 40, 40);
   std::string dir = test::temp_dir();
   std::ofstream(dir + "/weights.csv") << "class,weight\na,1\nb,1\nc,4\n";
   std::ofstream(dir + "/job.graph")
-      << "plugin \"" << kErasing << "\"\nplugin \"" << kWeighted << "\"\nplugin \"" << kFocal << "\"\n"
+      << "plugin \"" << kErasing << "\"\nplugin \"" << kFocal << "\"\n"
       << "run seed=5 epochs=2 compute_threads=1\n"
-      << "sampler = weighted weights=\"" << dir << "/weights.csv\" num_samples=24\n"
+      << "sampler = weighted weights=\"" << dir << "/weights.csv\" num_samples=24\n"  // built in
       << "source = imagefolder root=\"" << root << "\" sampler=sampler\n"
       << "prep = decode | resize size=32 | center_crop size=32 | normalize stats=imagenet in_batch=false | random_erasing p=0.5\n"
       << "batch = batch size=8\n"

@@ -3,12 +3,14 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
 #include "data_support.h"
+#include "pipeline/registry.h"
 #include "stages/data/sampler.h"
 #include "test_support.h"
 
@@ -180,4 +182,105 @@ TEST(Samplers, SameSeedSameOrderWhateverTheThreadThatAsks) {
     threads.emplace_back([&, t] { results[t] = sample("subset fraction=0.5 | shuffle", 2, 11).indices; });
   for (auto& thread : threads) thread.join();
   for (int t = 1; t < 4; ++t) EXPECT_EQ(results[t], results[0]);
+}
+
+// `weighted` (WeightedRandomSampler from a CSV), built in since it reads
+// the file an earlier phase's importance_weights writes.
+namespace {
+std::vector<int64_t> labels_30() {  // 30 samples of 3 classes: label = index % 3
+  std::vector<int64_t> labels;
+  for (int i = 0; i < 30; ++i) labels.push_back(i % 3);
+  return labels;
+}
+const std::vector<std::string> kAbc = {"a", "b", "c"};
+std::string weighted_line(const std::string& file, const std::string& more = "") {
+  return "source = count\nsampler = weighted weights=\"" + file + "\"" + (more.empty() ? "" : " " + more) + "\n";
+}
+std::string sampling_error(test::StageBench& bench, int epoch = 0) {
+  try {
+    stages::sample_epoch(bench, "sampler", labels_30(), kAbc, epoch);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(Samplers, WeightedDrawsByTheCsvWeights) {
+  std::string dir = test::temp_dir();
+  std::ofstream(dir + "/classes.csv") << "class,weight\na,1\nb,3\n";  // c leaves out: weight 0
+  std::ofstream(dir + "/samples.csv") << "index,weight\n2,1\n5,0\n7,2.5\n";
+  const std::vector<int64_t> labels = labels_30();
+
+  test::StageBench by_class(weighted_line(dir + "/classes.csv", "num_samples=8000"));
+  SampleSet set = stages::sample_epoch(by_class, "sampler", labels, kAbc, 0);
+  ASSERT_EQ(set.indices.size(), 8000u);
+  std::map<int64_t, int> per_class;
+  for (int64_t index : set.indices) ++per_class[labels[static_cast<size_t>(index)]];
+  EXPECT_EQ(per_class[2], 0);
+  // b weighs three times a: 6000 +- 4.5 sd (sd = sqrt(8000 * 0.75 * 0.25) = 38.7).
+  EXPECT_NEAR(per_class[1], 6000, 175);
+  EXPECT_EQ(stages::sample_epoch(by_class, "sampler", labels, kAbc, 0).indices, set.indices) << "same seed, same draws";
+  EXPECT_NE(stages::sample_epoch(by_class, "sampler", labels, kAbc, 1).indices, set.indices) << "each epoch draws again";
+
+  test::StageBench by_sample(weighted_line(dir + "/samples.csv", "replacement=false num_samples=2"));
+  SampleSet two = stages::sample_epoch(by_sample, "sampler", labels, kAbc, 0);
+  std::sort(two.indices.begin(), two.indices.end());
+  EXPECT_EQ(two.indices, (std::vector<int64_t>{2, 7})) << "without replacement: the two samples that weigh anything";
+  // num_samples=0: as many as are in use; only the weighted ones are drawn.
+  test::StageBench all(weighted_line(dir + "/samples.csv"));
+  SampleSet drawn = stages::sample_epoch(all, "sampler", labels, kAbc, 0);
+  EXPECT_EQ(drawn.indices.size(), 30u);
+  EXPECT_EQ(as_set(drawn.indices), (std::set<int64_t>{2, 7}));
+}
+
+TEST(Samplers, WeightedFileErrorsNameFileAndLine) {
+  std::string dir = test::temp_dir();
+  auto error_of = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir + "/" + name) << text;
+    test::StageBench bench(weighted_line(dir + "/" + name));  // built without reading the file
+    return sampling_error(bench);
+  };
+  EXPECT_EQ(error_of("bad.csv", "class,weight\na,1\nb,-2\n"), dir + "/bad.csv:3: weight '-2' is not a finite number >= 0");
+  EXPECT_EQ(error_of("header.csv", "name,weight\na,1\n"),
+            dir + "/header.csv:1: the header must be 'index,weight' or 'class,weight'");
+  EXPECT_EQ(error_of("nocomma.csv", "index,weight\n\n3 4\n"), dir + "/nocomma.csv:3: expected KEY,WEIGHT");
+  EXPECT_EQ(error_of("index.csv", "index,weight\n1,1\n-4,1\n"), dir + "/index.csv:3: index '-4' is not a dataset index");
+  EXPECT_EQ(error_of("twice.csv", "index,weight\n1,1\n1,2\n"), dir + "/twice.csv:3: '1' appears twice");
+  EXPECT_EQ(error_of("nan.csv", "index,weight\n1,nan\n"), dir + "/nan.csv:2: weight 'nan' is not a finite number >= 0");
+  EXPECT_EQ(error_of("empty.csv", ""),
+            dir + "/empty.csv: empty weights file (expected a header 'index,weight' or 'class,weight')");
+  EXPECT_EQ(error_of("unknown.csv", "class,weight\nzebra,1\n"), dir + "/unknown.csv: class 'zebra' is not in the dataset");
+  EXPECT_EQ(error_of("beyond.csv", "index,weight\n30,1\n"), dir + "/beyond.csv: index 30 is beyond the dataset's 30 samples");
+  EXPECT_EQ(error_of("zero.csv", "index,weight\n1,0\n"), dir + "/zero.csv: every sample in use weighs 0");
+}
+
+TEST(Samplers, WeightedReadsItsFileWhenAnEpochFirstSamples) {
+  std::string dir = test::temp_dir();
+  const std::string file = dir + "/weights.csv";
+  // Built before the file exists (a first phase writes it): no error until it samples.
+  test::StageBench bench(weighted_line(file, "num_samples=200"));
+  EXPECT_EQ(sampling_error(bench), "sampler 'sampler' (weighted): weights=" + file +
+                                       ": no such file (a stage that writes it, such as importance_weights, must run "
+                                       "in an earlier phase)");
+  std::ofstream(file) << "index,weight\n4,1\n";
+  EXPECT_EQ(as_set(stages::sample_epoch(bench, "sampler", labels_30(), kAbc, 0).indices), (std::set<int64_t>{4}));
+  // Rewritten between epochs (a later phase, another importance pass): the new weights are used...
+  std::ofstream(file) << "index,weight\n9,1\n11,1\n";
+  EXPECT_EQ(as_set(stages::sample_epoch(bench, "sampler", labels_30(), kAbc, 1).indices), (std::set<int64_t>{9, 11}));
+  // ...and within an epoch the file read at its first draw (every source of the epoch samples alike).
+  std::ofstream(file) << "index,weight\n20,1\n";
+  EXPECT_EQ(as_set(stages::sample_epoch(bench, "sampler", labels_30(), kAbc, 1).indices), (std::set<int64_t>{9, 11}));
+  EXPECT_EQ(as_set(stages::sample_epoch(bench, "sampler", labels_30(), kAbc, 2).indices), (std::set<int64_t>{20}));
+  // A relative weights= resolves against the graph's folder, as every path parameter.
+  EXPECT_EQ(test::resolve_text("source = count\ns = weighted weights=\"w.csv\"\n", {}, dir + "/g.graph")
+                .phases.front().find("s")->ops.front().params.get_string("weights"),
+            dir + "/w.csv");
+}
+
+TEST(Samplers, WeightedIsBuiltIn) {
+  const StageType* type = Registry::global().find("weighted");
+  ASSERT_NE(type, nullptr);
+  EXPECT_EQ(type->origin, "built-in");
+  EXPECT_EQ(type->schema.kind(), StageKind::Component);
 }
