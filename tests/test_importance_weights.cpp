@@ -19,7 +19,7 @@
 #include "stages/data/sampler.h"
 #include "stages/model/model.h"
 #include "stages/tensor/batch_data.h"
-#include "stages/train/importance_weights.h"
+#include "stages/adapt/importance_weights.h"
 #include "test_support.h"
 
 using namespace flowrun;

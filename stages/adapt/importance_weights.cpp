@@ -1,4 +1,4 @@
-#include "stages/train/importance_weights.h"
+#include "stages/adapt/importance_weights.h"
 
 #include <spdlog/spdlog.h>
 
