@@ -307,7 +307,12 @@ optim = adam
   first.replace(first.find("flow src ->"), 11,
                 "tgt = imagelist root=\"" + unlabelled + "\"\ndec = decode | center_crop size=28\nflow tgt + src -> dec ->");
   first.replace(first.find("prep = resize"), 4, "prep");
-  EXPECT_EQ(run_error(first), "");
+  const std::string error = run_error(first);
+  EXPECT_EQ(error.rfind("stage 'train' (train): " + unlabelled + "/", 0), 0u) << error;
+  EXPECT_NE(error.find(" has no label: training needs a class for every sample of the flow's first source (in 'flow "
+                       "SOURCE + TARGET -> ...' the labelled source comes first)"),
+            std::string::npos)
+      << error;
   // AdaBN on a model stage that is not there, or on itself.
   EXPECT_NE(run_error("src = idx part=test sampler=s\ns = subset count=4\nprep = resize size=32 | normalize\n"
                       "batch = batch size=4\nadabn = adabn model=model from=nope\nflow src -> prep -> batch -> adabn\n"

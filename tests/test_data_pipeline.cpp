@@ -13,6 +13,7 @@
 #include "pipeline/registry.h"
 #include "stages/data/idx.h"
 #include "stages/data/imagefolder.h"
+#include "stages/image/texture_blend.h"
 #include "stages/tensor/batch_data.h"
 #include "test_support.h"
 
@@ -231,4 +232,52 @@ TEST(Idx, BadFilesAreClearErrors) {
   EXPECT_EQ(error_of("short"), dir + "/short: truncated IDX file (19 bytes)");
   test::write_file(dir + "/broken.gz", {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4, 5});
   EXPECT_NE(error_of("broken.gz").find("broken.gz"), std::string::npos);
+}
+
+// texture_blend: a fixed shifted dataset. Ink (255) takes the texture's
+// inverse and background (0) the texture, so a black and a white image of
+// one sample sum to 255 everywhere; each sample's texture depends on its
+// index and the stage's seed, never on the epoch or the run's seed.
+TEST(TextureBlend, ASamplesTextureIsFixedAndInkTakesItsInverse) {
+  using flowrun::stages::Image;
+  using flowrun::stages::blend_with_texture;
+  Image black(28, 28, 1), white(28, 28, 1);
+  std::fill(black.pixels.begin(), black.pixels.end(), uint8_t{0});
+  std::fill(white.pixels.begin(), white.pixels.end(), uint8_t{255});
+  Image a = black, b = white, other = black;
+  blend_with_texture(a, 7);
+  blend_with_texture(b, 7);
+  blend_with_texture(other, 8);
+  ASSERT_EQ(a.channels, 3);
+  int spread = 0;
+  for (size_t i = 0; i < a.pixels.size(); ++i) {
+    EXPECT_EQ(a.pixels[i] + b.pixels[i], 255) << i;
+    spread = std::max(spread, std::abs(a.pixels[i] - a.pixels[0]));
+  }
+  EXPECT_GT(spread, 30);                  // a texture, not a flat colour
+  EXPECT_NE(a.pixels, other.pixels);      // another sample, another texture
+  // As a stage: the same pixels in every epoch and under another run seed;
+  // in a joined flow, `source=` blends that source's items alone.
+  auto blended = [&](uint64_t run_seed, int epoch, uint32_t origin, const std::string& params) {
+    test::StageBench bench("a = count\nt = count\nblend = texture_blend " + params + "\nend = sink\n"
+                           "flow a + t -> blend -> end\n", run_seed);
+    flowrun::Stage& stage = bench.stage("blend");
+    flowrun::EpochInfo info;
+    info.epoch = epoch;
+    stage.begin_epoch(info);
+    flowrun::stages::Sample sample;
+    sample.index = 41;
+    sample.image = white;
+    flowrun::Item item;
+    item.set(std::move(sample));
+    item.origin = origin;
+    static_cast<flowrun::TransformStage&>(stage).process(item);
+    return item.get<flowrun::stages::Sample>().image.pixels;
+  };
+  const auto first = blended(0, 0, 0, "");
+  EXPECT_EQ(blended(5, 3, 0, ""), first);
+  EXPECT_NE(blended(0, 0, 0, "seed=1"), first);
+  EXPECT_EQ(blended(0, 0, 1, "source=t"), first);
+  EXPECT_EQ(blended(0, 0, 0, "source=t"), white.pixels);  // the other source's item: untouched
+  EXPECT_THROW(blended(0, 0, 0, "source=nope"), std::runtime_error);
 }

@@ -44,9 +44,11 @@ void blend_with_texture(Image& image, uint64_t key) {
         for (int c = 0; c < 3; ++c) shade[c] += w.amplitude[c] * s;
       }
       for (int c = 0; c < 3; ++c) {
-        const int texture = static_cast<int>(std::lround(std::clamp(shade[c], 0.0, 255.0)));
-        const int pixel = in[static_cast<size_t>(x) * image.channels + (image.channels == 1 ? 0 : c)];
-        to[static_cast<size_t>(x) * 3 + c] = static_cast<uint8_t>(std::abs(texture - pixel));
+        const double texture = std::clamp(shade[c], 0.0, 255.0);
+        const double alpha = in[static_cast<size_t>(x) * image.channels + (image.channels == 1 ? 0 : c)] / 255.0;
+        // The image's ink takes the texture's inverse, its background the texture.
+        to[static_cast<size_t>(x) * 3 + c] =
+            static_cast<uint8_t>(std::lround(alpha * (255 - texture) + (1 - alpha) * texture));
       }
     }
   }

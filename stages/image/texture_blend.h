@@ -1,6 +1,10 @@
 // `texture_blend`: a synthetic domain shift in the manner of MNIST-M (Ganin
 // & Lempitsky, ICML 2015, section 5: each MNIST digit blended over a patch
-// of a colour photo, out = |patch - digit| per channel). With no photos
+// of a colour photo, out = |patch - digit| per channel). For a gray image
+// (Fashion-MNIST's shaded garments, not binary strokes) the blend is linear
+// in the pixel: out = a (255 - t) + (1 - a) t with a = pixel / 255, which
+// equals |t - pixel| where the pixel is 0 or 255 and keeps a garment's
+// shading in order where |t - pixel| would fold it. With no photos
 // offline, the patch is a colour texture drawn for the sample: a base colour
 // plus three plane waves of random direction, frequency (0.5 to 4 cycles
 // per image side), phase and per-channel amplitude, clipped to 0..255. Each

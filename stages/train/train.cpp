@@ -283,6 +283,19 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   last_lr_ = optimization_.peak_lr.front() * factor;
 
   const torch::Tensor images = model_->input(batch.images);
+  // Unlabelled samples (-1: an image list without classes) cannot train; the
+  // batch's labels are still on the host: no device synchronisation.
+  if (batch.labels.defined() && batch.labels.device().is_cpu()) {
+    const torch::Tensor own = batch.labels.narrow(0, 0, sources);
+    if (own.numel() && own.min().item<int64_t>() < 0) {
+      const int64_t i = (own < 0).nonzero()[0][0].item<int64_t>();
+      const std::string what = static_cast<size_t>(i) < batch.paths.size() && !batch.paths[i].empty()
+                                   ? batch.paths[i] : "sample #" + std::to_string(batch.indices.at(i));
+      throw std::runtime_error(what + " has no label: training needs a class for every sample" +
+                               std::string(targets > 0 ? " of the flow's first source (in 'flow SOURCE + TARGET -> "
+                                                         "...' the labelled source comes first)" : ""));
+    }
+  }
   torch::Tensor labels;
   if (targets > 0 && adaptation_) {  // the target's labels are never read
     Batch labelled = batch;
