@@ -18,6 +18,7 @@ ResolvedGraph range_test_graph(const ResolvedGraph& graph, int64_t steps) {
         only.epochs = steps;  // at least a batch an epoch: the train stage ends the run when done
         only.name = "lr_find";
         std::set<std::string> in_flow(chain.begin(), chain.end());
+        for (const auto& source : graph.sources_of(chain.front())) in_flow.insert(source);  // joined ones too
         only.stages.clear();
         for (const auto& s : phase.stages) {
           const bool component = s.kind == StageKind::Component;

@@ -313,6 +313,13 @@ optim = adam
                        "SOURCE + TARGET -> ...' the labelled source comes first)"),
             std::string::npos)
       << error;
+  // evaluate scores one dataset: a joined flow's batch would mix the domains.
+  std::string scored = plain;
+  scored.replace(scored.find("flow src ->"), 11, "tgt = idx part=test sampler=t\nt = subset count=4\nflow src + tgt ->");
+  scored.replace(scored.find("train = train adaptation=coral"), 30, "train = evaluate");
+  EXPECT_EQ(run_error(scored),
+            "stage 'train' (evaluate): the batch joins 2 sources ('flow A + B -> ...'), and evaluate takes one dataset: "
+            "give it a flow of its own");
   // AdaBN on a model stage that is not there, or on itself.
   EXPECT_NE(run_error("src = idx part=test sampler=s\ns = subset count=4\nprep = resize size=32 | normalize\n"
                       "batch = batch size=4\nadabn = adabn model=model from=nope\nflow src -> prep -> batch -> adabn\n"

@@ -81,6 +81,7 @@ void AdaBN::restore() {
 
 void AdaBN::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
+  batch.require_one_source("adabn");
   if (!averaging_) start();
   Network& net = model_->net();
   // Other layers in eval mode (dropout off); BatchNorm in train mode: it

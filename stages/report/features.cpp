@@ -121,6 +121,7 @@ bool known_classes(const ModelStage& model, const DatasetInfo& dataset) {
 void Features::process(Item& item, const Emit& emit) {
   const int64_t begin = now_ns();
   const Batch& batch = item.get<Batch>();
+  batch.require_one_source("features");
   ComputeThreads::Scope compute(compute_);
   torch::Tensor features =
       find_model(stages_, model_name_).infer_features(batch.images, layer_).cpu().contiguous();

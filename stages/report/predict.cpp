@@ -195,6 +195,7 @@ void Predict::process(Item& item, const Emit& emit) {
   }
   if (!pass_started_) start_pass();
   const Batch& batch = item.get<Batch>();
+  batch.require_one_source("predict");
   ComputeThreads::Scope compute(compute_);
   torch::Tensor logits = find_model(stages_, model_name_).infer_logits(batch.images);
   torch::Tensor probabilities = torch::softmax(logits, 1).cpu();

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,13 @@ struct Batch {
   int64_t number = 0;                // position of the batch in its epoch
   int64_t batches_in_epoch = 0;      // expected batches this epoch (0 = unknown), for schedules
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
+  // For stages that take one dataset (evaluate, predict, features, adabn):
+  // a joined flow's batch would mix the domains' samples and labels.
+  void require_one_source(const std::string& stage) const {
+    if (domain_counts.size() > 1)
+      throw std::runtime_error("the batch joins " + std::to_string(domain_counts.size()) + " sources ('flow A + B -> "
+                               "...'), and " + stage + " takes one dataset: give it a flow of its own");
+  }
 };
 
 }  // namespace flowrun::stages

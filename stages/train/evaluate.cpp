@@ -43,6 +43,7 @@ void Evaluate::begin_epoch(const EpochInfo&) {
 
 void Evaluate::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
+  batch.require_one_source("evaluate");
   ComputeThreads::Scope compute(compute_);
   torch::Tensor logits = model_->infer_logits(batch.images);
   torch::Tensor labels = model_->labels(batch);  // the source's classes as the model's outputs, by name

@@ -32,6 +32,8 @@ PrecomputePlan plan_precompute(const ResolvedPhase& phase, const std::vector<std
   };
   if (mode == "off") return off("precompute=off");
   if (op->params.get_int("lr_find") > 0) return off("the learning-rate range test runs the whole model");
+  if (!op->params.is_auto("adaptation") && !op->params.get_string("adaptation").empty())
+    return off("adaptation '" + op->params.get_string("adaptation") + "' trains the features on the target's images");
   const std::string freezer = op->params.get_string("freezer");
   if (freezer.empty()) return off("no freeze stage: the backbone trains");
   const ResolvedOp* freeze = only_op(phase, freezer);

@@ -173,9 +173,6 @@ void Train::plan_phase() {
   const ResolvedGraph* graph = stages_.resolved_graph();
   if (!graph || epoch_.phase_index >= static_cast<int>(graph->phases.size())) return;
   precompute_ = plan_precompute(graph->phases[static_cast<size_t>(epoch_.phase_index)], flow_of(*graph, name_), name_);
-  if (adaptation_ && precompute_.use)
-    precompute_ = PrecomputePlan{false, precompute_.forced, "adaptation '" + adaptation_name_ +
-                                                                "' trains the features on the target's images"};
   if (precompute_.forced && !precompute_.use)
     throw std::runtime_error("precompute=on, but in phase '" + epoch_.phase + "' " + precompute_.why +
                              " (precompute=auto uses it only where it can)");
