@@ -327,3 +327,13 @@ optim = adam
                 .find("no model stage named 'nope'"),
             std::string::npos);
 }
+
+// The learning-rate range test on a graph whose training flow joins a
+// target: the flow keeps its target (it crashed without it).
+TEST(Adaptation, TheRangeTestRunsOnAJoinedFlow) {
+  const std::string dir = test::temp_dir();
+  const std::string graph = test::write_graph(dir, "lr.graph", adaptation_graph("adaptation=coral"));
+  auto result = test::run_flowrun({graph, "--lr-find=4", "--threads", "2", "--run-dir", dir + "/run"}, dir);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.out.find("suggested learning rates"), std::string::npos) << result.out;
+}

@@ -163,3 +163,28 @@ TEST(Graphs, GpuBenchmarkGraphsRunOnTheCpu) {
   ASSERT_EQ(eval.exit_code, 0) << eval.err;
   EXPECT_NE(eval.out.find("(12 samples)"), std::string::npos) << eval.out;  // results on stdout
 }
+
+// graphs/domain_adaptation.graph at a tiny scale: the four models trained
+// and scored side by side, each method's figures in the summary.
+TEST(Graphs, DomainAdaptationAtTinyScale) {
+  const std::string dir = test::temp_dir();
+  std::vector<std::string> args = {"graphs/domain_adaptation.graph", "--threads", "2", "--run-dir", dir + "/run",
+                                   "--summary-json", dir + "/summary.json", "--set", "run.epochs=1",
+                                   "--set", "src_sampler.per_class.k=2", "--set", "tgt_sampler.per_class.k=2",
+                                   "--set", "test_sampler.k=2"};
+  for (const char* batch : {"batch", "coral_batch", "dann_batch"}) {
+    args.push_back("--set");
+    args.push_back(std::string(batch) + ".size=10");
+  }
+  auto result = test::run_flowrun(args);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const nlohmann::json summary = nlohmann::json::parse(test::slurp(dir + "/summary.json"));
+  for (const char* key : {"source_only_target_top1", "adabn_target_top1", "coral_target_top1", "dann_target_top1"}) {
+    ASSERT_TRUE(summary.contains(key)) << key << "\n" << summary.dump();
+    EXPECT_GE(summary[key].get<double>(), 0.0) << key;
+    EXPECT_EQ(summary[std::string(key).replace(std::string(key).size() - 4, 4, "samples")], 20) << key;
+  }
+  EXPECT_EQ(summary["adabn_images"], 20);
+  EXPECT_TRUE(summary.contains("coral_loss"));
+  EXPECT_TRUE(summary.contains("dann_domain_top1"));
+}

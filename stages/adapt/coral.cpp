@@ -48,7 +48,7 @@ torch::Tensor Coral::loss(const torch::Tensor& source, const torch::Tensor& targ
     // An epoch's last, small batch: no covariance to align; the step trains on the source's loss alone.
     if (!warned_small_++)
       spdlog::warn("{}: a batch of {} source and {} target samples has no covariance to align; such steps train "
-                   "without CORAL's loss (batch drop_last=true leaves them out)", name_, source.size(0), target.size(0));
+                   "without CORAL's loss (batch size >= 2, with drop_last=true for an epoch's last batch, avoids them)", name_, source.size(0), target.size(0));
     return torch::zeros({}, source.options().dtype(torch::kFloat));
   }
   torch::Tensor loss = coral_loss(source, target) * weight_;
