@@ -14,8 +14,10 @@
 // <flowrun/model.h>: Batch, ModelStage, NetworkImpl, the loss hook). Bumped whenever one
 // of them changes layout or meaning. The engine compares it as a number.
 // 2: Rng only through RandomStream (a stage's declared randomness) or
-// SamplerOp::rng; RandomImageOp holds a RandomStream.
-#define FLOWRUN_STAGE_API_VERSION 2u
+// SamplerOp::rng; RandomImageOp holds a RandomStream. 3: LossStage gains
+// batch_loss(LossContext), wants_features, begin_phase, epoch_figures (its
+// vtable changed; a loss overriding loss(logits, labels) alone builds as before).
+#define FLOWRUN_STAGE_API_VERSION 3u
 #define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"
 
 #define FLOWRUN_STRINGIFY_INNER(x) #x

@@ -18,6 +18,19 @@ const std::vector<std::string>& flow_of(const ResolvedGraph& graph, const std::s
   return none;
 }
 
+std::string random_stage_before(const ResolvedPhase& phase, const std::vector<std::string>& chain,
+                                const std::string& stage) {
+  for (const std::string& name : chain) {
+    if (name == stage) break;
+    const ResolvedStage* upstream = phase.find(name);
+    if (!upstream) continue;
+    for (const ResolvedOp& op : upstream->ops)
+      if (op.stage_type && op.stage_type->schema.is_randomized())
+        return "stage '" + name + "' (" + op.type + ") draws new random augmentations every epoch";
+  }
+  return "";
+}
+
 PrecomputePlan plan_precompute(const ResolvedPhase& phase, const std::vector<std::string>& chain,
                                const std::string& train) {
   PrecomputePlan plan;
@@ -49,14 +62,7 @@ PrecomputePlan plan_precompute(const ResolvedPhase& phase, const std::vector<std
     return off("freezer '" + freezer + "' unfreezes blocks during the phase (unfreeze_every=" +
                std::to_string(unfreeze_every) + ")");
   if (f.get_bool("train_bn")) return off("freezer '" + freezer + "' lets BatchNorm statistics change (train_bn=true)");
-  for (const std::string& name : chain) {
-    if (name == train) break;
-    const ResolvedStage* stage = phase.find(name);
-    if (!stage) continue;
-    for (const ResolvedOp& upstream : stage->ops)
-      if (upstream.stage_type && upstream.stage_type->schema.is_randomized())
-        return off("stage '" + name + "' (" + upstream.type + ") draws new random augmentations every epoch");
-  }
+  if (std::string random = random_stage_before(phase, chain, train); !random.empty()) return off(random);
   if (phase.epochs < 2 && !plan.forced) return off("one epoch in the phase: nothing to reuse");
   plan.use = true;
   plan.why = "the backbone stays frozen (BatchNorm in eval) and nothing before '" + train +

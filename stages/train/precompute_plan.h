@@ -27,6 +27,14 @@ struct PrecomputePlan {
 PrecomputePlan plan_precompute(const ResolvedPhase& phase, const std::vector<std::string>& chain,
                                const std::string& train);
 
+// Why the items reaching `stage` of the flow `chain` may differ from one
+// epoch to the next: the first stage before it whose schema is randomized()
+// ("stage 'aug' (hflip) draws new random augmentations every epoch"), or ""
+// when nothing before it draws random numbers. (The precompute plan's rule,
+// and a distill stage's for caching its teacher's outputs.)
+std::string random_stage_before(const ResolvedPhase& phase, const std::vector<std::string>& chain,
+                                const std::string& stage);
+
 // The flow of `graph` that ends in (or holds) `stage`; empty when none.
 const std::vector<std::string>& flow_of(const ResolvedGraph& graph, const std::string& stage);
 

@@ -146,6 +146,7 @@ void Train::prepare(int64_t batches_in_epoch) {
   }
   saved_optimizer_.clear();
   frozen_ = frozen;
+  if (loss_ && (loss_phase_ != phase_ || loss_told_ != loss_)) tell_loss_phase();
   if (!total_steps_) {
     if (schedule_ && batches_in_epoch <= 0)
       throw std::runtime_error("the schedule needs the number of batches per epoch, which this source does not give");
@@ -167,6 +168,25 @@ void Train::prepare(int64_t batches_in_epoch) {
   progress_.begin(title, batches_in_epoch);
 }
 
+void Train::tell_loss_phase() {
+  loss_phase_ = phase_;
+  loss_told_ = loss_;
+  LossPhase phase;
+  phase.train = name_;
+  phase.phase = epoch_.phase;
+  phase.epochs = epoch_.epochs_in_phase;
+  phase.model = model_;
+  const ResolvedGraph* graph = stages_.resolved_graph();
+  if (!graph || epoch_.phase_index >= static_cast<int>(graph->phases.size())) {
+    phase.why = "the graph is not known";
+  } else {
+    phase.why = random_stage_before(graph->phases[static_cast<size_t>(epoch_.phase_index)], flow_of(*graph, name_), name_);
+    phase.inputs_repeat = phase.why.empty();
+    if (phase.inputs_repeat) phase.why = "nothing before '" + name_ + "' is random";
+  }
+  loss_->begin_phase(phase);
+}
+
 void Train::plan_phase() {
   cache_.clear();
   precompute_ = PrecomputePlan();
@@ -181,7 +201,7 @@ void Train::plan_phase() {
                  precompute_.why);
 }
 
-torch::Tensor Train::head_on_cached_features(const Batch& batch, const torch::Tensor& images) {
+torch::Tensor Train::head_on_cached_features(const Batch& batch, const torch::Tensor& images, torch::Tensor* out) {
   Network& net = model_->net();
   torch::Tensor features = cache_.lookup(batch.indices);
   if (features.defined()) {
@@ -202,6 +222,7 @@ torch::Tensor Train::head_on_cached_features(const Batch& batch, const torch::Te
       precompute_.why = why;
     }
   }
+  if (out) *out = features;
   return net->head(features);
 }
 
@@ -307,23 +328,42 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   if (sync_) sync_->before_forward();
   AutocastScope autocast(model_->bf16());
   torch::Tensor logits, features;
+  // A loss that reads the student's features (RKD) gets the ones its head saw.
+  const bool loss_features = loss_ && loss_->wants_features();
   if (adaptation_) {
     // Both domains in one forward pass (their BatchNorm statistics mixed, as
     // DANN's and CORAL's reference code does); the head sees the source's.
     features = net->features(images);
     logits = net->head(features.narrow(0, 0, sources));
+  } else if (precompute_.use) {
+    logits = head_on_cached_features(batch, images, loss_features ? &features : nullptr);
+  } else if (loss_features) {
+    features = net->features(images);
+    logits = net->head(features);
   } else {
-    logits = precompute_.use ? head_on_cached_features(batch, images) : net->forward(images);
+    logits = net->forward(images);
   }
-  torch::Tensor loss = loss_ ? loss_->loss(logits, labels)
-                            : torch::nn::functional::cross_entropy(
-                                  logits, labels,
-                                  torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(label_smoothing_));
+  const double progress = total_steps_ ? std::min(1.0, static_cast<double>(step_) / static_cast<double>(total_steps_)) : 0;
+  torch::Tensor loss;
+  if (loss_) {
+    LossContext context;
+    context.logits = logits;
+    context.labels = labels;
+    context.images = sources < images.size(0) ? images.narrow(0, 0, sources) : images;  // the labelled samples'
+    std::vector<int64_t> indices(batch.indices.begin(), batch.indices.begin() + std::min<int64_t>(sources, batch.indices.size()));
+    context.indices = &indices;
+    if (loss_features) context.features = features.size(0) > sources ? features.narrow(0, 0, sources) : features;
+    context.model = model_;
+    context.progress = progress;
+    loss = loss_->batch_loss(context);
+  } else {
+    loss = torch::nn::functional::cross_entropy(
+        logits, labels, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(label_smoothing_));
+  }
   if (loss_ && loss.dim() != 0)
     throw std::runtime_error("loss stage '" + loss_name_ + "' returned a tensor of " + std::to_string(loss.dim()) +
                              " dimensions, not the batch's mean loss (a scalar)");
   if (adaptation_) {
-    const double progress = total_steps_ ? std::min(1.0, static_cast<double>(step_) / static_cast<double>(total_steps_)) : 0;
     torch::Tensor transfer =
         adaptation_->loss(features.narrow(0, 0, sources), features.narrow(0, sources, targets), progress);
     if (transfer.dim() != 0)
@@ -434,15 +474,22 @@ void Train::end_epoch(const EpochInfo& epoch) {
   }
   std::map<std::string, double> figures = {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_},
                                             {name_ + "_lr", last_lr_}};
-  std::string adapted;  // the adaptation's figures on the epoch line
-  if (adaptation_) {
-    adaptation_figures_ = adaptation_->epoch_figures();
-    for (const auto& [key, value] : adaptation_figures_) {
+  std::string adapted;  // the adaptation's and the loss stage's figures on the epoch line
+  auto add = [&](const std::map<std::string, double>& more) {
+    for (const auto& [key, value] : more) {
       figures[key] = value;
       char text[96];
       std::snprintf(text, sizeof text, " %s %.4f", key.c_str(), value);
       adapted += text;
     }
+  };
+  if (loss_) {
+    loss_figures_ = loss_->epoch_figures();
+    add(loss_figures_);
+  }
+  if (adaptation_) {
+    adaptation_figures_ = adaptation_->epoch_figures();
+    add(adaptation_figures_);
   }
   metrics_->record(epoch, figures);
   if (job_ && job_->rank() != 0) return;  // the epoch line once per job
@@ -527,6 +574,7 @@ void Train::report(Report& report) const {
   report.set("dropped_single_batches", static_cast<double>(dropped_single_));
   report.set("precompute_batches", static_cast<double>(precompute_batches_));  // trained from cached features
   for (const auto& [key, value] : adaptation_figures_) report.set(key, value);
+  for (const auto& [key, value] : loss_figures_) report.set(key, value);
   if (suggestion_) {
     report.set("lr_find_valley", suggestion_->valley);
     report.set("lr_find_steep", suggestion_->steep);

@@ -66,7 +66,10 @@ class Train : public SerialStage {
   void plan_phase();
   // The head's logits from the batch's backbone features: cached ones, or
   // computed now (without gradients: the backbone is frozen) and kept.
-  torch::Tensor head_on_cached_features(const Batch& batch, const torch::Tensor& images);
+  // `features`, when given, gets the features the head saw.
+  torch::Tensor head_on_cached_features(const Batch& batch, const torch::Tensor& images, torch::Tensor* features = nullptr);
+  // A loss stage is told about the phase (LossStage::begin_phase), once per phase.
+  void tell_loss_phase();
   // The width of the features the model's head takes (its Linear's
   // in_features), for an adaptation stage's own layers.
   int64_t head_input_size() const;
@@ -84,6 +87,8 @@ class Train : public SerialStage {
   ScheduleStage* schedule_ = nullptr;
   Freeze* freezer_ = nullptr;
   LossStage* loss_ = nullptr;  // none: cross-entropy
+  int loss_phase_ = -1;                 // the phase loss_told_ was told of
+  const LossStage* loss_told_ = nullptr;
   AdaptationStage* adaptation_ = nullptr;  // none: the source's samples alone train
   // The adaptation's module (a domain classifier), and a module holding it
   // beside the model for a job's gradient averaging; null when none.
@@ -97,6 +102,7 @@ class Train : public SerialStage {
   torch::Tensor first_bad_;   // on the device: the first batch with a non-finite loss, or -1
   double last_loss_ = 0, last_top1_ = 0, last_lr_ = 0;
   std::map<std::string, double> adaptation_figures_;  // the last epoch's (dann_domain_top1...)
+  std::map<std::string, double> loss_figures_;        // the loss stage's, the last epoch's (kd_loss...)
   int64_t steps_done_ = 0;
   int64_t dropped_single_ = 0;     // one-sample batches dropped while BatchNorm trains
   int warned_schedule_phase_ = -1;  // the phase whose finished schedule was reported
