@@ -115,6 +115,19 @@ void expand_copies(GraphSpec& spec, Diagnostics& diagnostics) {
   for (const auto& copy : spec.copies) {
     std::map<std::string, StageDecl> copies;  // by original name
     std::vector<FlowDecl> flows;
+    // Stage `name` copied as PREFIX + name (once); returns the copy's name.
+    auto copy_stage = [&](const std::string& name) {
+      const std::string copied = copy.prefix + name;
+      if (names.count(copied) || copies.count(name)) {
+        diagnostics.error(copy.prefix_where, "copy: the copy of '" + name + "' would be named '" + copied +
+                                                 "', which is taken");
+      } else if (auto it = top.find(name); it != top.end()) {
+        StageDecl stage = spec.stages[it->second];
+        stage.name = copied;
+        copies.emplace(name, std::move(stage));
+      }
+      return copied;
+    };
     for (size_t s = 0; s < copy.sources.size(); ++s) {
       const std::string& source = copy.sources[s];
       if (spec.flows.empty() || !top.count(source)) {
@@ -125,29 +138,13 @@ void expand_copies(GraphSpec& spec, Diagnostics& diagnostics) {
       FlowDecl flow;
       // The sources joined to this one are copied with it.
       for (const std::string& name : joined[source]) {
-        const std::string copied = copy.prefix + name;
-        if (names.count(copied) || copies.count(name)) {
-          diagnostics.error(copy.prefix_where, "copy: the copy of '" + name + "' would be named '" + copied +
-                                                   "', which is taken");
-        } else if (auto it = top.find(name); it != top.end()) {
-          StageDecl stage = spec.stages[it->second];
-          stage.name = copied;
-          copies.emplace(name, std::move(stage));
-        }
+        const std::string copied = copy_stage(name);
         flow.joined.push_back(copied);
         flow.joined_where.push_back(copy.sources_where[s]);
       }
       for (std::string name = source;; name = next.at(name)) {
         if (flow.names.size() > spec.stages.size()) break;  // a loop: the validation reports it
-        const std::string copied = copy.prefix + name;
-        if (names.count(copied) || copies.count(name)) {
-          diagnostics.error(copy.prefix_where, "copy: the copy of '" + name + "' would be named '" + copied +
-                                                   "', which is taken");
-        } else if (auto it = top.find(name); it != top.end()) {
-          StageDecl stage = spec.stages[it->second];
-          stage.name = copied;
-          copies.emplace(name, std::move(stage));
-        }
+        const std::string copied = copy_stage(name);
         flow.names.push_back(copied);
         flow.where.push_back(copy.sources_where[s]);
         if (!next.count(name)) break;
