@@ -13,18 +13,25 @@ DatasetSource::DatasetSource(const StageInit& init, std::string dataset_name)
       dataset_name_(std::move(dataset_name)),
       job_(init.run.job) {}
 
-void DatasetSource::set_dataset(std::vector<int64_t> labels, std::vector<std::string> class_names) {
+void DatasetSource::set_dataset(std::vector<int64_t> labels, std::vector<std::string> class_names,
+                                std::vector<TaskLabels> tasks) {
   labels_ = std::move(labels);
   class_names_ = std::move(class_names);
+  tasks_ = std::move(tasks);
 }
 
 void DatasetSource::begin_epoch(const EpochInfo& epoch) {
-  epoch_ = sample_epoch(stages_, sampler_, labels_, class_names_, epoch.epoch);
+  SampleSet dataset;
+  dataset.labels = labels_;
+  dataset.class_names = class_names_;
+  dataset.tasks = tasks_;
+  epoch_ = sample_epoch(stages_, sampler_, std::move(dataset), epoch.epoch);
   // In a job every rank takes its share, unless the sampler already cut one.
   if (job_.distributed() && !epoch_.sharded) shard_for_rank(epoch_, job_.rank, job_.world_size);
   auto info = std::make_shared<DatasetInfo>();
   info->name = dataset_name_;
   info->class_names = epoch_.class_names;
+  for (const TaskLabels& task : epoch_.tasks) info->tasks.push_back({task.name, task.class_names});
   info_ = std::move(info);
   position_ = 0;
 }
@@ -35,6 +42,7 @@ bool DatasetSource::next(Item& item) {
   sample.padding = position_ >= epoch_.indices.size() - static_cast<size_t>(epoch_.padded);
   sample.index = epoch_.indices[position_++];
   sample.label = epoch_.labels[sample.index];
+  for (const TaskLabels& task : epoch_.tasks) sample.task_labels.push_back(task.labels[sample.index]);
   sample.dataset = info_;
   sample.epoch_size = static_cast<int64_t>(epoch_.indices.size());
   fill(sample, sample.index);

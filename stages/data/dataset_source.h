@@ -26,7 +26,8 @@ class DatasetSource : public SourceStage {
 
  protected:
   // Called once from the subclass constructor.
-  void set_dataset(std::vector<int64_t> labels, std::vector<std::string> class_names);
+  void set_dataset(std::vector<int64_t> labels, std::vector<std::string> class_names,
+                   std::vector<TaskLabels> tasks = {});
   // Adds what the subclass knows of dataset index `index` (a path, pixels).
   virtual void fill(Sample& sample, int64_t index) = 0;
 
@@ -36,6 +37,7 @@ class DatasetSource : public SourceStage {
   std::string dataset_name_;
   std::vector<int64_t> labels_;
   std::vector<std::string> class_names_;
+  std::vector<TaskLabels> tasks_;
   SampleSet epoch_;
   std::shared_ptr<const DatasetInfo> info_;
   JobInfo job_;

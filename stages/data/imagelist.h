@@ -1,7 +1,8 @@
 // `imagelist`: images named one by one, for prediction on files that are not
 // in an ImageFolder layout: a text file (`list`, one path per line, relative
 // to the list's folder; "PATH<TAB>CLASS" gives a true class; blank lines and
-// lines starting with # are skipped), or every image under a folder
+// lines starting with # are skipped; tasks=[group] reads further label
+// columns, PATH<TAB>CLASS<TAB>GROUP, for a multi-task model), or every image under a folder
 // (`root`, unlabelled). `classes` names the model's outputs in order, so
 // predictions read as class names.
 #pragma once

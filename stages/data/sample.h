@@ -23,15 +23,23 @@ struct Normalization {
   void apply(const Image& image, float* out) const;
 };
 
+// An extra task's classes (multi-task: a head of its own), see TaskLabels.
+struct TaskClasses {
+  std::string name;
+  std::vector<std::string> class_names;
+};
+
 // What a source knows of its dataset, shared by all its samples.
 struct DatasetInfo {
   std::string name;                      // the root folder or file set, for messages
   std::vector<std::string> class_names;  // after any relabelling by a sampler
+  std::vector<TaskClasses> tasks;        // extra labellings, in Sample::task_labels' order; usually none
 };
 
 struct Sample {
   int64_t index = -1;  // position in the source's dataset: the key of per-sample randomness
   int64_t label = -1;
+  std::vector<int64_t> task_labels;  // one per dataset->tasks (-1 = none for that task); empty without tasks
   int64_t epoch_size = 0;  // samples the source visits this epoch (0 = unknown)
   // A repeat that only evens out the shards of a job's ranks (as
   // DistributedSampler pads): trained on, but not counted by evaluation.

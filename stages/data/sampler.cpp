@@ -18,11 +18,16 @@ SamplerOp::SamplerOp(const StageInit& init, const std::string& op_type)
 
 SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler, std::vector<int64_t> labels,
                        std::vector<std::string> class_names, int epoch) {
-  SampleSet set;
-  set.indices.resize(labels.size());
-  for (size_t i = 0; i < labels.size(); ++i) set.indices[i] = static_cast<int64_t>(i);
-  set.labels = std::move(labels);
-  set.class_names = std::move(class_names);
+  SampleSet base;
+  base.labels = std::move(labels);
+  base.class_names = std::move(class_names);
+  return sample_epoch(stages, sampler, std::move(base), epoch);
+}
+
+SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler, SampleSet base, int epoch) {
+  SampleSet set = std::move(base);
+  set.indices.resize(set.labels.size());
+  for (size_t i = 0; i < set.labels.size(); ++i) set.indices[i] = static_cast<int64_t>(i);
   if (sampler.empty()) return set;
   std::vector<Stage*> ops = stages.find(sampler);
   if (ops.empty()) throw std::runtime_error("no stage named '" + sampler + "' to sample with");

@@ -15,10 +15,20 @@
 
 namespace flowrun::stages {
 
+// A second labelling of the same samples, for a multi-task model's extra
+// head (a coarse group beside the fine class): from an image list's extra
+// column or a class_groups op.
+struct TaskLabels {
+  std::string name;                      // the task, as the model's tasks=[...] names its head
+  std::vector<int64_t> labels;           // of every dataset index; -1 = this sample has no label for the task
+  std::vector<std::string> class_names;  // the task's classes
+};
+
 struct SampleSet {
   std::vector<int64_t> indices;          // dataset indices in epoch order (may repeat)
   std::vector<int64_t> labels;           // label of every dataset index; -1 = not in use
   std::vector<std::string> class_names;  // after any relabelling
+  std::vector<TaskLabels> tasks;         // the extra tasks' labels (multi-task); usually none
   bool sharded = false;                  // cut to one rank's share of a job (see shard_for_rank)
   int64_t padded = 0;                    // the last `padded` indices only even out the ranks' shares
 };
@@ -51,6 +61,9 @@ ParamSpec sampler_seed_param();
 // names no sampler stage, or a `shard` op is not its last op.
 SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler, std::vector<int64_t> labels,
                        std::vector<std::string> class_names, int epoch);
+// The same, from a dataset's labels, class names and extra tasks (`base`'s
+// indices are ignored: every index, in order, before the ops).
+SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler, SampleSet base, int epoch);
 
 // Keeps `keep` (a subset of `indices`, any order) in the order of `indices`.
 std::vector<int64_t> keep_in_order(const std::vector<int64_t>& indices, std::vector<int64_t> keep);

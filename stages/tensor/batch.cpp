@@ -139,6 +139,15 @@ void BatchStage::emit_batch(const Emit& emit) {
   }
   if (padded)
     for (const Sample& s : pending_) batch.padding.push_back(s.padding ? 1 : 0);
+  if (const size_t tasks = pending_.front().task_labels.size(); tasks > 0) {
+    batch.task_labels = at::empty({n, static_cast<int64_t>(tasks)}, at::TensorOptions().dtype(at::kLong));
+    int64_t* out = batch.task_labels.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      const Sample& s = pending_[i];
+      // A joined source without the tasks (a target): no labels for them.
+      for (size_t t = 0; t < tasks; ++t) out[i * tasks + t] = t < s.task_labels.size() ? s.task_labels[t] : -1;
+    }
+  }
   batch.dataset = pending_.front().dataset;
   batch.mean = pending_.front().normalization->mean;
   batch.std = pending_.front().normalization->std;

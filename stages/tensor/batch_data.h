@@ -18,6 +18,9 @@ namespace flowrun::stages {
 struct Batch {
   at::Tensor images;                 // [N, C, H, W] float32 (pinned when CUDA is available)
   at::Tensor labels;                 // [N] int64
+  // [N, T] int64: the labels of the dataset's T extra tasks (dataset->tasks,
+  // multi-task), -1 where a sample has none; undefined when T = 0.
+  at::Tensor task_labels;
   std::vector<int64_t> indices;      // dataset index of every sample
   std::vector<std::string> paths;    // file of every sample ("" for in-memory sources)
   std::vector<uint8_t> padding;      // per sample, 1 = a repeat evening out a job's shards; empty = none
