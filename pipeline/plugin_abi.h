@@ -17,7 +17,9 @@
 // SamplerOp::rng; RandomImageOp holds a RandomStream. 3: LossStage gains
 // batch_loss(LossContext), wants_features, begin_phase, epoch_figures (its
 // vtable changed; a loss overriding loss(logits, labels) alone builds as before).
-#define FLOWRUN_STAGE_API_VERSION 3u
+// 4: multi-task: Sample::task_labels, DatasetInfo::tasks, Batch::task_labels,
+// ModelStage's extra heads (its layout changed), NetworkImpl::block.
+#define FLOWRUN_STAGE_API_VERSION 4u
 #define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"
 
 #define FLOWRUN_STRINGIFY_INNER(x) #x

@@ -119,7 +119,10 @@ LoadReport load_state_dict(NetworkImpl& model, const StateDict& file_weights, bo
   for (const auto& [key, tensor] : own) {
     auto it = given.find(key);
     if (it == given.end()) {
-      missing.push_back("missing key '" + key + "' (" + shape_text(tensor.sizes()) + ")");
+      // A file without a multi-task model's extra head (a single-task model's,
+      // torchvision's): the head starts afresh, as a head of another size does.
+      if (allow_new_head && key.rfind("heads.", 0) == 0) report.reinitialised.push_back(key);
+      else missing.push_back("missing key '" + key + "' (" + shape_text(tensor.sizes()) + ")");
     } else if (it->second.sizes() != tensor.sizes()) {
       if (allow_new_head && model.is_head(key)) report.reinitialised.push_back(key);
       else misshaped.push_back("key '" + key + "' has shape " + shape_text(it->second.sizes()) + " but the model needs " +
@@ -156,6 +159,11 @@ Schema ModelStage::common_schema(std::string type, std::string doc) {
   return Schema(std::move(type), std::move(doc))
       .provides("model")
       .param(Int("classes", "outputs of the head").range(1, 1000000))
+      .param(StringList("tasks", "a multi-task model's extra heads beside the classes', one per task, each on the "
+                                 "backbone's features (keys heads.TASK.*); the data labels them (imagelist tasks=, "
+                                 "class_groups)").def(std::vector<std::string>{}))
+      .param(IntList("task_classes", "outputs of each extra head, in tasks' order").def(std::vector<int64_t>{})
+                 .at_least(1))
       .param(Path("weights", "a torchvision .pth, a safetensors file or a flowrun checkpoint (its model of this "
                             "stage's name); \"\" = random initialisation").def(std::string("")))
       .param(String("weights_entry", "which weights of a checkpoint dict ({'epoch', 'state_dict', ...}) to load: auto "
@@ -173,6 +181,20 @@ Schema ModelStage::common_schema(std::string type, std::string doc) {
       .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}))
       // Values alone, so that --check reports them; whether CUDA is there is
       // known only on the machine that runs (the constructor checks that).
+      .check([](const Params& p) -> std::string {
+        const auto tasks = p.get_string_list("tasks");
+        if (tasks.size() != p.get_int_list("task_classes").size())
+          return "tasks=[...] names " + std::to_string(tasks.size()) + " heads but task_classes=[...] gives " +
+                 std::to_string(p.get_int_list("task_classes").size()) + " sizes";
+        for (size_t i = 0; i < tasks.size(); ++i) {
+          const std::string& t = tasks[i];
+          if (t.empty() || t.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") !=
+                               std::string::npos)
+            return "task '" + t + "': a head's name is letters, digits and _ (it is a key: heads." + t + ".weight)";
+          if (std::find(tasks.begin(), tasks.begin() + i, t) != tasks.begin() + i) return "task '" + t + "' is listed twice";
+        }
+        return "";
+      })
       .check([](const Params& p) {
         return p.get_string("precision") == "bf16" && p.get_string("device") == "cpu"
                    ? "precision=bf16 needs CUDA (autocast here is for the GPU), but device=cpu"
@@ -262,6 +284,23 @@ ModelStage::ModelStage(const StageInit& init, const Builder& build)
   torch::manual_seed(mix64(init.run.seed ^ hash_name(init.name)));
   net_ = build(classes_);
   if (net_.is_empty()) throw std::runtime_error("model stage '" + name_ + "': its builder made no network");
+  const std::vector<std::string> tasks = init.params.get_string_list("tasks");
+  const std::vector<int64_t> task_classes = init.params.get_int_list("task_classes");
+  if (tasks.size() != task_classes.size())
+    throw std::runtime_error("tasks=[...] and task_classes=[...] differ in length");
+  if (!tasks.empty()) {
+    // Registered in the network, so that every path that saves, loads,
+    // freezes, optimises or averages the network's parameters has them.
+    auto holder = std::make_shared<torch::nn::Module>();
+    const int64_t width = feature_size();
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      TaskHead head{tasks[t], task_classes[t], torch::nn::Linear(width, task_classes[t])};
+      holder->register_module(tasks[t], head.linear);
+      heads_.push_back(std::move(head));
+    }
+    net_->register_module("heads", holder);
+    head_outputs_.resize(heads_.size());
+  }
   const std::string pretrain = init.params.get_string("pretrain");
   Job* job = Job::of(init.run.job);
   if (!weights_.empty() && !pretrain.empty() && !std::filesystem::exists(weights_)) {
@@ -279,6 +318,27 @@ ModelStage::ModelStage(const StageInit& init, const Builder& build)
     if (!note.empty()) spdlog::info("{}: {}", weights_, note);
     load_ = load_state_dict(*net_, weights, /*allow_new_head=*/true, weights_);
     for (const auto& done : load_.notes) spdlog::info("{}: {}", weights_, done);
+    // New extra heads (the file is a single-task model's) are said apart from a new main head.
+    std::vector<std::string> new_task_heads;
+    for (auto it = load_.reinitialised.begin(); it != load_.reinitialised.end();)
+      if (it->rfind("heads.", 0) == 0) {
+        const std::string task = it->substr(6, it->find('.', 6) - 6);
+        if (std::find(new_task_heads.begin(), new_task_heads.end(), task) == new_task_heads.end())
+          new_task_heads.push_back(task);
+        it = load_.reinitialised.erase(it);
+      } else {
+        ++it;
+      }
+    new_task_heads_ = new_task_heads;
+    if (!new_task_heads.empty()) {
+      if (!trained_in_graph(init.stages, name_))
+        throw std::runtime_error(weights_ + " has no trained head for task(s) " + names_text(new_task_heads) +
+                                 " of model '" + name_ + "', and no train stage trains it in this graph: those heads "
+                                 "would predict at random");
+      spdlog::info("{}: new head(s) for task(s) {} (the weights have none of that size)", weights_,
+                   names_text(new_task_heads));
+    }
+    read_task_names(metadata, weights_);
     if (!load_.reinitialised.empty()) {
       const int64_t trained = weights.empty() ? 0 : [&] {
         for (const auto& [key, tensor] : weights)
@@ -295,9 +355,9 @@ ModelStage::ModelStage(const StageInit& init, const Builder& build)
       spdlog::info("{}: head re-initialised for {} classes ({}; the weights' head has {})", weights_, classes_,
                    load_.reinitialised.front(), trained);
     } else if (auto names = metadata.find("classes"); names != metadata.end()) {
-      class_names_ = parse_class_names(names->second, weights_);
-      if (static_cast<int64_t>(class_names_.size()) != classes_)
-        throw std::runtime_error(weights_ + ": its metadata names " + std::to_string(class_names_.size()) +
+      outputs_.class_names = parse_class_names(names->second, weights_);
+      if (static_cast<int64_t>(outputs_.class_names.size()) != classes_)
+        throw std::runtime_error(weights_ + ": its metadata names " + std::to_string(outputs_.class_names.size()) +
                                  " classes but the weights have " + std::to_string(classes_));
     }
   }
@@ -357,6 +417,24 @@ torch::Tensor ModelStage::infer(const std::function<torch::Tensor(NetworkImpl&, 
   return run(*net_, input(images)).to(torch::kFloat);
 }
 
+std::vector<torch::Tensor> ModelStage::infer_all_logits(const torch::Tensor& images) {
+  net_->eval();
+  torch::NoGradGuard no_grad;
+  AutocastScope autocast(bf16_);
+  const torch::Tensor features = net_->features(input(images));
+  std::vector<torch::Tensor> out{net_->head(features).to(torch::kFloat)};
+  for (auto& head : heads_) out.push_back(head.linear(features).to(torch::kFloat));
+  return out;
+}
+
+int64_t ModelStage::feature_size() const {
+  for (const auto& item : net_->named_parameters(true))
+    if (item.key().rfind("heads.", 0) != 0 && net_->is_head(item.key()) && item.value().dim() == 2)
+      return item.value().size(1);
+  throw std::runtime_error("model '" + name_ + "': its head has no Linear layer to tell the width of the features it "
+                           "takes");
+}
+
 torch::Tensor ModelStage::infer_logits(const torch::Tensor& images) {
   return infer([](NetworkImpl& net, const torch::Tensor& x) { return net.forward(x); }, images);
 }
@@ -373,6 +451,7 @@ void ModelStage::report(Report& report) const {
   }()));
   report.set("weights_loaded", static_cast<double>(load_.loaded));
   report.set("head_reinitialised", load_.reinitialised.empty() ? 0 : 1);
+  if (!heads_.empty()) report.set("task_heads_new", static_cast<double>(new_task_heads_.size()));
 }
 
 bool ModelStage::save_state(std::string& out) const {
@@ -385,81 +464,133 @@ void ModelStage::load_state(const std::string& in) {
   Metadata metadata;
   StateDict weights = decode_safetensors(reinterpret_cast<const uint8_t*>(in.data()), in.size(), what, &metadata);
   load_state_dict(*net_, weights, /*allow_new_head=*/false, what);
+  {
+    std::lock_guard<std::mutex> lock(names_mutex_);
+    auto names = metadata.find("classes");
+    outputs_.class_names = names == metadata.end() ? std::vector<std::string>{} : parse_class_names(names->second, what);
+    outputs_.mappings.clear();
+    for (auto& head : head_outputs_) head = OutputNames();
+  }
+  read_task_names(metadata, what);
+}
+
+void ModelStage::read_task_names(const Metadata& metadata, const std::string& source) {
+  auto it = metadata.find("tasks");
+  if (it == metadata.end() || heads_.empty()) return;
+  nlohmann::json tasks;
+  try {
+    tasks = nlohmann::json::parse(it->second);
+    if (!tasks.is_object()) throw std::runtime_error("not an object");
+  } catch (const std::exception& e) {
+    throw std::runtime_error(source + ": its metadata 'tasks' is not a JSON object of class-name lists: " + e.what());
+  }
   std::lock_guard<std::mutex> lock(names_mutex_);
-  auto names = metadata.find("classes");
-  class_names_ = names == metadata.end() ? std::vector<std::string>{} : parse_class_names(names->second, what);
-  mappings_.clear();
+  for (size_t h = 0; h < heads_.size(); ++h) {
+    if (!tasks.contains(heads_[h].name)) continue;
+    // A head trained afresh here keeps no names from a file whose head was another size.
+    if (std::find(new_task_heads_.begin(), new_task_heads_.end(), heads_[h].name) != new_task_heads_.end()) continue;
+    auto names = parse_class_names(tasks[heads_[h].name].dump(), source);
+    if (static_cast<int64_t>(names.size()) != heads_[h].classes)
+      throw std::runtime_error(source + ": its metadata names " + std::to_string(names.size()) + " classes for task '" +
+                               heads_[h].name + "' but the head has " + std::to_string(heads_[h].classes));
+    head_outputs_[h].class_names = std::move(names);
+    head_outputs_[h].mappings.clear();
+  }
 }
 
 std::vector<std::string> ModelStage::class_names() const {
   std::lock_guard<std::mutex> lock(names_mutex_);
-  return class_names_;
+  return outputs_.class_names;
+}
+
+std::vector<std::string> ModelStage::task_class_names(size_t head) const {
+  std::lock_guard<std::mutex> lock(names_mutex_);
+  return head_outputs_.at(head).class_names;
 }
 
 Metadata ModelStage::class_metadata() const {
   std::lock_guard<std::mutex> lock(names_mutex_);
-  if (class_names_.empty()) return {};
-  return {{"classes", nlohmann::json(class_names_).dump()}};
+  Metadata out;
+  if (!outputs_.class_names.empty()) out["classes"] = nlohmann::json(outputs_.class_names).dump();
+  nlohmann::json tasks = nlohmann::json::object();
+  for (size_t h = 0; h < heads_.size(); ++h)
+    if (!head_outputs_[h].class_names.empty()) tasks[heads_[h].name] = head_outputs_[h].class_names;
+  if (!tasks.empty()) out["tasks"] = tasks.dump();
+  return out;
 }
 
 std::string ModelStage::output_name(int64_t c, const Batch& batch) const {
   {
     std::lock_guard<std::mutex> lock(names_mutex_);
-    if (c >= 0 && c < static_cast<int64_t>(class_names_.size()) && !class_names_[c].empty()) return class_names_[c];
-    if (!class_names_.empty()) return std::to_string(c);
+    const auto& names = outputs_.class_names;
+    if (c >= 0 && c < static_cast<int64_t>(names.size()) && !names[c].empty()) return names[c];
+    if (!names.empty()) return std::to_string(c);
   }
   if (batch.dataset && c >= 0 && c < static_cast<int64_t>(batch.dataset->class_names.size()))
     return batch.dataset->class_names[c];
   return std::to_string(c);
 }
 
-const std::vector<int64_t>& ModelStage::mapping(const DatasetInfo& dataset, bool training) {
-  const std::vector<std::string>& source = dataset.class_names;
+std::string ModelStage::task_output_name(size_t head, int64_t c, const Batch& batch) const {
+  {
+    std::lock_guard<std::mutex> lock(names_mutex_);
+    const auto& names = head_outputs_.at(head).class_names;
+    if (c >= 0 && c < static_cast<int64_t>(names.size()) && !names[c].empty()) return names[c];
+    if (!names.empty()) return std::to_string(c);
+  }
+  if (batch.dataset)
+    for (const auto& task : batch.dataset->tasks)
+      if (task.name == heads_.at(head).name && c >= 0 && c < static_cast<int64_t>(task.class_names.size()))
+        return task.class_names[c];
+  return std::to_string(c);
+}
+
+const std::vector<int64_t>& ModelStage::mapping(OutputNames& names, int64_t classes, const std::string& head,
+                                                const std::vector<std::string>& source, const std::string& dataset,
+                                                bool training) {
   std::lock_guard<std::mutex> lock(names_mutex_);
-  auto known = mappings_.find(source);
-  if (known != mappings_.end()) return known->second;
+  std::vector<std::string>& class_names = names.class_names;
+  auto known = names.mappings.find(source);
+  if (known != names.mappings.end()) return known->second;
   auto unknown_of = [&] {
     std::vector<std::string> unknown;
     for (const auto& name : source)
-      if (std::find(class_names_.begin(), class_names_.end(), name) == class_names_.end()) unknown.push_back(name);
+      if (std::find(class_names.begin(), class_names.end(), name) == class_names.end()) unknown.push_back(name);
     return unknown;
   };
-  if (training && static_cast<int64_t>(source.size()) <= classes_ && (class_names_.empty() || !unknown_of().empty())) {
+  if (training && static_cast<int64_t>(source.size()) <= classes && (class_names.empty() || !unknown_of().empty())) {
     // The training source names the outputs (a larger head keeps the rest unnamed).
-    if (!class_names_.empty())
-      spdlog::warn("model '{}': trains on the classes {} of {}; its weights were for {}", name_, names_text(source),
-                   dataset.name, names_text(class_names_));
-    class_names_ = source;
-    class_names_.resize(static_cast<size_t>(classes_));
-    mappings_.clear();
+    if (!class_names.empty())
+      spdlog::warn("{}: trains on the classes {} of {}; its weights were for {}", head, names_text(source), dataset,
+                   names_text(class_names));
+    class_names = source;
+    class_names.resize(static_cast<size_t>(classes));
+    names.mappings.clear();
   }
   std::vector<int64_t> map(source.size());
-  if (class_names_.empty()) {
+  if (class_names.empty()) {
     // No names to match: positions, which only agree when the counts do
     // (a training source with more classes than outputs: labels() names the
     // first sample out of range).
-    if (!training && static_cast<int64_t>(source.size()) != classes_)
-      throw std::runtime_error(dataset.name + " has " + std::to_string(source.size()) + " classes " +
-                               names_text(source) + " but model '" + name_ + "' has " + std::to_string(classes_) +
+    if (!training && static_cast<int64_t>(source.size()) != classes)
+      throw std::runtime_error(dataset + " has " + std::to_string(source.size()) + " classes " + names_text(source) +
+                               " but " + head + " has " + std::to_string(classes) +
                                " outputs and no class names to match them by (its weights carry none: train it in " +
                                "this graph, or load weights flowrun saved)");
     for (size_t i = 0; i < map.size(); ++i) map[i] = static_cast<int64_t>(i);
   } else {
     if (const auto unknown = unknown_of(); !unknown.empty())
-      throw std::runtime_error(dataset.name + " has the class(es) " + names_text(unknown) + " that model '" + name_ +
-                               "' does not know: the source's classes are " + names_text(source) +
-                               ", the model's " + names_text(class_names_));
+      throw std::runtime_error(dataset + " has the class(es) " + names_text(unknown) + " that " + head +
+                               " does not know: the source's classes are " + names_text(source) + ", the model's " +
+                               names_text(class_names));
     for (size_t i = 0; i < map.size(); ++i)
-      map[i] = std::find(class_names_.begin(), class_names_.end(), source[i]) - class_names_.begin();
+      map[i] = std::find(class_names.begin(), class_names.end(), source[i]) - class_names.begin();
   }
-  return mappings_.emplace(source, std::move(map)).first->second;
+  return names.mappings.emplace(source, std::move(map)).first->second;
 }
 
-torch::Tensor ModelStage::labels(const Batch& batch, bool training) {
-  if (!batch.dataset || batch.dataset->class_names.empty() || !batch.labels.defined() || batch.labels.numel() == 0)
-    return labels(batch.labels);  // a source without class names: its labels are the outputs
-  const std::vector<int64_t>& map = mapping(*batch.dataset, training);
-  torch::Tensor source = batch.labels.to(torch::kCPU, torch::kLong).contiguous();
+torch::Tensor ModelStage::map_labels(const torch::Tensor& labels, const std::vector<int64_t>& map) const {
+  torch::Tensor source = labels.to(torch::kCPU, torch::kLong).contiguous();
   torch::Tensor out = torch::empty_like(source);
   const int64_t* in = source.data_ptr<int64_t>();
   int64_t* to = out.data_ptr<int64_t>();
@@ -469,7 +600,47 @@ torch::Tensor ModelStage::labels(const Batch& batch, bool training) {
     else
       to[i] = map[static_cast<size_t>(in[i])];
   }
-  return labels(out);
+  return out;
+}
+
+torch::Tensor ModelStage::labels(const Batch& batch, bool training) {
+  if (!batch.dataset || batch.dataset->class_names.empty() || !batch.labels.defined() || batch.labels.numel() == 0)
+    return labels(batch.labels);  // a source without class names: its labels are the outputs
+  const std::vector<int64_t>& map = mapping(outputs_, classes_, "model '" + name_ + "'", batch.dataset->class_names,
+                                            batch.dataset->name, training);
+  return labels(map_labels(batch.labels, map));
+}
+
+bool ModelStage::has_task(const Batch& batch, const std::string& task) {
+  if (!batch.dataset || !batch.task_labels.defined()) return false;
+  for (const auto& t : batch.dataset->tasks)
+    if (t.name == task) return true;
+  return false;
+}
+
+torch::Tensor ModelStage::task_labels(const Batch& batch, size_t h, bool training) {
+  const TaskHead& head = heads_.at(h);
+  const std::string what = "head '" + head.name + "' of model '" + name_ + "'";
+  size_t column = 0;
+  const std::vector<TaskClasses> none;
+  const std::vector<TaskClasses>& tasks = batch.dataset ? batch.dataset->tasks : none;
+  while (column < tasks.size() && tasks[column].name != head.name) ++column;
+  if (column == tasks.size() || !batch.task_labels.defined()) {
+    std::string have;
+    for (const auto& t : tasks) have += (have.empty() ? "" : ", ") + t.name;
+    throw std::runtime_error((batch.dataset ? batch.dataset->name : std::string("the batch")) + " gives no labels for " +
+                             what + " (its samples are labelled for " +
+                             (have.empty() ? std::string("no extra task") : "the task(s) [" + have + "]") +
+                             "): label them with an imagelist's tasks=[" + head.name + "] column or a class_groups "
+                             "task=" + head.name + " sampler op");
+  }
+  const std::vector<int64_t>& map =
+      mapping(head_outputs_[h], head.classes, what, tasks[column].class_names, batch.dataset->name, training);
+  torch::Tensor out = map_labels(batch.task_labels.select(1, static_cast<int64_t>(column)), map);
+  if (out.numel() > 0 && out.max().item<int64_t>() >= head.classes)
+    throw std::runtime_error("a sample has label " + std::to_string(out.max().item<int64_t>()) + " for " + what +
+                             ", which has " + std::to_string(head.classes) + " outputs (set its task_classes)");
+  return out.device() == device_ ? out : out.to(device_, /*non_blocking=*/true);
 }
 
 std::string libtorch_error_text(const std::exception& e) {

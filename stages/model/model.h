@@ -81,6 +81,34 @@ class ModelStage : public ComponentStage {
   std::string output_name(int64_t c, const Batch& batch) const;
   // The weights' metadata a file or checkpoint keeps: "classes", a JSON list.
   Metadata class_metadata() const;
+  // A multi-task model's extra heads (`tasks=[group] task_classes=[3]`): a
+  // Linear layer each on the backbone's pooled features, beside the
+  // network's own head (the main task, `classes`), keys heads.TASK.weight
+  // and heads.TASK.bias. Saved, loaded, frozen and given learning rates as
+  // the head is (NetworkImpl::block).
+  struct TaskHead {
+    std::string name;
+    int64_t classes = 0;
+    torch::nn::Linear linear{nullptr};
+  };
+  const std::vector<TaskHead>& task_heads() const { return heads_; }
+  // The logits [N, classes] of extra head `head` from features [N, D].
+  torch::Tensor task_logits(size_t head, const torch::Tensor& features) { return heads_.at(head).linear(features); }
+  // The batch's labels for extra head `head` ([N] int64 on the model's
+  // device, -1 where a sample has none), matched by name as labels() does
+  // for the classes. Throws when the batch has no labels for the task,
+  // naming the tasks it has.
+  torch::Tensor task_labels(const Batch& batch, size_t head, bool training = false);
+  // Whether the batch's source labels task `task`.
+  static bool has_task(const Batch& batch, const std::string& task);
+  // The classes of extra head `head`, like class_names().
+  std::vector<std::string> task_class_names(size_t head) const;
+  std::string task_output_name(size_t head, int64_t c, const Batch& batch) const;
+  // The width D of the features the head takes (its Linear's in_features).
+  int64_t feature_size() const;
+  // Every head's logits for a batch, the main head's first: eval mode, no
+  // gradients, the stage's precision, float32 out; one backbone pass.
+  std::vector<torch::Tensor> infer_all_logits(const torch::Tensor& images);
   // A batch's logits, or its features at `layer` (NetworkImpl::features), as
   // evaluation, prediction and export need them: eval mode, no gradients,
   // the stage's precision, float32 out.
@@ -95,14 +123,25 @@ class ModelStage : public ComponentStage {
  private:
   torch::Tensor infer(const std::function<torch::Tensor(NetworkImpl&, const torch::Tensor&)>& run,
                       const torch::Tensor& images);
-  // The source's position -> the model's output, per source class list.
-  const std::vector<int64_t>& mapping(const DatasetInfo& dataset, bool training);
+  // Class names and the mappings to them of one head (the classes, or a task).
+  struct OutputNames {
+    std::vector<std::string> class_names;
+    std::map<std::vector<std::string>, std::vector<int64_t>> mappings;
+  };
+  // The source's position -> the head's output, per source class list.
+  const std::vector<int64_t>& mapping(OutputNames& names, int64_t classes, const std::string& head,
+                                      const std::vector<std::string>& source, const std::string& dataset, bool training);
+  torch::Tensor map_labels(const torch::Tensor& labels, const std::vector<int64_t>& map) const;
+  // The weights' metadata "tasks" ({"TASK": [names]}) into the heads' names.
+  void read_task_names(const Metadata& metadata, const std::string& source);
   Network net_{nullptr};
   int64_t classes_;
   mutable std::mutex names_mutex_;
-  std::vector<std::string> class_names_;  // guarded by names_mutex_
-  std::map<std::vector<std::string>, std::vector<int64_t>> mappings_;  // guarded by names_mutex_
+  OutputNames outputs_;                 // the classes'; guarded by names_mutex_
+  std::vector<TaskHead> heads_;
+  std::vector<OutputNames> head_outputs_;  // per extra head; guarded by names_mutex_
   LoadReport load_;
+  std::vector<std::string> new_task_heads_;  // extra heads the weights file had none of (of that size)
   std::string weights_;
   std::string name_;
   torch::Device device_{torch::kCPU};

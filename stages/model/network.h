@@ -31,7 +31,13 @@ struct NetworkImpl : torch::nn::Module {
   // The feature layers features() accepts besides "avgpool".
   virtual std::vector<std::string> layers() const { return {}; }
 
-  bool is_head(const std::string& key) const { return block_of(key) == blocks().back(); }
+  // block_of(key), with a multi-task model's extra heads (keys "heads.TASK.*",
+  // which the model stage adds beside the network's own) in the head's block:
+  // what freezing and discriminative rates go by.
+  std::string block(const std::string& key) const {
+    return key.rfind("heads.", 0) == 0 ? blocks().back() : block_of(key);
+  }
+  bool is_head(const std::string& key) const { return block(key) == blocks().back(); }
 };
 
 // A holder, as TORCH_MODULE makes them: net->forward(x), *net, net.ptr().
