@@ -197,11 +197,23 @@ void Predict::process(Item& item, const Emit& emit) {
   const Batch& batch = item.get<Batch>();
   batch.require_one_source("predict");
   ComputeThreads::Scope compute(compute_);
-  torch::Tensor logits = find_model(stages_, model_name_).infer_logits(batch.images);
-  torch::Tensor probabilities = torch::softmax(logits, 1).cpu();
+  ModelStage& model = find_model(stages_, model_name_);
+  const auto& heads = model.task_heads();
+  // A multi-task model: every head's from one backbone pass.
+  std::vector<torch::Tensor> all = heads.empty() ? std::vector<torch::Tensor>{model.infer_logits(batch.images)}
+                                                 : model.infer_all_logits(batch.images);
+  torch::Tensor probabilities = torch::softmax(all[0], 1).cpu();
   const int64_t k = std::min<int64_t>(5, probabilities.size(1));
   auto [top_p, top_i] = probabilities.topk(k, 1);
-  ModelStage& model = find_model(stages_, model_name_);
+  // Per extra head: its true class (-1: none), its guess and the guess's probability.
+  std::vector<torch::Tensor> task_true, task_guess, task_prob;
+  for (size_t h = 0; h < heads.size(); ++h) {
+    auto [p, i] = torch::softmax(all[h + 1], 1).cpu().max(1);
+    task_prob.push_back(p);
+    task_guess.push_back(i);
+    task_true.push_back(ModelStage::has_task(batch, heads[h].name) ? model.task_labels(batch, h).cpu()
+                                                                   : torch::full({batch.size()}, -1, torch::kLong));
+  }
   // True classes as the model's outputs, by name; every class by the model's names.
   torch::Tensor labels = model.labels(batch).cpu();
   auto class_name = [&](const Batch& b, int64_t c) { return model.output_name(c, b); };
@@ -218,6 +230,12 @@ void Predict::process(Item& item, const Emit& emit) {
                << std::setprecision(6) << top_p[i][j].item<float>();
       else
         spool_ << ",,";
+    }
+    for (size_t h = 0; h < heads.size(); ++h) {
+      const int64_t truth = task_true[h][i].item<int64_t>();
+      spool_ << "," << (truth >= 0 ? csv_field(model.task_output_name(h, truth, batch)) : "") << ","
+             << csv_field(model.task_output_name(h, task_guess[h][i].item<int64_t>(), batch)) << "," << std::fixed
+             << std::setprecision(6) << task_prob[h][i].item<float>();
     }
     if (every_ > 0) spool_ << "," << current_epoch_;
     spool_ << "\n";
@@ -293,8 +311,10 @@ void Predict::write_outputs(bool interrupted) {
       }
       write_file_atomically(csv_path_, [&](std::ostream& out) {
         out << "path,true_class,predicted_class,top1_class,top1_prob,top2_class,top2_prob,top3_class,top3_prob,"
-               "top4_class,top4_prob,top5_class,top5_prob"
-            << (every_ > 0 ? ",epoch" : "") << "\n";
+               "top4_class,top4_prob,top5_class,top5_prob";
+        for (const auto& head : find_model(stages_, model_name_).task_heads())  // a multi-task model's other heads
+          out << "," << head.name << "_true," << head.name << "_predicted," << head.name << "_prob";
+        out << (every_ > 0 ? ",epoch" : "") << "\n";
         std::string line;
         for (size_t pass = 0; pass < pass_rows_.size(); ++pass) {
           std::vector<int64_t> counts;

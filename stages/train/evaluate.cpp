@@ -1,6 +1,9 @@
 #include "stages/train/evaluate.h"
 
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
+#include <map>
 
 #include "pipeline/atomic_file.h"
 #include "pipeline/registry.h"
@@ -29,125 +32,191 @@ Evaluate::Evaluate(const StageInit& init)
 
 void Evaluate::begin_epoch(const EpochInfo&) {
   model_ = &find_model(stages_, model_name_);
-  class_names_.clear();  // the model's, at this epoch's first batch (training may have named them)
   compute_.begin_epoch(model_->device().is_cpu());
-  const int64_t classes = model_->classes();
   // Sums on the model's device, read once at the end of the epoch.
   const torch::Device device = model_->device();
-  loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kDouble).device(device));
-  top1_ = torch::zeros({}, torch::TensorOptions(torch::kLong).device(device));
-  top5_ = torch::zeros({}, torch::TensorOptions(torch::kLong).device(device));
-  confusion_ = torch::zeros({classes * classes}, torch::TensorOptions(torch::kLong).device(device));
-  seen_ = 0;
+  const auto& tasks = model_->task_heads();
+  heads_.resize(1 + tasks.size());
+  for (size_t h = 0; h < heads_.size(); ++h) {
+    Head& head = heads_[h];
+    head.task = h ? tasks[h - 1].name : "";
+    head.prefix = h ? prefix_ + "_" + head.task : prefix_;
+    head.classes = h ? tasks[h - 1].classes : model_->classes();
+    head.class_names.clear();  // the model's, at this epoch's first batch (training may have named them)
+    head.loss_sum = torch::zeros({}, torch::TensorOptions(torch::kDouble).device(device));
+    head.top1 = torch::zeros({}, torch::TensorOptions(torch::kLong).device(device));
+    head.top5 = torch::zeros({}, torch::TensorOptions(torch::kLong).device(device));
+    head.confusion = torch::zeros({head.classes * head.classes}, torch::TensorOptions(torch::kLong).device(device));
+    head.seen = 0;
+    head.scored = h == 0;
+  }
+}
+
+void Evaluate::add(Head& head, torch::Tensor logits, torch::Tensor labels, const std::vector<uint8_t>& padding,
+                   const torch::Tensor& host_labels) {
+  // Left out: repeats that only even out a job's shards (they count once, on
+  // the rank that has the original), and samples without the head's label.
+  std::vector<int64_t> real;
+  bool all = true;
+  const int64_t* host = host_labels.defined() ? host_labels.data_ptr<int64_t>() : nullptr;
+  for (int64_t i = 0; i < logits.size(0); ++i) {
+    const bool keep = (padding.empty() || !padding[static_cast<size_t>(i)]) && (!host || host[i] >= 0);
+    if (keep) real.push_back(i);
+    all &= keep;
+  }
+  if (!all) {
+    torch::Tensor keep = torch::tensor(real, torch::kLong).to(logits.device());
+    logits = logits.index_select(0, keep);
+    labels = labels.index_select(0, keep);
+  }
+  if (logits.size(0) == 0) return;
+  const int64_t classes = logits.size(1);
+  head.loss_sum += torch::nn::functional::cross_entropy(
+                       logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                       .to(torch::kDouble);
+  const int64_t k = std::min<int64_t>(5, classes);
+  torch::Tensor topk = std::get<1>(logits.topk(k, 1));
+  torch::Tensor hits = topk.eq(labels.unsqueeze(1));
+  head.top1 += hits.select(1, 0).sum();
+  head.top5 += hits.any(1).sum();
+  torch::Tensor predicted = topk.select(1, 0);
+  head.confusion += torch::bincount(labels * classes + predicted, {}, classes * classes);
+  head.seen += logits.size(0);
 }
 
 void Evaluate::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
   batch.require_one_source("evaluate");
   ComputeThreads::Scope compute(compute_);
-  torch::Tensor logits = model_->infer_logits(batch.images);
+  const bool multitask = heads_.size() > 1;
+  std::vector<torch::Tensor> logits = multitask ? model_->infer_all_logits(batch.images)
+                                                : std::vector<torch::Tensor>{model_->infer_logits(batch.images)};
   torch::Tensor labels = model_->labels(batch);  // the source's classes as the model's outputs, by name
-  if (!batch.padding.empty()) {
-    // Repeats that only even out a job's shards count once, on the rank that has the original.
-    std::vector<int64_t> real;
-    for (size_t i = 0; i < batch.padding.size(); ++i)
-      if (!batch.padding[i]) real.push_back(static_cast<int64_t>(i));
-    torch::Tensor keep = torch::tensor(real, torch::kLong).to(logits.device());
-    logits = logits.index_select(0, keep);
-    labels = labels.index_select(0, keep);
+  // A multi-task model's sample may lack the classes' label: left out of their figures.
+  const torch::Tensor host_classes = multitask ? batch.labels.to(torch::kCPU, torch::kLong).contiguous() : torch::Tensor();
+  add(heads_[0], logits[0], labels, batch.padding, host_classes);
+  for (size_t h = 1; h < heads_.size(); ++h) {
+    Head& head = heads_[h];
+    if (!ModelStage::has_task(batch, head.task)) {
+      if (!warned_unlabelled_ && (!job_ || job_->rank() == 0))
+        spdlog::warn("{}: {} gives no labels for head '{}' of model '{}': its figures are left out", name_,
+                     batch.dataset ? batch.dataset->name : std::string("the flow"), head.task, model_name_);
+      warned_unlabelled_ = true;
+      continue;
+    }
+    head.scored = true;
+    size_t column = 0;
+    while (batch.dataset->tasks[column].name != head.task) ++column;
+    const torch::Tensor host = batch.task_labels.select(1, static_cast<int64_t>(column)).contiguous();
+    add(head, logits[h], model_->task_labels(batch, h - 1), batch.padding, host);
   }
-  const int64_t classes = logits.size(1);
-  loss_sum_ += torch::nn::functional::cross_entropy(
-                   logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                   .to(torch::kDouble);
-  const int64_t k = std::min<int64_t>(5, classes);
-  torch::Tensor topk = std::get<1>(logits.topk(k, 1));
-  torch::Tensor hits = topk.eq(labels.unsqueeze(1));
-  top1_ += hits.select(1, 0).sum();
-  top5_ += hits.any(1).sum();
-  torch::Tensor predicted = topk.select(1, 0);
-  confusion_ += torch::bincount(labels * classes + predicted, {}, classes * classes);
-  seen_ += logits.size(0);
-  if (class_names_.empty()) {
+  for (size_t h = 0; h < heads_.size(); ++h) {
+    Head& head = heads_[h];
+    if (!head.class_names.empty() || !head.scored) continue;
     // The confusion matrix names the model's classes (a source may lack some).
-    class_names_.resize(static_cast<size_t>(classes));
-    for (int64_t c = 0; c < classes; ++c) class_names_[c] = model_->output_name(c, batch);
+    head.class_names.resize(static_cast<size_t>(head.classes));
+    for (int64_t c = 0; c < head.classes; ++c)
+      head.class_names[c] = h ? model_->task_output_name(h - 1, c, batch) : model_->output_name(c, batch);
   }
   emit(item);
 }
 
-Evaluate::Sums Evaluate::global_sums() const {
-  Sums sums{loss_sum_.clone(), top1_.clone(), top5_.clone(), confusion_.clone(),
-            torch::full({}, seen_, torch::TensorOptions(torch::kLong).device(top1_.device()))};
+Evaluate::Sums Evaluate::global_sums(const Head& head) const {
+  Sums sums{head.loss_sum.clone(), head.top1.clone(), head.top5.clone(), head.confusion.clone(),
+            torch::full({}, head.seen, torch::TensorOptions(torch::kLong).device(head.top1.device()))};
   if (job_) job_->allreduce_sum({sums.loss, sums.top1, sums.top5, sums.confusion, sums.seen},
                                 "the evaluation sums of '" + name_ + "'");
   return sums;
 }
 
 void Evaluate::end_epoch(const EpochInfo& epoch) {
-  // Over every rank of a job: each evaluated its shard, the sums are all-reduced.
-  const Sums sums = global_sums();
-  const int64_t seen = sums.seen.item<int64_t>();
-  if (!seen) return;
-  EvaluationResult r;
-  r.samples = seen;
-  r.loss = sums.loss.item<double>() / seen;
-  r.top1 = static_cast<double>(sums.top1.item<int64_t>()) / seen;
-  r.top5 = static_cast<double>(sums.top5.item<int64_t>()) / seen;
-  r.classes = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(sums.confusion.numel()))));
-  torch::Tensor confusion = sums.confusion.cpu().contiguous();
-  r.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
-  for (int64_t c = 0; c < r.classes; ++c) {
-    int64_t total = 0;
-    for (int64_t p = 0; p < r.classes; ++p) total += r.confusion[c * r.classes + p];
-    r.per_class.push_back(total ? static_cast<double>(r.confusion[c * r.classes + c]) / total : 0.0);
+  std::map<std::string, double> figures;
+  std::string line;
+  for (Head& head : heads_) {
+    // Over every rank of a job: each evaluated its shard, the sums are all-reduced.
+    const Sums sums = global_sums(head);
+    const int64_t seen = sums.seen.item<int64_t>();
+    if (!seen) continue;
+    EvaluationResult r;
+    r.samples = seen;
+    r.loss = sums.loss.item<double>() / seen;
+    r.top1 = static_cast<double>(sums.top1.item<int64_t>()) / seen;
+    r.top5 = static_cast<double>(sums.top5.item<int64_t>()) / seen;
+    r.classes = head.classes;
+    torch::Tensor confusion = sums.confusion.cpu().contiguous();
+    r.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
+    for (int64_t c = 0; c < r.classes; ++c) {
+      int64_t total = 0;
+      for (int64_t p = 0; p < r.classes; ++p) total += r.confusion[c * r.classes + p];
+      r.per_class.push_back(total ? static_cast<double>(r.confusion[c * r.classes + c]) / total : 0.0);
+    }
+    head.last = r;
+    figures[head.prefix + "_loss"] = r.loss;
+    figures[head.prefix + "_top1"] = r.top1;
+    figures[head.prefix + "_top5"] = r.top5;
+    char text[256];
+    std::snprintf(text, sizeof text, "%s%s_loss %.4f %s_top1 %.4f %s_top5 %.4f", line.empty() ? "" : " ",
+                  head.prefix.c_str(), r.loss, head.prefix.c_str(), r.top1, head.prefix.c_str(), r.top5);
+    line += text;
   }
-  last_ = r;
-  metrics_->record(epoch, {{prefix_ + "_loss", r.loss}, {prefix_ + "_top1", r.top1}, {prefix_ + "_top5", r.top5}});
+  if (figures.empty()) return;
+  metrics_->record(epoch, figures);
   if (!run_dir_.empty()) write_confusion();
   if (job_ && job_->rank() != 0) return;  // the epoch line once per job
-  std::fprintf(stdout, "epoch %d (%s %d/%d) %s: %s_loss %.4f %s_top1 %.4f %s_top5 %.4f (%lld samples)\n",
-               epoch.epoch + 1, epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(),
-               prefix_.c_str(), r.loss, prefix_.c_str(), r.top1, prefix_.c_str(), r.top5, static_cast<long long>(r.samples));
+  std::fprintf(stdout, "epoch %d (%s %d/%d) %s: %s (%lld samples)\n", epoch.epoch + 1, epoch.phase.c_str(),
+               epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), line.c_str(),
+               static_cast<long long>(heads_.front().last.samples));
   std::fflush(stdout);  // a result: on stdout, as the train stage's epoch line
 }
 
 void Evaluate::write_confusion() const {
+  for (const Head& head : heads_)
+    if (head.last.samples) write_confusion(head);
+}
+
+void Evaluate::write_confusion(const Head& head) const {
+  const EvaluationResult& last = head.last;
   auto name = [&](int64_t c) {
-    return c < static_cast<int64_t>(class_names_.size()) ? class_names_[c] : std::to_string(c);
+    return c < static_cast<int64_t>(head.class_names.size()) ? head.class_names[c] : std::to_string(c);
   };
-  write_file_atomically(run_dir_ + "/" + prefix_ + "_confusion.csv", [&](std::ostream& out) {
+  write_file_atomically(run_dir_ + "/" + head.prefix + "_confusion.csv", [&](std::ostream& out) {
     out << "true\\predicted";
-    for (int64_t c = 0; c < last_.classes; ++c) out << "," << csv_field(name(c));
+    for (int64_t c = 0; c < last.classes; ++c) out << "," << csv_field(name(c));
     out << ",accuracy\n";
-    for (int64_t t = 0; t < last_.classes; ++t) {
+    for (int64_t t = 0; t < last.classes; ++t) {
       out << csv_field(name(t));
-      for (int64_t p = 0; p < last_.classes; ++p) out << "," << last_.confusion[t * last_.classes + p];
-      out << "," << last_.per_class[t] << "\n";
+      for (int64_t p = 0; p < last.classes; ++p) out << "," << last.confusion[t * last.classes + p];
+      out << "," << last.per_class[t] << "\n";
     }
   });
 }
 
 bool Evaluate::save_state(std::string& out) const {
   torch::serialize::OutputArchive archive;
-  // A job's rank 0 keeps every rank's sums so far (the others restart theirs from 0).
-  const Sums sums = loss_sum_.defined() ? global_sums() : Sums{};
-  const int64_t seen = sums.seen.defined() ? sums.seen.item<int64_t>() : 0;
-  archive.write("seen", c10::IValue(seen));
-  if (seen) {
-    archive.write("loss_sum", sums.loss.cpu());
-    archive.write("top1", sums.top1.cpu());
-    archive.write("top5", sums.top5.cpu());
-    archive.write("confusion", sums.confusion.cpu());
+  archive.write("heads", c10::IValue(static_cast<int64_t>(heads_.size())));
+  for (size_t h = 0; h < heads_.size(); ++h) {
+    const Head& head = heads_[h];
+    const std::string k = h ? "task" + std::to_string(h) + "_" : "";  // the classes' keep the keys of before
+    // A job's rank 0 keeps every rank's sums so far (the others restart theirs from 0).
+    const Sums sums = head.loss_sum.defined() ? global_sums(head) : Sums{};
+    const int64_t seen = sums.seen.defined() ? sums.seen.item<int64_t>() : 0;
+    archive.write(k + "seen", c10::IValue(seen));
+    if (seen) {
+      archive.write(k + "loss_sum", sums.loss.cpu());
+      archive.write(k + "top1", sums.top1.cpu());
+      archive.write(k + "top5", sums.top5.cpu());
+      archive.write(k + "confusion", sums.confusion.cpu());
+    }
+    const EvaluationResult& last = head.last;
+    archive.write(k + "last_samples", c10::IValue(last.samples));
+    archive.write(k + "last_loss", c10::IValue(last.loss));
+    archive.write(k + "last_top1", c10::IValue(last.top1));
+    archive.write(k + "last_top5", c10::IValue(last.top5));
+    archive.write(k + "last_classes", c10::IValue(last.classes));
+    archive.write(k + "last_per_class", torch::tensor(last.per_class, torch::kDouble));
+    archive.write(k + "last_confusion", torch::tensor(last.confusion, torch::kLong));
+    write_lines(archive, k + "class_names", head.class_names);
   }
-  archive.write("last_samples", c10::IValue(last_.samples));
-  archive.write("last_loss", c10::IValue(last_.loss));
-  archive.write("last_top1", c10::IValue(last_.top1));
-  archive.write("last_top5", c10::IValue(last_.top5));
-  archive.write("last_classes", c10::IValue(last_.classes));
-  archive.write("last_per_class", torch::tensor(last_.per_class, torch::kDouble));
-  archive.write("last_confusion", torch::tensor(last_.confusion, torch::kLong));
-  write_lines(archive, "class_names", class_names_);
   out = archive_bytes(archive);
   return true;
 }
@@ -155,41 +224,57 @@ bool Evaluate::save_state(std::string& out) const {
 void Evaluate::load_state(const std::string& in) {
   torch::serialize::InputArchive archive;
   load_archive(archive, in, "evaluate '" + name_ + "'");
-  seen_ = read_int(archive, "seen");
-  if (seen_) {
-    archive.read("loss_sum", loss_sum_);
-    archive.read("top1", top1_);
-    archive.read("top5", top5_);
-    archive.read("confusion", confusion_);
-    const torch::Device device = model_ ? model_->device() : torch::Device(torch::kCPU);
-    for (torch::Tensor* t : {&loss_sum_, &top1_, &top5_, &confusion_}) *t = t->to(device);
-    if (job_ && job_->rank() != 0) {  // rank 0 holds the job's sums so far
-      for (torch::Tensor* t : {&loss_sum_, &top1_, &top5_, &confusion_}) t->zero_();
-      seen_ = 0;
+  c10::IValue count;
+  const size_t heads = archive.try_read("heads", count) ? static_cast<size_t>(count.toInt()) : 1;
+  if (heads != heads_.size() && model_)
+    throw std::runtime_error("saved state of evaluate '" + name_ + "' has " + std::to_string(heads) +
+                             " heads, the model " + std::to_string(heads_.size()));
+  heads_.resize(heads);
+  for (size_t h = 0; h < heads; ++h) {
+    Head& head = heads_[h];
+    const std::string k = h ? "task" + std::to_string(h) + "_" : "";
+    head.seen = read_int(archive, k + "seen");
+    if (head.seen) {
+      archive.read(k + "loss_sum", head.loss_sum);
+      archive.read(k + "top1", head.top1);
+      archive.read(k + "top5", head.top5);
+      archive.read(k + "confusion", head.confusion);
+      const torch::Device device = model_ ? model_->device() : torch::Device(torch::kCPU);
+      for (torch::Tensor* t : {&head.loss_sum, &head.top1, &head.top5, &head.confusion}) *t = t->to(device);
+      if (job_ && job_->rank() != 0) {  // rank 0 holds the job's sums so far
+        for (torch::Tensor* t : {&head.loss_sum, &head.top1, &head.top5, &head.confusion}) t->zero_();
+        head.seen = 0;
+      }
     }
+    EvaluationResult& last = head.last;
+    last.samples = read_int(archive, k + "last_samples");
+    last.loss = read_double(archive, k + "last_loss");
+    last.top1 = read_double(archive, k + "last_top1");
+    last.top5 = read_double(archive, k + "last_top5");
+    last.classes = read_int(archive, k + "last_classes");
+    torch::Tensor per_class, confusion;
+    archive.read(k + "last_per_class", per_class);
+    archive.read(k + "last_confusion", confusion);
+    per_class = per_class.to(torch::kDouble).contiguous();
+    confusion = confusion.to(torch::kLong).contiguous();
+    if (confusion.numel() != last.classes * last.classes || per_class.numel() != (last.samples ? last.classes : 0))
+      throw std::runtime_error("saved state of evaluate '" + name_ + "' is inconsistent");
+    last.per_class.assign(per_class.data_ptr<double>(), per_class.data_ptr<double>() + per_class.numel());
+    last.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
+    head.class_names = read_lines(archive, k + "class_names");
   }
-  last_.samples = read_int(archive, "last_samples");
-  last_.loss = read_double(archive, "last_loss");
-  last_.top1 = read_double(archive, "last_top1");
-  last_.top5 = read_double(archive, "last_top5");
-  last_.classes = read_int(archive, "last_classes");
-  torch::Tensor per_class, confusion;
-  archive.read("last_per_class", per_class);
-  archive.read("last_confusion", confusion);
-  per_class = per_class.to(torch::kDouble).contiguous();
-  confusion = confusion.to(torch::kLong).contiguous();
-  if (confusion.numel() != last_.classes * last_.classes || per_class.numel() != (last_.samples ? last_.classes : 0))
-    throw std::runtime_error("saved state of evaluate '" + name_ + "' is inconsistent");
-  last_.per_class.assign(per_class.data_ptr<double>(), per_class.data_ptr<double>() + per_class.numel());
-  last_.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
-  class_names_ = read_lines(archive, "class_names");
 }
 
 void Evaluate::report(Report& report) const {
-  report.set(prefix_ + "_loss", last_.loss);
-  report.set(prefix_ + "_top1", last_.top1);
-  report.set(prefix_ + "_top5", last_.top5);
-  report.set(prefix_ + "_samples", static_cast<double>(last_.samples));
+  for (size_t h = 0; h < heads_.size(); ++h) {
+    const Head& head = heads_[h];
+    if (h && !head.last.samples) continue;  // a head its data never labelled
+    const std::string prefix = h ? head.prefix : prefix_;
+    report.set(prefix + "_loss", head.last.loss);
+    report.set(prefix + "_top1", head.last.top1);
+    report.set(prefix + "_top5", head.last.top5);
+    report.set(prefix + "_samples", static_cast<double>(head.last.samples));
+  }
   compute_.report(report);
 }
 

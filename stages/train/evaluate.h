@@ -1,7 +1,10 @@
 // `evaluate`: the end of a validation flow. Runs the model in eval mode over
 // every sample, counted per sample (never averaged per batch): loss, top-1,
 // top-5, per-class accuracy and the confusion matrix of each epoch. Reports
-// val_loss, val_top1 and val_top5 of the last epoch.
+// val_loss, val_top1 and val_top5 of the last epoch. A multi-task model's
+// extra heads are scored the same way, each on the samples labelled for its
+// task: val_TASK_loss, val_TASK_top1, val_TASK_top5, val_TASK_confusion.csv
+// (a head whose task the flow's data does not label is left out, said once).
 #pragma once
 
 #include <torch/torch.h>
@@ -35,16 +38,32 @@ class Evaluate : public SerialStage {
   // The epoch's running sums and the last epoch's result.
   bool save_state(std::string& out) const override;
   void load_state(const std::string& in) override;
-  // DIR/PREFIX_confusion.csv: rows = true class, columns = predicted, plus per-class accuracy.
+  // DIR/PREFIX_confusion.csv (DIR/PREFIX_TASK_confusion.csv per extra head):
+  // rows = true class, columns = predicted, plus per-class accuracy.
   void write_confusion() const;
-  const EvaluationResult& last() const { return last_; }
+  const EvaluationResult& last() const { return heads_.front().last; }
 
  private:
   struct Sums {
     torch::Tensor loss, top1, top5, confusion, seen;
   };
-  // The epoch's sums so far over every rank of a job (a collective).
-  Sums global_sums() const;
+  // One head's: the classes' (the first), or an extra task's.
+  struct Head {
+    std::string prefix;  // PREFIX, or PREFIX_TASK
+    std::string task;    // "" for the classes
+    int64_t classes = 0;
+    torch::Tensor loss_sum, top1, top5, confusion;
+    int64_t seen = 0;
+    bool scored = false;  // this epoch's data labels its task
+    EvaluationResult last;
+    std::vector<std::string> class_names;
+  };
+  // Head h's epoch sums so far over every rank of a job (a collective).
+  Sums global_sums(const Head& head) const;
+  // Adds a batch's logits [N, classes] and labels [N] (-1 = none) to the head's sums.
+  void add(Head& head, torch::Tensor logits, torch::Tensor labels, const std::vector<uint8_t>& padding,
+           const torch::Tensor& host_labels);
+  void write_confusion(const Head& head) const;
 
   const StageDirectory& stages_;
   std::string name_;
@@ -52,10 +71,8 @@ class Evaluate : public SerialStage {
   ModelStage* model_ = nullptr;  // found at begin_epoch
   std::string prefix_;
   std::string run_dir_;
-  std::vector<std::string> class_names_;
-  torch::Tensor loss_sum_, top1_, top5_, confusion_;
-  int64_t seen_ = 0;
-  EvaluationResult last_;
+  std::vector<Head> heads_{1};
+  bool warned_unlabelled_ = false;
   ComputeThreads compute_;
   Job* job_;  // the job of several processes this rank is in; null alone
   std::shared_ptr<MetricsLog> metrics_;

@@ -52,7 +52,7 @@ std::vector<std::string> Freeze::frozen_blocks(const NetworkImpl& model, int epo
 std::vector<std::string> Freeze::apply(NetworkImpl& model, int epoch_in_phase) const {
   std::vector<std::string> frozen = frozen_blocks(model, epoch_in_phase);
   for (auto& item : model.named_parameters(true)) {
-    bool freeze = std::find(frozen.begin(), frozen.end(), model.block_of(item.key())) != frozen.end();
+    bool freeze = std::find(frozen.begin(), frozen.end(), model.block(item.key())) != frozen.end();
     item.value().set_requires_grad(!freeze);
     if (freeze) item.value().mutable_grad() = torch::Tensor();  // no stale gradient for the optimizer
   }
@@ -64,7 +64,7 @@ void Freeze::set_modes(NetworkImpl& model, int epoch_in_phase) const {
   std::vector<std::string> frozen = frozen_blocks(model, epoch_in_phase);
   for (auto& item : model.named_modules("", false))
     if ((item.value()->as<torch::nn::BatchNorm2d>() || item.value()->as<torch::nn::BatchNorm1d>()) &&
-        (bn_eval_ || std::find(frozen.begin(), frozen.end(), model.block_of(item.key())) != frozen.end()))
+        (bn_eval_ || std::find(frozen.begin(), frozen.end(), model.block(item.key())) != frozen.end()))
       item.value()->eval();
 }
 

@@ -32,6 +32,11 @@ Schema Train::schema() {
                                             "a target: `flow source + target -> ...` (none: the source alone)",
                               "adaptation"))
       .param(Float("label_smoothing", "cross-entropy label smoothing").def(0.0).range(0, 1))
+      .param(FloatList("task_weights", "a multi-task model's fixed loss weights: its classes', then each extra head's "
+                                       "(the model's tasks order); [] = all 1").def(std::vector<double>{}))
+      .param(String("task_weighting", "fixed (task_weights) or uncertainty: learned log-variances s_t, loss "
+                                      "sum exp(-s_t) L_t + s_t/2 (Kendall, Gal & Cipolla, CVPR 2018)")
+                 .def(std::string("fixed")).one_of({"fixed", "uncertainty"}))
       .param(String("precompute", "train the head from backbone features computed once per sample, when the phase "
                                   "keeps the backbone frozen and nothing before is random (auto: then; on: or fail; off)")
                  .def(std::string("auto")).one_of({"auto", "on", "off"}))
@@ -62,6 +67,8 @@ Train::Train(const StageInit& init)
       loss_name_(init.params.get_string("loss")),
       adaptation_name_(init.params.get_string("adaptation")),
       label_smoothing_(init.params.get_float("label_smoothing")),
+      task_weights_(init.params.get_float_list("task_weights")),
+      uncertainty_weighting_(init.params.get_string("task_weighting") == "uncertainty"),
       compute_(init),
       cache_(init.params.get_int("precompute_limit_mb") << 20),
       job_(Job::of(init.run.job)),
@@ -93,6 +100,22 @@ void Train::begin_epoch(const EpochInfo& epoch) {
     throw std::runtime_error("label_smoothing belongs to the built-in cross-entropy; loss stage '" + loss_name_ +
                              "' has its own parameters");
   compute_.begin_epoch(model_->device().is_cpu());
+  const size_t heads = model_->task_heads().size();
+  if (heads && !weighting_) {
+    weighting_ = std::make_unique<TaskWeighting>(heads + 1, task_weights_, uncertainty_weighting_, name_);
+    weighting_->to(model_->device());
+    if (saved_log_var_.defined()) weighting_->load(saved_log_var_);
+    saved_log_var_ = torch::Tensor();
+  } else if (!heads && (!task_weights_.empty() || uncertainty_weighting_)) {
+    throw std::runtime_error("task_weights and task_weighting=uncertainty weigh a multi-task model's heads, and model '" +
+                             model_name_ + "' has one (give it tasks=[...] task_classes=[...])");
+  }
+  task_loss_sum_.clear(), task_correct_.clear(), task_seen_.clear();
+  for (size_t t = 0; t < heads; ++t) {
+    task_loss_sum_.push_back(torch::zeros({}, torch::TensorOptions(torch::kDouble).device(model_->device())));
+    task_correct_.push_back(torch::zeros({}, torch::TensorOptions(torch::kLong).device(model_->device())));
+    task_seen_.push_back(0);
+  }
   // The running sums live on the model's device: no host synchronisation per step.
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kDouble).device(model_->device()));
   correct_ = torch::zeros({}, torch::TensorOptions(torch::kLong).device(model_->device()));
@@ -123,15 +146,26 @@ void Train::prepare(int64_t batches_in_epoch) {
   if (!optimization_.optimizer || frozen != frozen_) {
     std::vector<torch::Tensor> extra;
     if (adaptation_) {
-      adaptation_module_ = adaptation_->prepare(head_input_size(), model_->device());
+      int64_t width = 0;
+      try {
+        width = model_->feature_size();
+      } catch (const std::exception& e) {
+        throw std::runtime_error("adaptation '" + adaptation_name_ + "' needs the features the model's head takes: " +
+                                 e.what());
+      }
+      adaptation_module_ = adaptation_->prepare(width, model_->device());
       if (adaptation_module_) extra = adaptation_module_->parameters();
     }
+    const std::shared_ptr<torch::nn::Module> weighting = weighting_ ? weighting_->module() : nullptr;
+    if (weighting)
+      for (const auto& p : weighting->parameters()) extra.push_back(p);
     optimization_ = optimizer_stage_->build(*net, extra);
-    if (job_) {  // over what trains now: the model, and the adaptation's module beside it
-      if (adaptation_module_) {
+    if (job_) {  // over what trains now: the model, and the adaptation's and weighting's modules beside it
+      if (adaptation_module_ || weighting) {
         synced_ = std::make_shared<torch::nn::Module>();
         synced_->register_module("model", net.ptr());
-        synced_->register_module("adaptation", adaptation_module_);
+        if (adaptation_module_) synced_->register_module("adaptation", adaptation_module_);
+        if (weighting) synced_->register_module("task_weighting", weighting);
         sync_ = std::make_unique<GradientSync>(*job_, *synced_);
       } else {
         sync_ = std::make_unique<GradientSync>(*job_, *net);
@@ -226,14 +260,6 @@ torch::Tensor Train::head_on_cached_features(const Batch& batch, const torch::Te
   return net->head(features);
 }
 
-int64_t Train::head_input_size() const {
-  Network& net = model_->net();
-  for (const auto& item : net->named_parameters(true))
-    if (net->is_head(item.key()) && item.value().dim() == 2) return item.value().size(1);
-  throw std::runtime_error("adaptation '" + adaptation_name_ + "' needs the features model '" + model_name_ +
-                           "' gives its head, and its head has no Linear layer to tell their width");
-}
-
 bool Train::batchnorm_trains() const {
   for (const auto& module : model_->net()->modules(/*include_self=*/false))
     if (module->is_training() && (module->as<torch::nn::BatchNorm1d>() || module->as<torch::nn::BatchNorm2d>() ||
@@ -303,7 +329,9 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   const torch::Tensor images = model_->input(batch.images);
   // Unlabelled samples (-1: an image list without classes) cannot train; the
   // batch's labels are still on the host: no device synchronisation.
-  if (batch.labels.defined() && batch.labels.device().is_cpu()) {
+  // A multi-task model's sample may lack the classes' label: that head skips it.
+  const bool multitask = !model_->task_heads().empty();
+  if (!multitask && batch.labels.defined() && batch.labels.device().is_cpu()) {
     const torch::Tensor own = batch.labels.narrow(0, 0, sources);
     if (own.numel() && own.min().item<int64_t>() < 0) {
       const int64_t i = (own < 0).nonzero()[0][0].item<int64_t>();
@@ -328,31 +356,55 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   if (sync_) sync_->before_forward();
   AutocastScope autocast(model_->bf16());
   torch::Tensor logits, features;
-  // A loss that reads the student's features (RKD) gets the ones its head saw.
+  // A loss that reads the student's features (RKD) gets the ones its head
+  // saw; a multi-task model's extra heads take the same features.
   const bool loss_features = loss_ && loss_->wants_features();
+  const bool need_features = loss_features || multitask;
   if (adaptation_) {
     // Both domains in one forward pass (their BatchNorm statistics mixed, as
     // DANN's and CORAL's reference code does); the head sees the source's.
     features = net->features(images);
     logits = net->head(features.narrow(0, 0, sources));
   } else if (precompute_.use) {
-    logits = head_on_cached_features(batch, images, loss_features ? &features : nullptr);
-  } else if (loss_features) {
+    logits = head_on_cached_features(batch, images, need_features ? &features : nullptr);
+  } else if (need_features) {
     features = net->features(images);
     logits = net->head(features);
   } else {
     logits = net->forward(images);
   }
+  const torch::Tensor source_features =
+      features.defined() && features.size(0) > sources ? features.narrow(0, 0, sources) : features;
+  std::vector<int64_t> indices(batch.indices.begin(), batch.indices.begin() + std::min<int64_t>(sources, batch.indices.size()));
+  torch::Tensor source_images = sources < images.size(0) ? images.narrow(0, 0, sources) : images;  // the labelled samples'
+  // A multi-task model's samples without the classes' label: the head leaves them out.
+  torch::Tensor head_features = source_features;
+  if (multitask) {
+    const torch::Tensor own = batch.labels.narrow(0, 0, sources).to(torch::kCPU);
+    if (own.numel() && own.min().item<int64_t>() < 0) {
+      const torch::Tensor rows_host = (own >= 0).nonzero().squeeze(1);
+      std::vector<int64_t> kept;
+      for (int64_t i = 0; i < rows_host.numel(); ++i) kept.push_back(indices[rows_host[i].item<int64_t>()]);
+      indices = std::move(kept);
+      const torch::Tensor rows = rows_host.to(logits.device());
+      logits = logits.index_select(0, rows);
+      labels = labels.index_select(0, rows);
+      source_images = source_images.index_select(0, rows);
+      if (head_features.defined()) head_features = head_features.index_select(0, rows);
+    }
+  }
+  const int64_t labelled = logits.size(0);  // the classes' labelled samples
   const double progress = total_steps_ ? std::min(1.0, static_cast<double>(step_) / static_cast<double>(total_steps_)) : 0;
   torch::Tensor loss;
-  if (loss_) {
+  if (labelled == 0) {
+    // Only a multi-task model's batch gets here: no sample has the classes' label.
+  } else if (loss_) {
     LossContext context;
     context.logits = logits;
     context.labels = labels;
-    context.images = sources < images.size(0) ? images.narrow(0, 0, sources) : images;  // the labelled samples'
-    std::vector<int64_t> indices(batch.indices.begin(), batch.indices.begin() + std::min<int64_t>(sources, batch.indices.size()));
+    context.images = source_images;
     context.indices = &indices;
-    if (loss_features) context.features = features.size(0) > sources ? features.narrow(0, 0, sources) : features;
+    if (loss_features) context.features = head_features;
     context.model = model_;
     context.progress = progress;
     loss = loss_->batch_loss(context);
@@ -360,9 +412,15 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
     loss = torch::nn::functional::cross_entropy(
         logits, labels, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(label_smoothing_));
   }
-  if (loss_ && loss.dim() != 0)
+  if (loss_ && loss.defined() && loss.dim() != 0)
     throw std::runtime_error("loss stage '" + loss_name_ + "' returned a tensor of " + std::to_string(loss.dim()) +
                              " dimensions, not the batch's mean loss (a scalar)");
+  const torch::Tensor classes_loss = loss;  // what train_loss reports for a multi-task model
+  if (multitask) {
+    std::vector<torch::Tensor> losses{loss};
+    add_task_losses(batch, source_features, losses);
+    loss = weighting_->combine(losses);
+  }
   if (adaptation_) {
     torch::Tensor transfer =
         adaptation_->loss(features.narrow(0, 0, sources), features.narrow(0, sources, targets), progress);
@@ -408,19 +466,81 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   ++step_;
   ++steps_done_;
   // Metrics stay tensors: no host synchronisation inside a step.
-  const int64_t n = sources;
-  loss_sum_ += loss.detach().to(torch::kDouble) * n;
-  correct_ += (logits.argmax(1) == labels).sum();
+  const int64_t n = labelled;
+  if (n > 0) {
+    loss_sum_ += (multitask ? classes_loss : loss).detach().to(torch::kDouble) * n;
+    correct_ += (logits.argmax(1) == labels).sum();
+  }
   seen_ += n;
   progress_.update(n, [&] {
     check_finite();
-    return loss_sum_.item<double>() / seen_;
+    return seen_ ? loss_sum_.item<double>() / seen_ : 0.0;
   });
   last_step_ns_ = now_ns();
   if (finder_ && finder_->finished()) finish_range_test();
   // Every rank of a job stops after the same step.
   if (job_ && job_->finish_stop_vote()) request_stop();
   emit(item);
+}
+
+void Train::add_task_losses(const Batch& batch, const torch::Tensor& features, std::vector<torch::Tensor>& losses) {
+  const int64_t n = features.size(0);
+  Batch labelled = batch;  // the source's samples (a joined target has no labels for the tasks)
+  if (labelled.task_labels.defined() && labelled.task_labels.size(0) > n) labelled.task_labels = batch.task_labels.narrow(0, 0, n);
+  const auto& heads = model_->task_heads();
+  for (size_t h = 0; h < heads.size(); ++h) {
+    const torch::Tensor labels = model_->task_labels(labelled, h, /*training=*/true);  // [n], -1 = none
+    // Counted on the host, from the batch's labels (-1 stays -1 when mapped): no device synchronisation.
+    size_t column = 0;
+    while (labelled.dataset->tasks[column].name != heads[h].name) ++column;
+    const int64_t count =
+        (labelled.task_labels.select(1, static_cast<int64_t>(column)) >= 0).sum().item<int64_t>();
+    if (count == 0) {
+      losses.emplace_back();  // no sample of the batch has this task's label
+      continue;
+    }
+    const torch::Tensor logits = model_->task_logits(h, features);
+    const torch::Tensor mask = labels >= 0;
+    // Each labelled sample's cross-entropy (the classes' label smoothing), the mean over them.
+    const torch::Tensor each = torch::nn::functional::cross_entropy(
+        logits, labels.clamp_min(0),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone).label_smoothing(label_smoothing_));
+    const torch::Tensor loss = (each * mask.to(each.scalar_type())).sum() / static_cast<double>(count);
+    losses.push_back(loss);
+    task_loss_sum_[h] += loss.detach().to(torch::kDouble) * count;
+    task_correct_[h] += ((logits.argmax(1) == labels) & mask).sum();
+    task_seen_[h] += count;
+  }
+}
+
+std::vector<std::tuple<double, int64_t, int64_t>> Train::task_global_sums() const {
+  std::vector<std::tuple<double, int64_t, int64_t>> out;
+  for (size_t h = 0; h < task_loss_sum_.size(); ++h) {
+    torch::Tensor loss = task_loss_sum_[h].clone(), correct = task_correct_[h].clone();
+    torch::Tensor seen = torch::full({}, task_seen_[h], torch::TensorOptions(torch::kLong).device(correct.device()));
+    if (job_) job_->allreduce_sum({loss, correct, seen}, "the task figures of '" + name_ + "'");
+    out.emplace_back(loss.item<double>(), correct.item<int64_t>(), seen.item<int64_t>());
+  }
+  return out;
+}
+
+std::map<std::string, double> Train::task_figures() const {
+  std::map<std::string, double> figures;
+  if (!weighting_) return figures;
+  const auto& heads = model_->task_heads();
+  const auto sums = task_global_sums();
+  for (size_t h = 0; h < sums.size(); ++h) {
+    const auto [loss, correct, seen] = sums[h];
+    if (!seen) continue;
+    figures[name_ + "_" + heads[h].name + "_loss"] = loss / seen;
+    figures[name_ + "_" + heads[h].name + "_top1"] = static_cast<double>(correct) / seen;
+  }
+  if (weighting_->learned()) {
+    const std::vector<double> s = weighting_->log_variances();
+    figures[name_ + "_log_var"] = s[0];
+    for (size_t h = 0; h < heads.size(); ++h) figures[name_ + "_" + heads[h].name + "_log_var"] = s[h + 1];
+  }
+  return figures;
 }
 
 void Train::finish_range_test() {
@@ -491,6 +611,10 @@ void Train::end_epoch(const EpochInfo& epoch) {
     adaptation_figures_ = adaptation_->epoch_figures();
     add(adaptation_figures_);
   }
+  if (weighting_) {
+    task_figures_ = task_figures();
+    add(task_figures_);
+  }
   metrics_->record(epoch, figures);
   if (job_ && job_->rank() != 0) return;  // the epoch line once per job
   // Results on stdout (`flowrun G > log` keeps them), diagnostics on stderr.
@@ -532,6 +656,21 @@ bool Train::save_state(std::string& out) const {
     optimizer = archive_bytes(moments);
   }
   archive.write("optimizer", bytes_tensor(optimizer));
+  if (weighting_) {
+    // A multi-task model's per-task sums so far (a job's, on rank 0) and learned log-variances.
+    const auto sums = task_global_sums();
+    archive.write("tasks", c10::IValue(static_cast<int64_t>(sums.size())));
+    for (size_t h = 0; h < sums.size(); ++h) {
+      const auto [loss, correct, seen] = sums[h];
+      const std::string key = "task" + std::to_string(h);
+      archive.write(key + "_loss_sum", torch::full({}, loss, torch::kDouble));
+      archive.write(key + "_correct", torch::full({}, correct, torch::kLong));
+      archive.write(key + "_seen", c10::IValue(seen));
+    }
+    if (weighting_->learned()) archive.write("task_log_var", weighting_->state());
+  } else if (saved_log_var_.defined()) {
+    archive.write("task_log_var", saved_log_var_);
+  }
   out = archive_bytes(archive);
   return true;
 }
@@ -565,6 +704,25 @@ void Train::load_state(const std::string& in) {
   saved_optimizer_ = tensor_bytes(bytes);
   optimization_ = Optimization();  // rebuilt, with these moments, at the next batch
   prepared_ = false;
+  torch::Tensor log_var;
+  if (archive.try_read("task_log_var", log_var)) {
+    if (weighting_) weighting_->load(log_var);
+    else saved_log_var_ = log_var;  // set when the weighting is made, at the epoch's start
+  }
+  c10::IValue tasks;
+  if (archive.try_read("tasks", tasks) && tasks.toInt() == static_cast<int64_t>(task_loss_sum_.size())) {
+    // Mid-epoch (the epoch has begun): its sums so far; rank 0 holds a job's.
+    const bool keep = !job_ || job_->rank() == 0;
+    for (size_t h = 0; h < task_loss_sum_.size(); ++h) {
+      const std::string key = "task" + std::to_string(h);
+      torch::Tensor sum, correct;
+      archive.read(key + "_loss_sum", sum);
+      archive.read(key + "_correct", correct);
+      task_loss_sum_[h] = (keep ? sum : torch::zeros_like(sum)).to(task_loss_sum_[h].device());
+      task_correct_[h] = (keep ? correct : torch::zeros_like(correct)).to(task_correct_[h].device());
+      task_seen_[h] = keep ? read_int(archive, key + "_seen") : 0;
+    }
+  }
 }
 
 void Train::report(Report& report) const {
@@ -575,6 +733,7 @@ void Train::report(Report& report) const {
   report.set("precompute_batches", static_cast<double>(precompute_batches_));  // trained from cached features
   for (const auto& [key, value] : adaptation_figures_) report.set(key, value);
   for (const auto& [key, value] : loss_figures_) report.set(key, value);
+  for (const auto& [key, value] : task_figures_) report.set(key, value);
   if (suggestion_) {
     report.set("lr_find_valley", suggestion_->valley);
     report.set("lr_find_steep", suggestion_->steep);

@@ -11,6 +11,13 @@
 // stage (`adaptation=coral`, `dann`: stages/adapt/) both domains go through
 // the model in one forward pass and the adaptation's loss on their pooled
 // features is added; without one, the target's samples are left out.
+//
+// A multi-task model (the model's tasks=[...]: extra heads on one backbone)
+// trains every head in the same step: each head's cross-entropy on the
+// samples labelled for its task (a sample without a task's label is skipped
+// by that head), combined by fixed task_weights or learned uncertainty
+// weighting (task_weighting.h). Reports train_TASK_loss and train_TASK_top1
+// per extra task beside train_loss and train_top1 (the classes').
 #pragma once
 
 #include <torch/torch.h>
@@ -26,6 +33,7 @@
 #include "stages/train/lr_finder.h"
 #include "stages/train/precompute.h"
 #include "stages/train/progress.h"
+#include "stages/train/task_weighting.h"
 
 namespace flowrun::stages {
 
@@ -70,9 +78,15 @@ class Train : public SerialStage {
   torch::Tensor head_on_cached_features(const Batch& batch, const torch::Tensor& images, torch::Tensor* features = nullptr);
   // A loss stage is told about the phase (LossStage::begin_phase), once per phase.
   void tell_loss_phase();
-  // The width of the features the model's head takes (its Linear's
-  // in_features), for an adaptation stage's own layers.
-  int64_t head_input_size() const;
+  // A multi-task model's extra heads: their labels, losses and running sums.
+  // Adds each head's mean cross-entropy over the samples labelled for its
+  // task to `losses` (undefined: none in this batch), and to the epoch's sums.
+  // `batch` and `features` [N, D] are the labelled source's samples.
+  void add_task_losses(const Batch& batch, const torch::Tensor& features, std::vector<torch::Tensor>& losses);
+  // Per extra head, the epoch's loss sum, correct count, labelled samples, over every rank of a job.
+  std::vector<std::tuple<double, int64_t, int64_t>> task_global_sums() const;
+  // The epoch's per-task figures (train_TASK_loss, _top1; _log_var when learned).
+  std::map<std::string, double> task_figures() const;
 
   const StageDirectory& stages_;
   std::string name_;
@@ -93,6 +107,14 @@ class Train : public SerialStage {
   // The adaptation's module (a domain classifier), and a module holding it
   // beside the model for a job's gradient averaging; null when none.
   std::shared_ptr<torch::nn::Module> adaptation_module_, synced_;
+  std::vector<double> task_weights_;
+  bool uncertainty_weighting_;
+  std::unique_ptr<TaskWeighting> weighting_;  // a multi-task model's; null for one head
+  torch::Tensor saved_log_var_;              // restored, set once the weighting is made
+  // Per extra head, this epoch's loss sum, correct count and labelled samples (on the device).
+  std::vector<torch::Tensor> task_loss_sum_, task_correct_;
+  std::vector<int64_t> task_seen_;
+  std::map<std::string, double> task_figures_;  // the last epoch's
   Optimization optimization_;
   std::string saved_optimizer_;  // restored state, loaded once the optimizer is built
   int64_t step_ = 0, total_steps_ = 0;

@@ -1,0 +1,61 @@
+#include "stages/train/task_weighting.h"
+
+#include <stdexcept>
+
+namespace flowrun::stages {
+
+TaskWeighting::TaskWeighting(size_t tasks, std::vector<double> weights, bool uncertainty, const std::string& stage)
+    : weights_(std::move(weights)), stage_(stage) {
+  if (uncertainty && !weights_.empty())
+    throw std::runtime_error("train '" + stage + "': task_weights=[...] are fixed weights; task_weighting=uncertainty "
+                             "learns them (give one or the other)");
+  if (!weights_.empty() && weights_.size() != tasks)
+    throw std::runtime_error("train '" + stage + "': task_weights=[...] has " + std::to_string(weights_.size()) +
+                             " weights but the model has " + std::to_string(tasks) +
+                             " tasks (its classes, then each of its tasks=[...])");
+  if (weights_.empty()) weights_.assign(tasks, 1.0);
+  if (uncertainty) {
+    module_ = std::make_shared<torch::nn::Module>();
+    log_var_ = module_->register_parameter("log_var", torch::zeros({static_cast<int64_t>(tasks)}));
+  }
+}
+
+torch::Tensor TaskWeighting::combine(const std::vector<torch::Tensor>& losses) const {
+  torch::Tensor total;
+  for (size_t t = 0; t < losses.size(); ++t) {
+    if (!losses[t].defined()) continue;  // no labelled sample of this task in the batch
+    torch::Tensor term;
+    if (module_) {
+      const torch::Tensor s = log_var_[static_cast<int64_t>(t)];
+      term = torch::exp(-s) * losses[t].to(torch::kFloat) + s / 2;
+    } else {
+      term = losses[t] * weights_[t];
+    }
+    total = total.defined() ? total + term.to(total.scalar_type()) : term;
+  }
+  if (!total.defined()) throw std::runtime_error("train '" + stage_ + "': the batch has no label for any task");
+  return total;
+}
+
+std::vector<double> TaskWeighting::log_variances() const {
+  if (!module_) return std::vector<double>(weights_.size(), 0.0);
+  torch::Tensor s = log_var_.detach().to(torch::kCPU, torch::kDouble).contiguous();
+  return std::vector<double>(s.data_ptr<double>(), s.data_ptr<double>() + s.numel());
+}
+
+torch::Tensor TaskWeighting::state() const { return module_ ? log_var_.detach().cpu().clone() : torch::Tensor(); }
+
+void TaskWeighting::load(const torch::Tensor& saved) {
+  if (!module_) return;
+  if (!saved.defined() || saved.sizes() != log_var_.sizes())
+    throw std::runtime_error("saved state of train '" + stage_ + "': its task log-variances do not fit the model's " +
+                             std::to_string(log_var_.numel()) + " tasks");
+  torch::NoGradGuard no_grad;
+  log_var_.copy_(saved);
+}
+
+void TaskWeighting::to(const torch::Device& device) {
+  if (module_) module_->to(device);
+}
+
+}  // namespace flowrun::stages
