@@ -221,15 +221,8 @@ phase main epochs=2 { }
 )";
 }
 
-test::CommandResult run_in(const std::string& dir, const std::string& graph, const std::string& name,
-                           std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {graph, "--threads", "2", "--run-dir", dir + "/" + name,
-                                   "--set", "save.path=" + dir + "/" + name + ".safetensors"};
-  args.insert(args.end(), extra.begin(), extra.end());
-  return test::run_flowrun(args, dir);
-}
-
-nlohmann::json summary_of(const std::string& run_dir) { return nlohmann::json::parse(test::slurp(run_dir + "/summary.json")); }
+using test::run_in;
+using test::summary_of;
 
 }  // namespace
 

@@ -223,16 +223,16 @@ void write_teacher(const std::string& dir) {
   std::ofstream(dir + "/teacher.safetensors", std::ios::binary) << bytes;
 }
 
+// The teacher's weights after the run go to DIR/NAME_teacher.safetensors.
 test::CommandResult run_in(const std::string& dir, const std::string& graph, const std::string& name,
                            std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {graph, "--threads", "2", "--log-level", "info", "--run-dir", dir + "/" + name, "--set",
-                                   "save.path=" + dir + "/" + name + ".safetensors", "--set",
+  std::vector<std::string> args = {"--log-level", "info", "--set",
                                    "save_teacher.path=" + dir + "/" + name + "_teacher.safetensors"};
   args.insert(args.end(), extra.begin(), extra.end());
-  return test::run_flowrun(args, dir);
+  return test::run_in(dir, graph, name, args);
 }
 
-nlohmann::json summary_of(const std::string& run_dir) { return nlohmann::json::parse(test::slurp(run_dir + "/summary.json")); }
+using test::summary_of;
 
 }  // namespace
 

@@ -46,6 +46,16 @@ CommandResult run_flowrun(const std::vector<std::string>& args, const std::strin
   return run_flowrun_signalled(args, nullptr, 0, cwd);
 }
 
+CommandResult run_in(const std::string& dir, const std::string& graph, const std::string& name,
+                     const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {graph, "--threads", "2", "--run-dir", dir + "/" + name,
+                                   "--set", "save.path=" + dir + "/" + name + ".safetensors"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return run_flowrun(args, dir);
+}
+
+nlohmann::json summary_of(const std::string& run_dir) { return nlohmann::json::parse(slurp(run_dir + "/summary.json")); }
+
 CommandResult run_flowrun_signalled(const std::vector<std::string>& args, const std::function<bool()>& ready,
                                     int signal, const std::string& cwd) {
   std::string dir = temp_dir();

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "pipeline/graph.h"
 
 namespace flowrun::test {
@@ -39,6 +41,13 @@ struct CommandResult {
 };
 // Runs the flowrun binary with `args`, capturing stdout and stderr.
 CommandResult run_flowrun(const std::vector<std::string>& args, const std::string& cwd = "");
+// Runs `graph` with cwd `dir`, 2 threads, run directory DIR/NAME and
+// save.path=DIR/NAME.safetensors (the graph's save_weights stage is named
+// `save`), then `extra` arguments.
+CommandResult run_in(const std::string& dir, const std::string& graph, const std::string& name,
+                     const std::vector<std::string>& extra = {});
+// A run directory's summary.json, parsed (throws when it is missing or bad).
+nlohmann::json summary_of(const std::string& run_dir);
 // The same, sending `signal` to it as soon as `ready()` holds (polled every 10 ms).
 CommandResult run_flowrun_signalled(const std::vector<std::string>& args, const std::function<bool()>& ready,
                                     int signal, const std::string& cwd = "");

@@ -1,0 +1,438 @@
+// Multi-task learning: extra heads on one backbone, each with its own labels
+// (an image list's extra column, or a class_groups op), per-task losses
+// weighed by fixed weights or Kendall et al.'s uncertainty, per-task
+// figures, and the heads saved, loaded, frozen and resumed as the head is.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "data_support.h"
+#include "stages/data/dataset_source.h"
+#include "stages/data/sampler.h"
+#include "stages/model/model.h"
+#include "stages/train/freeze.h"
+#include "stages/train/optimizer.h"
+#include "stages/train/task_weighting.h"
+#include "test_support.h"
+
+using namespace flowrun;
+using flowrun::stages::SampleSet;
+using flowrun::stages::TaskWeighting;
+
+namespace {
+
+std::string write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+  return path;
+}
+
+std::vector<std::string> keys_of(const stages::StateDict& dict) {
+  std::vector<std::string> keys;
+  for (const auto& [key, tensor] : dict) keys.push_back(key);
+  return keys;
+}
+
+}  // namespace
+
+// Kendall, Gal & Cipolla 2018 (classification form): sum exp(-s_t) L_t + s_t / 2,
+// and its gradient in s_t, -exp(-s_t) L_t + 1/2.
+TEST(TaskWeighting, UncertaintyIsKendallsFormulaAndItsGradient) {
+  TaskWeighting weighting(2, {}, /*uncertainty=*/true, "train");
+  weighting.load(torch::tensor({0.3f, -0.7f}));
+  const torch::Tensor l0 = torch::tensor(1.25f), l1 = torch::tensor(0.4f);
+  torch::Tensor total = weighting.combine({l0, l1});
+  const double s0 = static_cast<float>(0.3), s1 = static_cast<float>(-0.7);
+  EXPECT_NEAR(total.item<double>(), std::exp(-s0) * 1.25 + s0 / 2 + std::exp(-s1) * 0.4 + s1 / 2, 1e-6);
+  total.backward();
+  const torch::Tensor grad = weighting.module()->parameters()[0].grad();
+  EXPECT_NEAR(grad[0].item<double>(), -std::exp(-s0) * 1.25 + 0.5, 1e-6);
+  EXPECT_NEAR(grad[1].item<double>(), -std::exp(-s1) * 0.4 + 0.5, 1e-6);
+  // A task with no labelled sample in the batch takes no part (its s_t neither).
+  EXPECT_NEAR(weighting.combine({l0, torch::Tensor()}).item<double>(), std::exp(-s0) * 1.25 + s0 / 2, 1e-6);
+  EXPECT_EQ(weighting.log_variances().size(), 2u);
+  EXPECT_NEAR(weighting.log_variances()[1], s1, 1e-7);
+  // Untrained, every weight is 1: s = 0, the plain sum.
+  TaskWeighting fresh(2, {}, true, "train");
+  EXPECT_NEAR(fresh.combine({l0, l1}).item<double>(), 1.25 + 0.4, 1e-6);
+}
+
+TEST(TaskWeighting, FixedWeightsWeighEachLossAndBadCountsAreErrors) {
+  TaskWeighting fixed(3, {1.0, 0.5, 2.0}, false, "train");
+  EXPECT_FALSE(fixed.learned());
+  EXPECT_EQ(fixed.module(), nullptr);
+  EXPECT_NEAR(fixed.combine({torch::tensor(1.0f), torch::tensor(0.8f), torch::tensor(0.25f)}).item<double>(),
+              1.0 + 0.4 + 0.5, 1e-6);
+  EXPECT_THROW(fixed.combine({torch::Tensor(), torch::Tensor(), torch::Tensor()}), std::runtime_error);
+  try {
+    TaskWeighting(2, {1.0, 1.0, 1.0}, false, "train");
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("task_weights=[...] has 3 weights but the model has 2 tasks"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(TaskWeighting(2, {1.0, 1.0}, true, "train"), std::runtime_error);
+}
+
+// class_groups: each sample's class mapped to its group, numbered in the
+// file's order; a class the file lacks takes the default ("-": no label)
+// or is an error naming the file; relabel=true makes the groups the classes.
+TEST(ClassGroups, LabelsEachSampleWithItsClasssGroup) {
+  const std::string dir = test::temp_dir();
+  const std::string file = write_text(dir + "/groups.tsv", "# class to group\nc0\tb\nc1\ta\n\nc2\tb\r\n");
+  std::vector<int64_t> labels = {0, 1, 2, 3, 1, 0};
+  const std::vector<std::string> names = {"c0", "c1", "c2", "c3"};
+  {
+    test::StageBench bench("source = count\nsampler = class_groups file=\"" + file + "\" task=coarse default=\"-\"\n");
+    SampleSet set = stages::sample_epoch(bench, "sampler", labels, names, 0);
+    ASSERT_EQ(set.tasks.size(), 1u);
+    EXPECT_EQ(set.tasks[0].name, "coarse");
+    EXPECT_EQ(set.tasks[0].class_names, (std::vector<std::string>{"b", "a"}));
+    EXPECT_EQ(set.tasks[0].labels, (std::vector<int64_t>{0, 1, 0, -1, 1, 0}));
+    EXPECT_EQ(set.labels, labels) << "the classes stay";
+    EXPECT_EQ(set.indices.size(), 6u);
+  }
+  {
+    test::StageBench bench("source = count\nsampler = class_groups file=\"" + file + "\" default=other\n");
+    SampleSet set = stages::sample_epoch(bench, "sampler", labels, names, 0);
+    EXPECT_EQ(set.tasks[0].name, "group");
+    EXPECT_EQ(set.tasks[0].class_names, (std::vector<std::string>{"b", "a", "other"}));
+    EXPECT_EQ(set.tasks[0].labels, (std::vector<int64_t>{0, 1, 0, 2, 1, 0}));
+  }
+  {
+    // The groups as the classes; a class without one leaves the epoch.
+    test::StageBench bench("source = count\nsampler = class_groups file=\"" + file + "\" relabel=true default=\"-\"\n");
+    SampleSet set = stages::sample_epoch(bench, "sampler", labels, names, 0);
+    EXPECT_TRUE(set.tasks.empty());
+    EXPECT_EQ(set.class_names, (std::vector<std::string>{"b", "a"}));
+    EXPECT_EQ(set.indices, (std::vector<int64_t>{0, 1, 2, 4, 5}));
+    EXPECT_EQ(set.labels, (std::vector<int64_t>{0, 1, 0, -1, 1, 0}));
+  }
+  {
+    test::StageBench bench("source = count\nsampler = class_groups file=\"" + file + "\"\n");
+    try {
+      stages::sample_epoch(bench, "sampler", labels, names, 0);
+      FAIL();
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(file + " maps no group to class 'c3'"), std::string::npos) << e.what();
+    }
+  }
+  // A malformed line, and a class mapped twice: errors naming the file and line.
+  const std::string bad = write_text(dir + "/bad.tsv", "c0\tb\nc1 a\n");
+  try {
+    test::StageBench bench("source = count\nsampler = class_groups file=\"" + bad + "\"\n");
+    FAIL();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(bad + ":2: not CLASS<TAB>GROUP"), std::string::npos) << e.what();
+  }
+  const std::string twice = write_text(dir + "/twice.tsv", "c0\tb\nc0\ta\n");
+  try {
+    test::StageBench bench("source = count\nsampler = class_groups file=\"" + twice + "\"\n");
+    FAIL();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(twice + ":2: class 'c0' is mapped twice"), std::string::npos) << e.what();
+  }
+}
+
+// An image list's extra columns: one task each; an empty field or - is no
+// label; a missing column is an error naming the line, unless the task has
+// a default.
+TEST(ImageListTasks, ExtraColumnsLabelTheTasks) {
+  const std::string dir = test::temp_dir();
+  const std::string list = write_text(dir + "/list.txt",
+                                      "a.jpg\tcat\tpet\n"
+                                      "b.jpg\tdog\t-\n"
+                                      "c.jpg\t-\twild\n"
+                                      "d.jpg\tcat\t\n"
+                                      "e.jpg\tdog\tpet\n");
+  test::StageBench bench("source = imagelist list=\"" + list + "\" classes=[cat, dog] tasks=[kind]\n");
+  auto& source = dynamic_cast<SourceStage&>(bench.stage("source"));
+  source.begin_epoch(EpochInfo{});
+  std::vector<int64_t> labels, kinds;
+  std::shared_ptr<const stages::DatasetInfo> info;
+  for (Item item; source.next(item);) {
+    const auto& sample = item.get<stages::Sample>();
+    labels.push_back(sample.label);
+    ASSERT_EQ(sample.task_labels.size(), 1u);
+    kinds.push_back(sample.task_labels[0]);
+    info = sample.dataset;
+  }
+  EXPECT_EQ(labels, (std::vector<int64_t>{0, 1, -1, 0, 1}));
+  // The task's classes sorted, as ImageFolder sorts its folders: pet, wild.
+  ASSERT_EQ(info->tasks.size(), 1u);
+  EXPECT_EQ(info->tasks[0].name, "kind");
+  EXPECT_EQ(info->tasks[0].class_names, (std::vector<std::string>{"pet", "wild"}));
+  EXPECT_EQ(kinds, (std::vector<int64_t>{0, -1, 1, -1, 0}));
+
+  const std::string short_line = write_text(dir + "/short.txt", "a.jpg\tcat\tpet\nb.jpg\tdog\n");
+  try {
+    test::StageBench missing("source = imagelist list=\"" + short_line + "\" classes=[cat, dog] tasks=[kind]\n");
+    FAIL();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(short_line + ":2: no column for task 'kind'"), std::string::npos) << e.what();
+  }
+  // With a default for the task, the short line takes it.
+  test::StageBench defaulted("source = imagelist list=\"" + short_line +
+                             "\" classes=[cat, dog] tasks=[kind] task_defaults=[wild]\n");
+  auto& second = dynamic_cast<SourceStage&>(defaulted.stage("source"));
+  second.begin_epoch(EpochInfo{});
+  std::vector<int64_t> defaults;
+  for (Item item; second.next(item);) defaults.push_back(item.get<stages::Sample>().task_labels.at(0));
+  EXPECT_EQ(defaults, (std::vector<int64_t>{0, 1}));
+  // More columns than the list has: an error, with or without tasks.
+  try {
+    test::StageBench extra("source = imagelist list=\"" + list + "\" classes=[cat, dog]\n");
+    FAIL();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(list + ":1: 3 tab-separated fields, but the list has 2 columns"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// The heads are the network's keys heads.TASK.*, after torchvision's; they
+// save and load with the model, train at the head's rate, and stay
+// trainable when the backbone is frozen.
+TEST(TaskHeads, AreSavedLoadedFrozenAndOptimisedAsTheHead) {
+  test::StageBench bench(
+      "source = count\nmodel = resnet depth=18 classes=4 tasks=[group, size] task_classes=[3, 2]\n"
+      "other = resnet depth=18 classes=4 tasks=[group, size] task_classes=[3, 2]\n"
+      "freezer = freeze mode=backbone\noptim = adam lr=1e-2 backbone_lr_factor=0.1\n",
+      5);
+  stages::ModelStage& model = stages::find_model(bench, "model");
+  ASSERT_EQ(model.task_heads().size(), 2u);
+  const std::vector<std::string> keys = keys_of(stages::state_dict(*model.net()));
+  ASSERT_GE(keys.size(), 6u);
+  EXPECT_EQ(std::vector<std::string>(keys.end() - 6, keys.end()),
+            (std::vector<std::string>{"fc.weight", "fc.bias", "heads.group.weight", "heads.group.bias",
+                                      "heads.size.weight", "heads.size.bias"}));
+  EXPECT_EQ(model.task_heads()[0].linear->weight.sizes(), (std::vector<int64_t>{3, 512}));
+  EXPECT_EQ(model.feature_size(), 512);
+  // Saved and loaded with the model: another stage's weights become these.
+  std::string bytes;
+  ASSERT_TRUE(model.save_state(bytes));
+  stages::ModelStage& other = stages::find_model(bench, "other");
+  EXPECT_FALSE(torch::equal(other.task_heads()[1].linear->weight, model.task_heads()[1].linear->weight));
+  other.load_state(bytes);
+  EXPECT_TRUE(torch::equal(other.task_heads()[1].linear->weight, model.task_heads()[1].linear->weight));
+  // Frozen backbone: every head trains; discriminative rates: the heads take the head's.
+  auto& freezer = dynamic_cast<stages::Freeze&>(bench.stage("freezer"));
+  freezer.apply(*model.net(), 0);
+  for (const auto& item : model.net()->named_parameters(true))
+    EXPECT_EQ(item.value().requires_grad(), item.key().rfind("fc.", 0) == 0 || item.key().rfind("heads.", 0) == 0)
+        << item.key();
+  for (auto& p : model.net()->parameters()) p.set_requires_grad(true);
+  auto& optim = dynamic_cast<stages::OptimizerStage&>(bench.stage("optim"));
+  stages::Optimization optimization = optim.build(*model.net(), {});
+  const auto& groups = optimization.optimizer->param_groups();
+  for (size_t g = 0; g < groups.size(); ++g)
+    for (const auto& p : groups[g].params())
+      if (p.is_same(model.task_heads()[0].linear->weight)) EXPECT_DOUBLE_EQ(optimization.peak_lr[g], 1e-2);
+}
+
+// A single-task model's file (torchvision's layout) into a multi-task
+// model: everything loads, the extra heads start afresh, and only where a
+// train stage trains them.
+TEST(TaskHeads, ASingleTaskFileLoadsWithNewHeadsOnlyWhereTheyTrain) {
+  const std::string dir = test::temp_dir();
+  {
+    test::StageBench single("source = count\nmodel = resnet depth=18 classes=4\n", 1);
+    std::string bytes;
+    stages::find_model(single, "model").save_state(bytes);
+    std::ofstream(dir + "/single.safetensors", std::ios::binary) << bytes;
+  }
+  const std::string model = "model = resnet depth=18 classes=4 tasks=[group] task_classes=[3] weights=\"" + dir +
+                            "/single.safetensors\"\n";
+  try {
+    test::StageBench untrained("source = count\n" + model);
+    FAIL();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("no trained head for task(s) [group]"), std::string::npos) << e.what();
+  }
+  test::StageBench trained("source = count\ntrain = train\nflow source -> train\noptim = adam\n" + model);
+  Report report;
+  stages::find_model(trained, "model").report(report);
+  EXPECT_EQ(report.figures().at("weights_loaded"), 122.0);
+  EXPECT_EQ(report.figures().at("task_heads_new"), 1.0);
+  EXPECT_EQ(report.figures().at("head_reinitialised"), 0.0);
+}
+
+namespace {
+
+// Three Fashion-MNIST classes, 8 training images each, with their groups
+// (Shirt: clothing; Sneaker: shoes; Bag: bags); a validation flow of 4 each.
+std::string multitask_graph(const std::string& dir, const std::string& train_params,
+                            const std::string& after_train = "sleep us=0") {
+  write_text(dir + "/groups.tsv", "Shirt\tclothing\nSneaker\tshoes\nBag\tbags\n");
+  return "run seed=2 in_flight=64\n"
+         "src = idx part=train sampler=src_sampler\n"
+         "src_sampler = classes names=[Shirt, Sneaker, Bag] | per_class k=8 | class_groups file=\"groups.tsv\" | shuffle\n"
+         "aug = resize size=32 | random_crop size=32 padding=4 mode=reflect | hflip\n"
+         "norm = normalize stats=custom mean=[0.286] std=[0.353]\n"
+         "batch = batch size=6\n"
+         "train = train model=model optimizer=optim scheduler=sched " + train_params + "\n"
+         "after_train = " + after_train + "\n"
+         "flow src -> aug -> norm -> batch -> train -> after_train\n"
+         "val_src = idx part=test sampler=val_sampler\n"
+         "val_sampler = classes names=[Shirt, Sneaker, Bag] | per_class k=4 | class_groups file=\"groups.tsv\"\n"
+         "val_prep = resize size=32 | normalize stats=custom mean=[0.286] std=[0.353]\n"
+         "val_batch = batch size=5\n"
+         "evaluate = evaluate model=model prefix=val\n"
+         "flow val_src -> val_prep -> val_batch -> evaluate\n"
+         "model = resnet depth=18 classes=3 tasks=[group] task_classes=[3]\n"
+         "optim = adam lr=1e-3\n"
+         "sched = onecycle\n"
+         "checkpoint = checkpoint\n"
+         "save = save_weights model=model path=\"weights.safetensors\"\n"
+         "phase main epochs=2 { }\n";
+}
+
+}  // namespace
+
+// A run trains both heads and reports each task's figures; the group head's
+// confusion matrix names the groups; the saved file keeps the heads' names.
+TEST(Multitask, TrainsEveryHeadAndReportsPerTaskFigures) {
+  const std::string dir = test::temp_dir();
+  const std::string graph = test::write_graph(dir, "mt.graph", multitask_graph(dir, "task_weighting=uncertainty"));
+  auto result = test::run_in(dir, graph, "run");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const nlohmann::json summary = test::summary_of(dir + "/run");
+  for (const char* key : {"train_loss", "train_top1", "train_group_loss", "train_group_top1", "train_log_var",
+                          "train_group_log_var", "val_top1", "val_group_top1", "val_group_loss", "val_group_top5"})
+    EXPECT_TRUE(summary.contains(key)) << key << " " << summary.dump();
+  EXPECT_EQ(summary["val_group_samples"], 12.0);
+  EXPECT_EQ(summary["train_steps"], 8.0);  // 24 images in batches of 6, 2 epochs
+  // The log-variances were trained (they start at 0).
+  EXPECT_NE(summary["train_group_log_var"].get<double>(), 0.0);
+  EXPECT_NE(result.out.find("val_group_top1"), std::string::npos) << result.out;
+  const auto confusion = test::lines_of(dir + "/run/val_group_confusion.csv");
+  ASSERT_EQ(confusion.size(), 4u);
+  // The training source named the head's outputs, in the groups file's order.
+  EXPECT_EQ(confusion[0], "true\\predicted,clothing,shoes,bags,accuracy");
+  int64_t counted = 0;
+  for (size_t r = 1; r < confusion.size(); ++r) {
+    const auto cells = test::split(confusion[r]);
+    for (size_t c = 1; c <= 3; ++c) counted += std::stoll(cells.at(c));
+  }
+  EXPECT_EQ(counted, 12);
+  const std::string metrics = test::slurp(dir + "/run/metrics.csv");
+  EXPECT_NE(metrics.find("train_group_loss"), std::string::npos);
+  EXPECT_NE(metrics.find("val_group_top1"), std::string::npos);
+  // The saved weights keep both heads, and the groups' names.
+  stages::Metadata metadata;
+  stages::StateDict weights = stages::read_weights(dir + "/run.safetensors", &metadata);
+  EXPECT_EQ(keys_of(weights).back(), "heads.group.bias");
+  EXPECT_EQ(metadata["tasks"], R"({"group":["clothing","shoes","bags"]})");
+
+  // Predictions per head, from the saved weights.
+  const std::string predict = test::write_graph(
+      dir, "predict.graph",
+      "src = idx part=test sampler=s\ns = classes names=[Shirt, Sneaker, Bag] | per_class k=2 | class_groups "
+      "file=\"groups.tsv\"\nprep = resize size=32 | normalize stats=custom mean=[0.286] std=[0.353]\n"
+      "batch = batch size=3\npredict = predict csv=\"p.csv\"\nflow src -> prep -> batch -> predict\n"
+      "model = resnet depth=18 classes=3 tasks=[group] task_classes=[3] weights=\"run.safetensors\"\n");
+  auto predicted = test::run_flowrun({predict, "--threads", "2"}, dir);
+  ASSERT_EQ(predicted.exit_code, 0) << predicted.err;
+  const auto rows = test::lines_of(dir + "/p.csv");
+  ASSERT_EQ(rows.size(), 7u);
+  EXPECT_NE(rows[0].find(",group_true,group_predicted,group_prob"), std::string::npos) << rows[0];
+  for (size_t i = 1; i < rows.size(); ++i) {
+    const auto cells = test::split(rows[i]);
+    const std::string& group = cells.at(cells.size() - 3);
+    const std::string& cls = cells.at(1);
+    EXPECT_EQ(group, cls == "Shirt" ? "clothing" : cls == "Sneaker" ? "shoes" : "bags") << rows[i];
+  }
+}
+
+// With fixed weights [1, 0] the group head takes no part in the loss: the
+// backbone and the classes' head train exactly as a single-task model's
+// (same seed, same batches); the group head does not move.
+TEST(Multitask, AZeroTaskWeightLeavesTheRestAsASingleTaskModelTrains) {
+  const std::string dir = test::temp_dir();
+  auto run = [&](const std::string& name, const std::string& graph_text) {
+    const std::string graph = test::write_graph(dir, name + ".graph", graph_text);
+    auto result = test::run_in(dir, graph, name);
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    return stages::read_weights(dir + "/" + name + ".safetensors");
+  };
+  std::string single_text = multitask_graph(dir, "");
+  single_text.replace(single_text.find(" tasks=[group] task_classes=[3]"), 31, "");
+  const stages::StateDict multi = run("multi", multitask_graph(dir, "task_weights=[1, 0]"));
+  const stages::StateDict single = run("single", single_text);
+  ASSERT_EQ(multi.size(), single.size() + 2);
+  for (size_t i = 0; i < single.size(); ++i) {
+    EXPECT_EQ(multi[i].first, single[i].first);
+    EXPECT_TRUE(torch::equal(multi[i].second, single[i].second)) << single[i].first;
+  }
+}
+
+// A multi-task run stopped mid-epoch resumes bit-identical: weights, heads,
+// learned log-variances (through the weights they weighed) and figures.
+TEST(Multitask, AStoppedRunResumesBitIdentical) {
+  const std::string dir = test::temp_dir();
+  const std::string graph = test::write_graph(dir, "mt.graph", multitask_graph(dir, "task_weighting=uncertainty"));
+  auto whole = test::run_in(dir, graph, "whole");
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  const std::string stop_graph = test::write_graph(
+      dir, "stop.graph", multitask_graph(dir, "task_weighting=uncertainty", "stop_at epoch=2 item=1"));
+  auto stopped = test::run_in(dir, stop_graph, "stopped", {"--plugin", TEST_PLUGIN_STOP_AT});
+  ASSERT_EQ(stopped.exit_code, 130) << stopped.err;
+  auto resumed = test::run_in(dir, graph, "resumed", {"--set", "checkpoint.resume=" + dir + "/stopped/checkpoint.ckpt"});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(test::slurp(dir + "/resumed.safetensors"), test::slurp(dir + "/whole.safetensors"));
+  EXPECT_EQ(test::slurp(dir + "/resumed/metrics.csv"), test::slurp(dir + "/whole/metrics.csv"));
+  const nlohmann::json a = test::summary_of(dir + "/whole"), b = test::summary_of(dir + "/resumed");
+  for (const char* key : {"train_group_loss", "train_group_top1", "train_group_log_var", "val_group_top1", "val_top1"}) {
+    ASSERT_TRUE(a.contains(key)) << key;
+    EXPECT_EQ(a[key], b[key]) << key;
+  }
+}
+
+// Bad input: a head whose task the data does not label, task weights of
+// another count, tasks and sizes that do not pair: clear errors naming the stage.
+TEST(Multitask, GraphsThatCannotTrainTheHeadsAreClearErrors) {
+  const std::string dir = test::temp_dir();
+  std::string text = multitask_graph(dir, "");
+  text.replace(text.find("tasks=[group]"), 13, "tasks=[grp]");
+  auto wrong = test::run_in(dir, test::write_graph(dir, "wrong.graph", text), "wrong");
+  EXPECT_EQ(wrong.exit_code, 1);
+  EXPECT_NE(wrong.err.find("stage 'train' (train)"), std::string::npos) << wrong.err;
+  EXPECT_NE(wrong.err.find("gives no labels for head 'grp' of model 'model' (its samples are labelled for the "
+                           "task(s) [group])"), std::string::npos) << wrong.err;
+  auto weights = test::run_in(dir, test::write_graph(dir, "w.graph", multitask_graph(dir, "task_weights=[1, 2, 3]")), "w");
+  EXPECT_EQ(weights.exit_code, 1);
+  EXPECT_NE(weights.err.find("task_weights=[...] has 3 weights but the model has 2 tasks"), std::string::npos)
+      << weights.err;
+  std::string unpaired = multitask_graph(dir, "");
+  unpaired.replace(unpaired.find("task_classes=[3]"), 16, "task_classes=[3, 4]");
+  auto check = test::run_flowrun({"--check", test::write_graph(dir, "u.graph", unpaired)}, dir);
+  EXPECT_NE(check.exit_code, 0);
+  EXPECT_NE(check.err.find("tasks=[...] names 1 heads but task_classes=[...] gives 2 sizes"), std::string::npos)
+      << check.err;
+  EXPECT_NE(check.err.find("model"), std::string::npos);
+  // task_weights on a model with one head.
+  std::string one_head = multitask_graph(dir, "task_weights=[1, 1]");
+  one_head.replace(one_head.find(" tasks=[group] task_classes=[3]"), 31, "");
+  auto single = test::run_in(dir, test::write_graph(dir, "one.graph", one_head), "one");
+  EXPECT_EQ(single.exit_code, 1);
+  EXPECT_NE(single.err.find("weigh a multi-task model's heads, and model 'model' has one"), std::string::npos)
+      << single.err;
+}
+
+TEST(Multitask, TheShippedGraphRunsAtTinyScale) {
+  const std::string dir = test::temp_dir();
+  auto result = test::run_flowrun({"graphs/multitask.graph", "--threads", "2", "--summary-json", dir + "/s.json",
+                                   "--set", "run.epochs=1", "--set", "train_sampler.per_class.k=6",
+                                   "--set", "coarse_train_sampler.per_class.k=6", "--set", "val_sampler.per_class.k=3",
+                                   "--set", "coarse_val_sampler.per_class.k=3", "--set", "train_batch.size=20",
+                                   "--set", "fine_train_batch.size=20", "--set", "coarse_train_batch.size=20"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const nlohmann::json summary = nlohmann::json::parse(test::slurp(dir + "/s.json"));
+  for (const char* key : {"val_top1", "val_group_top1", "fine_val_top1", "coarse_val_top1", "train_group_loss"})
+    EXPECT_TRUE(summary.contains(key)) << key;
+  EXPECT_EQ(summary["val_group_samples"], 30.0);
+  EXPECT_EQ(summary["coarse_val_samples"], 30.0);
+  EXPECT_EQ(summary["train_steps"], 3.0);  // 60 images in batches of 20
+}
