@@ -70,7 +70,7 @@ TEST(TaskWeighting, FixedWeightsWeighEachLossAndBadCountsAreErrors) {
     TaskWeighting(2, {1.0, 1.0, 1.0}, false, "train");
     FAIL();
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("task_weights=[...] has 3 weights but the model has 2 tasks"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("task_weights=[...] has 3 weights but needs 2: the classes' first, then one per extra head"), std::string::npos)
         << e.what();
   }
   EXPECT_THROW(TaskWeighting(2, {1.0, 1.0}, true, "train"), std::runtime_error);
@@ -249,7 +249,29 @@ TEST(TaskHeads, ASingleTaskFileLoadsWithNewHeadsOnlyWhereTheyTrain) {
     test::StageBench untrained("source = count\n" + model);
     FAIL();
   } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("no trained head for task(s) [group]"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("has no head for task 'group' (model 'model'), and no train stage trains it"), std::string::npos) << e.what();
+  }
+  // A multi-task file into a model without its heads, or with a head of another size.
+  {
+    test::StageBench multi("source = count\nmodel = resnet depth=18 classes=4 tasks=[group] task_classes=[3]\n", 1);
+    std::string bytes;
+    stages::find_model(multi, "model").save_state(bytes);
+    std::ofstream(dir + "/multi.safetensors", std::ios::binary) << bytes;
+  }
+  try {
+    test::StageBench plain("source = count\nmodel = resnet depth=18 classes=4 weights=\"" + dir + "/multi.safetensors\"\n");
+    FAIL();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("the weights are a multi-task model's, with extra heads the model lacks: declare "
+                                         "them, tasks=[group] task_classes=[3]"), std::string::npos) << e.what();
+  }
+  try {
+    test::StageBench resized("source = count\nmodel = resnet depth=18 classes=4 tasks=[group] task_classes=[2] "
+                             "weights=\"" + dir + "/multi.safetensors\"\n");
+    FAIL();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("has a head of 3 outputs for task 'group', and task_classes gives 2"),
+              std::string::npos) << e.what();
   }
   test::StageBench trained("source = count\ntrain = train\nflow source -> train\noptim = adam\n" + model);
   Report report;
@@ -388,6 +410,15 @@ TEST(Multitask, AStoppedRunResumesBitIdentical) {
     ASSERT_TRUE(a.contains(key)) << key;
     EXPECT_EQ(a[key], b[key]) << key;
   }
+  // The finished run resumed: no epoch left to run, and the same figures under the same names.
+  auto again = test::run_in(dir, graph, "again", {"--set", "checkpoint.resume=" + dir + "/whole/checkpoint.ckpt"});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  const nlohmann::json c = test::summary_of(dir + "/again");
+  for (const char* key : {"train_group_loss", "train_group_top1", "train_log_var", "train_group_log_var",
+                          "val_group_top1", "val_group_samples", "val_top1"}) {
+    ASSERT_TRUE(c.contains(key)) << key << " " << c.dump();
+    EXPECT_EQ(a[key], c[key]) << key;
+  }
 }
 
 // Bad input: a head whose task the data does not label, task weights of
@@ -403,7 +434,7 @@ TEST(Multitask, GraphsThatCannotTrainTheHeadsAreClearErrors) {
                            "task(s) [group])"), std::string::npos) << wrong.err;
   auto weights = test::run_in(dir, test::write_graph(dir, "w.graph", multitask_graph(dir, "task_weights=[1, 2, 3]")), "w");
   EXPECT_EQ(weights.exit_code, 1);
-  EXPECT_NE(weights.err.find("task_weights=[...] has 3 weights but the model has 2 tasks"), std::string::npos)
+  EXPECT_NE(weights.err.find("task_weights=[...] has 3 weights but needs 2: the classes' first, then one per extra head"), std::string::npos)
       << weights.err;
   std::string unpaired = multitask_graph(dir, "");
   unpaired.replace(unpaired.find("task_classes=[3]"), 16, "task_classes=[3, 4]");
@@ -412,6 +443,20 @@ TEST(Multitask, GraphsThatCannotTrainTheHeadsAreClearErrors) {
   EXPECT_NE(check.err.find("tasks=[...] names 1 heads but task_classes=[...] gives 2 sizes"), std::string::npos)
       << check.err;
   EXPECT_NE(check.err.find("model"), std::string::npos);
+  // A negative weight (gradient ascent on that task), or all zero: refused at --check.
+  for (const std::string weights : {"[1, -1]", "[0, 0]"}) {
+    auto refused = test::run_flowrun({"--check", test::write_graph(dir, "n.graph", multitask_graph(dir, "task_weights=" + weights))}, dir);
+    EXPECT_NE(refused.exit_code, 0) << weights;
+    EXPECT_NE(refused.err.find(weights == "[0, 0]" ? "task_weights are all 0" : "task_weights must be finite and >= 0"),
+              std::string::npos) << refused.err;
+  }
+  // A head smaller than the data's task: the data's classes and the head's size, named.
+  std::string small = multitask_graph(dir, "");
+  small.replace(small.find("task_classes=[3]"), 16, "task_classes=[2]");
+  auto too_small = test::run_in(dir, test::write_graph(dir, "small.graph", small), "small");
+  EXPECT_EQ(too_small.exit_code, 1);
+  EXPECT_NE(too_small.err.find("labels task 'group' with 3 classes [clothing, shoes, bags] but head 'group' of model "
+                               "'model' has 2 outputs (set its task_classes)"), std::string::npos) << too_small.err;
   // task_weights on a model with one head.
   std::string one_head = multitask_graph(dir, "task_weights=[1, 1]");
   one_head.replace(one_head.find(" tasks=[group] task_classes=[3]"), 31, "");
@@ -419,6 +464,47 @@ TEST(Multitask, GraphsThatCannotTrainTheHeadsAreClearErrors) {
   EXPECT_EQ(single.exit_code, 1);
   EXPECT_NE(single.err.find("weigh a multi-task model's heads, and model 'model' has one"), std::string::npos)
       << single.err;
+}
+
+// An image list whose samples lack one label or the other: each head trains
+// and is scored on its own labelled samples; a validation list without any
+// class reports the group head's figures and none for the classes (no zeros).
+TEST(Multitask, AnImageListWithMissingLabelsScoresEachHeadOnItsOwnSamples) {
+  const std::string root = test::make_jpeg_folder({"cat", "dog", "car"}, 4, 32, 32);
+  const std::string dir = std::filesystem::path(root).parent_path().string();
+  std::ofstream train(dir + "/train.txt"), val(dir + "/val.txt");
+  int line = 0;
+  for (const std::string cls : {"cat", "dog", "car"})
+    for (int i = 0; i < 4; ++i, ++line) {
+      const std::string path = "images/" + cls + "/" + cls + "_" + std::to_string(i) + ".jpg";
+      const std::string group = cls == "car" ? "vehicle" : "animal";
+      // Every third line lacks its group, every fourth its class.
+      train << path << "\t" << (line % 4 == 3 ? "-" : cls) << "\t" << (line % 3 == 2 ? "" : group) << "\n";
+      val << path << "\t-\t" << group << "\n";
+    }
+  train.close(), val.close();
+  const std::string graph = test::write_graph(
+      dir, "list.graph",
+      "run seed=1 in_flight=64\n"
+      "src = imagelist list=\"train.txt\" classes=[cat, dog, car] tasks=[group]\n"
+      "prep = decode | resize size=32 | center_crop size=32 | normalize\nbatch = batch size=6\n"
+      "train = train model=model optimizer=optim\nflow src -> prep -> batch -> train\n"
+      "val_src = imagelist list=\"val.txt\" classes=[cat, dog, car] tasks=[group]\n"
+      "val_prep = decode | resize size=32 | center_crop size=32 | normalize\nval_batch = batch size=5\n"
+      "evaluate = evaluate model=model prefix=val\nflow val_src -> val_prep -> val_batch -> evaluate\n"
+      "model = resnet depth=18 classes=3 tasks=[group] task_classes=[2]\noptim = adam\n"
+      "save = save_weights model=model path=\"w.safetensors\"\nphase main epochs=1 { }\n");
+  auto result = test::run_in(dir, graph, "run");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const nlohmann::json summary = test::summary_of(dir + "/run");
+  EXPECT_EQ(summary["val_group_samples"], 12.0);
+  EXPECT_FALSE(summary.contains("val_top1")) << summary.dump();
+  EXPECT_FALSE(summary.contains("val_samples"));
+  EXPECT_NE(result.out.find("(12 group samples)"), std::string::npos) << result.out;
+  // The training figures count each head's labelled samples: 9 of 12 with a class, 8 with a group.
+  const std::string metrics = test::slurp(dir + "/run/metrics.csv");
+  EXPECT_NE(metrics.find("train_group_top1"), std::string::npos);
+  EXPECT_EQ(summary["train_steps"], 2.0);
 }
 
 TEST(Multitask, TheShippedGraphRunsAtTinyScale) {

@@ -629,6 +629,24 @@ TEST(Train, AOneSampleBatchIsDroppedWhileBatchNormTrains) {
   EXPECT_EQ(steps, 2.0);
 }
 
+// Batches of one sample only: every one is dropped, no step is made, and the
+// run reports no training loss (not a loss of 0 that nothing computed).
+TEST(Train, ARunWhoseEveryBatchIsDroppedReportsNoLoss) {
+  const std::string dir = test::temp_dir();
+  const std::string graph = test::write_graph(
+      dir, "one.graph",
+      "src = idx part=train sampler=s\ns = subset count=3\n"
+      "prep = resize size=32 | normalize stats=custom mean=[0.286] std=[0.353]\nbatch = batch size=1\n"
+      "train = train\nflow src -> prep -> batch -> train\nmodel = resnet depth=18 classes=10\noptim = adam\n");
+  auto result = test::run_flowrun({graph, "--threads", "2", "--summary-json", dir + "/s.json"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const nlohmann::json summary = nlohmann::json::parse(test::slurp(dir + "/s.json"));
+  EXPECT_EQ(summary["train_steps"], 0.0);
+  EXPECT_EQ(summary["dropped_single_batches"], 3.0);
+  EXPECT_FALSE(summary.contains("train_loss")) << summary["train_loss"];
+  EXPECT_FALSE(summary.contains("train_top1"));
+}
+
 TEST(Errors, LibTorchErrorsReachTheUserAsOneLine) {
   try {
     torch::ones({2, 3}).matmul(torch::ones({4, 5}));

@@ -1,6 +1,7 @@
 #include "stages/data/class_groups.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
@@ -33,11 +34,14 @@ ClassGroups::ClassGroups(const StageInit& init)
       default_(init.params.get_string("default")),
       relabel_(init.params.get_bool("relabel")) {
   std::ifstream in(file_);
-  if (!in) throw std::runtime_error(file_ + ": cannot read the class groups");
+  if (!in)
+    throw std::runtime_error(file_ + ": cannot read the class groups (" +
+                             (std::filesystem::exists(file_) ? "not readable" : "no such file") + ")");
   int line_number = 0;
   for (std::string line; std::getline(in, line);) {
     ++line_number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line_number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // a UTF-8 byte-order mark
     if (line.empty() || line[0] == '#') continue;
     const size_t tab = line.find('\t');
     const std::string where = file_ + ":" + std::to_string(line_number) + ": ";

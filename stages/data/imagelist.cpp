@@ -31,7 +31,7 @@ Schema ImageList::schema() {
       .check([](const Params& p) -> std::string {
         const auto tasks = p.get_string_list("tasks"), defaults = p.get_string_list("task_defaults");
         if (!defaults.empty() && defaults.size() != tasks.size())
-          return "task_defaults has " + std::to_string(defaults.size()) + " values for " + std::to_string(tasks.size()) +
+          return "task_defaults has " + std::to_string(defaults.size()) + " value(s) for " + std::to_string(tasks.size()) +
                  " tasks";
         for (size_t i = 0; i < tasks.size(); ++i)
           if (tasks[i].empty() || std::find(tasks.begin(), tasks.begin() + i, tasks[i]) != tasks.begin() + i)
@@ -61,6 +61,7 @@ ImageList::ImageList(const StageInit& init)
     for (std::string line; std::getline(in, line);) {
       ++line_number;
       if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line_number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // a UTF-8 byte-order mark
       if (line.empty() || line[0] == '#') continue;
       std::vector<std::string> fields;
       for (size_t start = 0;;) {
@@ -99,7 +100,11 @@ ImageList::ImageList(const StageInit& init)
         auto it = std::find(classes.begin(), classes.end(), label_name);
         if (it == classes.end())
           throw std::runtime_error(list + ":" + std::to_string(line_number) + ": class '" + label_name +
-                                   "' is not one of classes=[...]");
+                                   "' is not one of the stage's classes=[" + [&] {
+                                     std::string all;
+                                     for (const auto& c : classes) all += (all.empty() ? "" : ", ") + c;
+                                     return all;
+                                   }() + "] (a labelled list names its classes, in the model's output order)");
         label = it - classes.begin();
       }
       paths_.push_back(fs::path(path).is_absolute() ? path : (base / path).string());

@@ -138,6 +138,17 @@ LoadReport load_state_dict(NetworkImpl& model, const StateDict& file_weights, bo
     if (!prefix.empty() && !all_start_with(own, prefix))
       text += "\n  every key in the file starts with '" + prefix + "', which the model's keys do not (" +
               own.front().first + ", ...): weights of a wrapped model or of a part of one?";
+    // A multi-task model's file into a model without those heads: say how to declare them.
+    std::string tasks, sizes;
+    for (const auto& [key, tensor] : weights)
+      if (key.rfind("heads.", 0) == 0 && key.size() > 7 && key.compare(key.size() - 7, 7, ".weight") == 0 &&
+          !mine.count(key) && tensor.dim() == 2) {
+        tasks += (tasks.empty() ? "" : ", ") + key.substr(6, key.size() - 13);
+        sizes += (sizes.empty() ? "" : ", ") + std::to_string(tensor.size(0));
+      }
+    if (!tasks.empty())
+      text += "\n  the weights are a multi-task model's, with extra heads the model lacks: declare them, tasks=[" + tasks +
+              "] task_classes=[" + sizes + "]";
     // Each kind capped on its own: twenty missing keys never hide the unexpected ones.
     text += listed(missing, 10, "missing keys") + listed(unexpected, 10, "unexpected keys") +
             listed(misshaped, 10, "mis-shaped keys");
@@ -331,12 +342,23 @@ ModelStage::ModelStage(const StageInit& init, const Builder& build)
       }
     new_task_heads_ = new_task_heads;
     if (!new_task_heads.empty()) {
+      // What the file has for each: no head, or one of another size.
+      std::string why;
+      for (const std::string& task : new_task_heads) {
+        int64_t outputs = -1, wanted = 0;
+        for (const auto& [key, tensor] : weights)
+          if (key == "heads." + task + ".weight" && tensor.dim() >= 1) outputs = tensor.size(0);
+        for (const auto& head : heads_)
+          if (head.name == task) wanted = head.classes;
+        why += (why.empty() ? "" : "; ") +
+               (outputs < 0 ? "no head for task '" + task + "'"
+                            : "a head of " + std::to_string(outputs) + " outputs for task '" + task + "', and task_classes "
+                              "gives " + std::to_string(wanted));
+      }
       if (!trained_in_graph(init.stages, name_))
-        throw std::runtime_error(weights_ + " has no trained head for task(s) " + names_text(new_task_heads) +
-                                 " of model '" + name_ + "', and no train stage trains it in this graph: those heads "
-                                 "would predict at random");
-      spdlog::info("{}: new head(s) for task(s) {} (the weights have none of that size)", weights_,
-                   names_text(new_task_heads));
+        throw std::runtime_error(weights_ + " has " + why + " (model '" + name_ + "'), and no train stage trains it in "
+                                 "this graph: a new head would predict at random");
+      spdlog::warn("{}: {}: model '{}' trains a new head", weights_, why, name_);
     }
     read_task_names(metadata, weights_);
     if (!load_.reinitialised.empty()) {
@@ -634,12 +656,19 @@ torch::Tensor ModelStage::task_labels(const Batch& batch, size_t h, bool trainin
                              "): label them with an imagelist's tasks=[" + head.name + "] column or a class_groups "
                              "task=" + head.name + " sampler op");
   }
-  const std::vector<int64_t>& map =
-      mapping(head_outputs_[h], head.classes, what, tasks[column].class_names, batch.dataset->name, training);
+  const std::vector<std::string>& source = tasks[column].class_names;
+  if (static_cast<int64_t>(source.size()) > head.classes)
+    throw std::runtime_error(batch.dataset->name + " labels task '" + head.name + "' with " +
+                             std::to_string(source.size()) + " classes " + names_text(source) + " but " + what +
+                             " has " + std::to_string(head.classes) + " outputs (set its task_classes)");
+  if (training && static_cast<int64_t>(source.size()) < head.classes) {
+    std::lock_guard<std::mutex> lock(names_mutex_);
+    if (warned_small_tasks_.insert(head.name).second)
+      spdlog::warn("{}: {} has {} outputs but {} labels its task with {} classes {}: the other outputs stay unnamed",
+                   name_, what, head.classes, batch.dataset->name, source.size(), names_text(source));
+  }
+  const std::vector<int64_t>& map = mapping(head_outputs_[h], head.classes, what, source, batch.dataset->name, training);
   torch::Tensor out = map_labels(batch.task_labels.select(1, static_cast<int64_t>(column)), map);
-  if (out.numel() > 0 && out.max().item<int64_t>() >= head.classes)
-    throw std::runtime_error("a sample has label " + std::to_string(out.max().item<int64_t>()) + " for " + what +
-                             ", which has " + std::to_string(head.classes) + " outputs (set its task_classes)");
   return out.device() == device_ ? out : out.to(device_, /*non_blocking=*/true);
 }
 

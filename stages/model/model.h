@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -140,6 +141,7 @@ class ModelStage : public ComponentStage {
   OutputNames outputs_;                 // the classes'; guarded by names_mutex_
   std::vector<TaskHead> heads_;
   std::vector<OutputNames> head_outputs_;  // per extra head; guarded by names_mutex_
+  std::set<std::string> warned_small_tasks_;  // heads larger than their training task, said once; guarded by names_mutex_
   LoadReport load_;
   std::vector<std::string> new_task_heads_;  // extra heads the weights file had none of (of that size)
   std::string weights_;

@@ -131,7 +131,7 @@ Evaluate::Sums Evaluate::global_sums(const Head& head) const {
 
 void Evaluate::end_epoch(const EpochInfo& epoch) {
   std::map<std::string, double> figures;
-  std::string line;
+  std::string line, samples;  // the epoch line's figures; samples scored per head
   for (Head& head : heads_) {
     // Over every rank of a job: each evaluated its shard, the sums are all-reduced.
     const Sums sums = global_sums(head);
@@ -158,14 +158,14 @@ void Evaluate::end_epoch(const EpochInfo& epoch) {
     std::snprintf(text, sizeof text, "%s%s_loss %.4f %s_top1 %.4f %s_top5 %.4f", line.empty() ? "" : " ",
                   head.prefix.c_str(), r.loss, head.prefix.c_str(), r.top1, head.prefix.c_str(), r.top5);
     line += text;
+    samples += (samples.empty() ? "" : ", ") + std::to_string(seen) + (&head == &heads_.front() ? "" : " " + head.task);
   }
   if (figures.empty()) return;
   metrics_->record(epoch, figures);
   if (!run_dir_.empty()) write_confusion();
   if (job_ && job_->rank() != 0) return;  // the epoch line once per job
-  std::fprintf(stdout, "epoch %d (%s %d/%d) %s: %s (%lld samples)\n", epoch.epoch + 1, epoch.phase.c_str(),
-               epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), line.c_str(),
-               static_cast<long long>(heads_.front().last.samples));
+  std::fprintf(stdout, "epoch %d (%s %d/%d) %s: %s (%s samples)\n", epoch.epoch + 1, epoch.phase.c_str(),
+               epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), line.c_str(), samples.c_str());
   std::fflush(stdout);  // a result: on stdout, as the train stage's epoch line
 }
 
@@ -216,6 +216,7 @@ bool Evaluate::save_state(std::string& out) const {
     archive.write(k + "last_per_class", torch::tensor(last.per_class, torch::kDouble));
     archive.write(k + "last_confusion", torch::tensor(last.confusion, torch::kLong));
     write_lines(archive, k + "class_names", head.class_names);
+    write_lines(archive, k + "task", {head.task});
   }
   out = archive_bytes(archive);
   return true;
@@ -262,13 +263,22 @@ void Evaluate::load_state(const std::string& in) {
     last.per_class.assign(per_class.data_ptr<double>(), per_class.data_ptr<double>() + per_class.numel());
     last.confusion.assign(confusion.data_ptr<int64_t>(), confusion.data_ptr<int64_t>() + confusion.numel());
     head.class_names = read_lines(archive, k + "class_names");
+    if (h) {
+      // A finished run resumed runs no epoch: its figures keep their names.
+      const std::vector<std::string> task = read_lines(archive, k + "task");
+      head.task = task.empty() ? "" : task.front();
+      head.prefix = prefix_ + "_" + head.task;
+      head.classes = last.classes;
+    }
   }
 }
 
 void Evaluate::report(Report& report) const {
   for (size_t h = 0; h < heads_.size(); ++h) {
     const Head& head = heads_[h];
-    if (h && !head.last.samples) continue;  // a head its data never labelled
+    // A head no sample was labelled for has no figures (not zeros that
+    // best_weights or early_stopping would read as a result).
+    if (!head.last.samples && (h || heads_.size() > 1)) continue;
     const std::string prefix = h ? head.prefix : prefix_;
     report.set(prefix + "_loss", head.last.loss);
     report.set(prefix + "_top1", head.last.top1);

@@ -7,12 +7,12 @@ namespace flowrun::stages {
 TaskWeighting::TaskWeighting(size_t tasks, std::vector<double> weights, bool uncertainty, const std::string& stage)
     : weights_(std::move(weights)), stage_(stage) {
   if (uncertainty && !weights_.empty())
-    throw std::runtime_error("train '" + stage + "': task_weights=[...] are fixed weights; task_weighting=uncertainty "
-                             "learns them (give one or the other)");
+    throw std::runtime_error("task_weights=[...] are fixed weights; task_weighting=uncertainty learns them (give one "
+                             "or the other)");
   if (!weights_.empty() && weights_.size() != tasks)
-    throw std::runtime_error("train '" + stage + "': task_weights=[...] has " + std::to_string(weights_.size()) +
-                             " weights but the model has " + std::to_string(tasks) +
-                             " tasks (its classes, then each of its tasks=[...])");
+    throw std::runtime_error("task_weights=[...] has " + std::to_string(weights_.size()) + " weights but needs " +
+                             std::to_string(tasks) + ": the classes' first, then one per extra head (the model's "
+                             "tasks=[...], " + std::to_string(tasks - 1) + ")");
   if (weights_.empty()) weights_.assign(tasks, 1.0);
   if (uncertainty) {
     module_ = std::make_shared<torch::nn::Module>();
@@ -33,7 +33,7 @@ torch::Tensor TaskWeighting::combine(const std::vector<torch::Tensor>& losses) c
     }
     total = total.defined() ? total + term.to(total.scalar_type()) : term;
   }
-  if (!total.defined()) throw std::runtime_error("train '" + stage_ + "': the batch has no label for any task");
+  if (!total.defined()) throw std::runtime_error("the batch has no label for any task (classes or extra heads)");
   return total;
 }
 

@@ -37,6 +37,17 @@ Schema Train::schema() {
       .param(String("task_weighting", "fixed (task_weights) or uncertainty: learned log-variances s_t, loss "
                                       "sum exp(-s_t) L_t + s_t/2 (Kendall, Gal & Cipolla, CVPR 2018)")
                  .def(std::string("fixed")).one_of({"fixed", "uncertainty"}))
+      .check([](const Params& p) -> std::string {
+        const auto weights = p.get_float_list("task_weights");
+        if (!weights.empty() && p.get_string("task_weighting") == "uncertainty")
+          return "task_weights=[...] are fixed weights; task_weighting=uncertainty learns them (give one or the other)";
+        bool any = weights.empty();
+        for (double w : weights) {
+          if (!(w >= 0) || !std::isfinite(w)) return "task_weights must be finite and >= 0 (a negative one ascends its loss)";
+          any |= w > 0;
+        }
+        return any ? "" : "task_weights are all 0: nothing would train";
+      })
       .param(String("precompute", "train the head from backbone features computed once per sample, when the phase "
                                   "keeps the backbone frozen and nothing before is random (auto: then; on: or fail; off)")
                  .def(std::string("auto")).one_of({"auto", "on", "off"}))
@@ -531,7 +542,12 @@ std::map<std::string, double> Train::task_figures() const {
   const auto sums = task_global_sums();
   for (size_t h = 0; h < sums.size(); ++h) {
     const auto [loss, correct, seen] = sums[h];
-    if (!seen) continue;
+    if (!seen) {
+      if (!job_ || job_->rank() == 0)
+        spdlog::warn("{}: epoch {}: no training sample was labelled for head '{}' of model '{}': it did not train",
+                     name_, epoch_.epoch + 1, heads[h].name, model_name_);
+      continue;
+    }
     figures[name_ + "_" + heads[h].name + "_loss"] = loss / seen;
     figures[name_ + "_" + heads[h].name + "_top1"] = static_cast<double>(correct) / seen;
   }
@@ -656,6 +672,14 @@ bool Train::save_state(std::string& out) const {
     optimizer = archive_bytes(moments);
   }
   archive.write("optimizer", bytes_tensor(optimizer));
+  {
+    // The last epoch's per-task figures: a finished run resumed runs no epoch, and still reports them.
+    std::vector<std::string> names;
+    std::vector<double> values;
+    for (const auto& [key, value] : task_figures_) names.push_back(key), values.push_back(value);
+    write_lines(archive, "task_figure_names", names);
+    archive.write("task_figure_values", torch::tensor(values, torch::kDouble));
+  }
   if (weighting_) {
     // A multi-task model's per-task sums so far (a job's, on rank 0) and learned log-variances.
     const auto sums = task_global_sums();
@@ -704,6 +728,15 @@ void Train::load_state(const std::string& in) {
   saved_optimizer_ = tensor_bytes(bytes);
   optimization_ = Optimization();  // rebuilt, with these moments, at the next batch
   prepared_ = false;
+  torch::Tensor figure_values;
+  if (archive.try_read("task_figure_values", figure_values)) {
+    const std::vector<std::string> names = read_lines(archive, "task_figure_names");
+    figure_values = figure_values.to(torch::kDouble).contiguous();
+    if (static_cast<int64_t>(names.size()) != figure_values.numel())
+      throw std::runtime_error("saved state of train '" + name_ + "' is inconsistent (its task figures)");
+    task_figures_.clear();
+    for (size_t i = 0; i < names.size(); ++i) task_figures_[names[i]] = figure_values.data_ptr<double>()[i];
+  }
   torch::Tensor log_var;
   if (archive.try_read("task_log_var", log_var)) {
     if (weighting_) weighting_->load(log_var);
@@ -726,8 +759,10 @@ void Train::load_state(const std::string& in) {
 }
 
 void Train::report(Report& report) const {
-  report.set("train_loss", last_loss_);
-  report.set("train_top1", last_top1_);
+  if (steps_done_ > 0 || seen_ > 0) {  // no step (every batch dropped): no loss to report, rather than a 0
+    report.set("train_loss", last_loss_);
+    report.set("train_top1", last_top1_);
+  }
   report.set("train_steps", static_cast<double>(steps_done_));
   report.set("dropped_single_batches", static_cast<double>(dropped_single_));
   report.set("precompute_batches", static_cast<double>(precompute_batches_));  // trained from cached features
