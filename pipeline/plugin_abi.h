@@ -17,7 +17,9 @@
 // SamplerOp::rng; RandomImageOp holds a RandomStream. 3: LossStage gains
 // batch_loss(LossContext), wants_features, begin_phase, epoch_figures (its
 // vtable changed; a loss overriding loss(logits, labels) alone builds as before).
-#define FLOWRUN_STAGE_API_VERSION 3u
+// 4: ModelStage::bf16() returns an Autocast (which device's autocast; still
+// converts to bool), held in the byte that was a bool: CPU bf16 is 2 there.
+#define FLOWRUN_STAGE_API_VERSION 4u
 #define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"
 
 #define FLOWRUN_STRINGIFY_INNER(x) #x

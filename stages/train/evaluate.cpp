@@ -190,6 +190,7 @@ void Evaluate::report(Report& report) const {
   report.set(prefix_ + "_top1", last_.top1);
   report.set(prefix_ + "_top5", last_.top5);
   report.set(prefix_ + "_samples", static_cast<double>(last_.samples));
+  if (model_) report.set("bf16", model_->bf16() ? 1 : 0);  // the stage table's `prec` column
   compute_.report(report);
 }
 
