@@ -4,6 +4,7 @@
 
 #include "pipeline/registry.h"
 #include "stages/data/sample.h"
+#include "stages/image/pixel_kernels.h"
 
 namespace flowrun::stages {
 
@@ -54,20 +55,9 @@ Normalize::Normalize(const StageInit& init)
 }
 
 void Normalization::apply(const Image& image, float* dst) const {
-  const size_t plane = static_cast<size_t>(image.height) * image.width;
-  const uint8_t* src = image.pixels.data();
-  if (image.channels == 3) {
-    const float *t0 = table[0].data(), *t1 = table[1].data(), *t2 = table[2].data();
-    float *d0 = dst, *d1 = dst + plane, *d2 = dst + 2 * plane;
-    for (size_t i = 0; i < plane; ++i, src += 3) {
-      d0[i] = t0[src[0]];
-      d1[i] = t1[src[1]];
-      d2[i] = t2[src[2]];
-    }
-  } else {
-    const float* t0 = table[0].data();
-    for (size_t i = 0; i < plane; ++i) dst[i] = t0[src[i]];
-  }
+  const float* tables[3] = {table[0].data(), table[1].data(), table[2].data()};
+  kernels::planes_from_tables(image.pixels.data(), static_cast<size_t>(image.height) * image.width,
+                              image.channels == 3 ? 3 : 1, tables, dst);
 }
 
 void Normalize::process(Item& item) {
