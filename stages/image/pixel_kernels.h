@@ -18,7 +18,8 @@ namespace flowrun::stages::kernels {
 // tables: dst[c * pixels + i] = tables[c][src[i * channels + c]].
 // `channels` is 1 or 3 (tables[0] alone for 1); `pixels` = height * width;
 // each table has 256 entries. Throws std::invalid_argument for other
-// channel counts. src and dst must not overlap.
+// channel counts. src and dst must not overlap. (normalize runs the scalar
+// twin: on Zen 4 the gathers did not beat it; see normalize.cpp.)
 void planes_from_tables(const uint8_t* src, size_t pixels, int channels, const float* const tables[3], float* dst);
 void planes_from_tables_scalar(const uint8_t* src, size_t pixels, int channels, const float* const tables[3],
                                float* dst);
