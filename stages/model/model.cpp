@@ -168,8 +168,8 @@ Schema ModelStage::common_schema(std::string type, std::string doc) {
                  .one_of({"auto", "cpu", "cuda"}))
       .param(Int("index", "CUDA device index; auto = the rank's LOCAL_RANK in a job of several processes, else 0")
                  .def(Auto{}).or_auto().range(0, 63))
-      .param(String("precision", "auto (bf16 autocast on CUDA, and on a CPU with AVX512_BF16 or AMX; fp32 on other "
-                                   "CPUs), fp32 or bf16").def(std::string("auto"))
+      .param(String("precision", "auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16 (on a CPU: fast "
+                                   "with AVX512_BF16 or AMX, emulated without)").def(std::string("auto"))
                  .one_of({"auto", "fp32", "bf16"}))
       .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}));
 }
