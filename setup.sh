@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 
 PACKAGES=(
   cmake ninja-build g++ ccache pkg-config dpkg-dev
-  libtorch-dev libgloo-dev libtbb-dev libturbojpeg0-dev libpng-dev libwebp-dev libtiff-dev libstb-dev zlib1g-dev libcairo2-dev libzip-dev
+  libtorch-dev libgloo-dev libtbb-dev libturbojpeg0-dev libpng-dev libwebp-dev libtiff-dev libstb-dev libhwy-dev zlib1g-dev libcairo2-dev libzip-dev
   libboost-program-options-dev libspdlog-dev nlohmann-json3-dev libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev libbenchmark-dev valgrind
   python3-torch python3-torchvision python3-venv dataset-fashion-mnist

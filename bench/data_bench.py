@@ -6,8 +6,10 @@ One command does it all:
     build/bench-data/), (b) runs build/flowrun bench/data.graph on it, (c) runs
     torchvision's DataLoader with the same transforms on the same files with as
     many worker processes as flowrun has threads, in this same run, and prints
-    images/s of both, per core and in total, and the ratio. It also runs
-    flowrun for 1 and 5 epochs and compares peak resident memory.
+    images/s of both, per core and in total, and the ratio, each row with the
+    vector instructions each side's kernels run on (flowrun's Highway target,
+    ATen's CPU capability; bench/cpu_info.py). It also runs flowrun for 1 and
+    5 epochs and compares peak resident memory.
 """
 import argparse
 import json
@@ -16,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import cpu_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -73,8 +77,10 @@ def main():
     mean_kb = sum(os.path.getsize(f) for f in files) / max(1, count) / 1024
     print("data: %s, %d JPEGs, %.1f KB each on average; %d epochs per measurement, median of %d; %d cores" % (
         args.data, count, mean_kb, args.epochs, args.repeats, os.cpu_count()))
-    print("%-8s %-26s %12s %10s %12s %10s %8s" % ("threads", "flowrun", "img/s", "per core", "torchvision",
-                                                   "per core", "ratio"))
+    print(cpu_info.header(args.binary))
+    simd = "%s / %s" % (cpu_info.flowrun_cpu(args.binary)["kernels"], cpu_info.torch_cpu())
+    print("%-8s %-26s %12s %10s %12s %10s %8s  %s" % ("threads", "flowrun", "img/s", "per core", "torchvision",
+                                                       "per core", "ratio", "simd (flowrun / torchvision)"))
     variants = [("accurate decode", ()), ("decode.fast=true", ("--set", "decode.fast=true"))]
     def median(values):
         return sorted(values)[len(values) // 2]
@@ -84,9 +90,9 @@ def main():
         for name, extra in variants:
             runs = [run_flowrun(args.binary, args.data, threads, args.epochs, extra) for _ in range(args.repeats)]
             ours = sorted(runs, key=lambda r: r["images_per_s"])[len(runs) // 2]
-            print("%-8d %-26s %12.0f %10.0f %12.0f %10.0f %7.2fx" % (
+            print("%-8d %-26s %12.0f %10.0f %12.0f %10.0f %7.2fx  %s" % (
                 threads, name, ours["images_per_s"], ours["images_per_s"] / threads, theirs, theirs / threads,
-                ours["images_per_s"] / theirs))
+                ours["images_per_s"] / theirs, simd), flush=True)
             if ours["skipped"]:
                 print("  flowrun skipped %d files" % ours["skipped"])
         busy = {k: v["busy_s"] for k, v in ours["stages"].items()}

@@ -13,7 +13,14 @@ flowrun's is the LibTorch its build was made with: both are printed)
     torch.set_num_threads(threads), Adam + clip_grad_value_ + OneCycleLR
     stepped per batch, batch 32, drop_last. Prints the best epoch's training
     images/s of each (from the first batch of the epoch to its last step;
-    the best of --repeats alternating runs), the ratio, and flowrun's CPU use.
+    the best of --repeats alternating runs), the ratio, and flowrun's CPU use,
+    each row with the precision each side trained in and the vector
+    instructions its kernels run on (bench/cpu_info.py).
+--pairs FLOWRUN:PYTORCH... chooses the precisions compared: flowrun's
+precision= (auto, fp32, bf16) against PyTorch's loop in fp32 or in CPU bf16
+autocast (torch.autocast("cpu", torch.bfloat16) around forward and loss).
+The default, auto:fp32 bf16:bf16, is the issue-25 pair: flowrun's default
+against PyTorch's default, and bf16 against bf16 on the same work.
 """
 import argparse
 import json
@@ -24,16 +31,19 @@ import sys
 import tempfile
 import time
 
+import cpu_info
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def run_flowrun(binary, data, depth, epochs, threads):
+def run_flowrun(binary, data, depth, epochs, threads, precision):
     with tempfile.NamedTemporaryFile(suffix=".json") as summary:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run([binary, os.path.join(HERE, "train.graph"), "--set", "source.root=" + data, "--set",
-                        "model.depth=%d" % depth, "--set", "run.epochs=%d" % epochs, "--threads", str(threads),
+                        "model.depth=%d" % depth, "--set", "run.epochs=%d" % epochs, "--set", "model.precision=" + precision,
+                        "--threads", str(threads),
                         "--summary-json", summary.name], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
@@ -45,7 +55,7 @@ def run_flowrun(binary, data, depth, epochs, threads):
         return result
 
 
-def run_pytorch(data, depth, epochs, threads):
+def run_pytorch(data, depth, epochs, threads, precision):
     import torch
     import torchvision
     import torchvision.transforms as T
@@ -74,7 +84,8 @@ def run_pytorch(data, depth, epochs, threads):
         for batch, labels in loader:
             if start is None:
                 start = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(model(batch), labels)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = torch.nn.functional.cross_entropy(model(batch), labels)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_value_(model.parameters(), 0.1)
@@ -91,6 +102,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--images-per-class", type=int, default=64)
+    parser.add_argument("--pairs", nargs="+", default=["auto:fp32", "bf16:bf16"],
+                        help="FLOWRUN:PYTORCH precisions compared (flowrun: auto, fp32, bf16; PyTorch: fp32, bf16)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; the best is shown")
     parser.add_argument("--build", default=os.path.join(ROOT, "build"), help="flowrun's build folder")
     parser.add_argument("--binary", help="the flowrun binary (default: BUILD/flowrun)")
@@ -106,17 +119,38 @@ def main():
     count = sum(1 for _, _, names in os.walk(args.data) for name in names if name.endswith(".JPEG"))
     print("data: %s, %d JPEGs; %d epochs at 96 px, batch 32; %d threads on a %d-core machine" % (
         args.data, count, args.epochs, args.threads, os.cpu_count()))
-    print("%-10s %14s %14s %8s %14s" % ("model", "flowrun img/s", "PyTorch img/s", "ratio", "flowrun CPU %"))
+    pairs = [pair.split(":") for pair in args.pairs]
+    for ours_p, theirs_p in pairs:
+        if ours_p not in ("auto", "fp32", "bf16") or theirs_p not in ("fp32", "bf16"):
+            raise SystemExit("--pairs: FLOWRUN:PYTORCH with FLOWRUN auto, fp32 or bf16 and PYTORCH fp32 or bf16, "
+                             "not %s:%s" % (ours_p, theirs_p))
+    ours_cpu = cpu_info.flowrun_cpu(args.binary)
+    print(cpu_info.header(args.binary))
+    aten = cpu_info.torch_cpu()
+
+    def simd(precision):
+        # bf16 matrix work runs on the CPU's bf16 dot products where it has
+        # them (oneDNN), else emulated; fp32 on ATen's widest kernels.
+        if precision != "bf16":
+            return aten
+        native = [x for x in ours_cpu["extensions"].split() if x in ("avx512_bf16", "amx_bf16")]
+        return "+".join(native) if native else "bf16 emulated"
+    print("%-10s %-10s %14s %-10s %14s %8s %14s  %s" % ("model", "flowrun", "flowrun img/s", "PyTorch",
+                                                        "PyTorch img/s", "ratio", "flowrun CPU %",
+                                                        "simd (flowrun / PyTorch)"))
     for depth in args.depths:
-        theirs, ours = 0.0, None
-        for _ in range(args.repeats):  # alternating, so that a slow spell of a shared machine hits both
-            theirs = max(theirs, run_pytorch(args.data, depth, args.epochs, args.threads))
-            run = run_flowrun(args.binary, args.data, depth, args.epochs, args.threads)
-            if ours is None or run["train_images_per_s_best"] > ours["train_images_per_s_best"]:
-                ours = run
-        print("%-10s %14.1f %14.1f %7.2fx %14.0f" % ("resnet%d" % depth, ours["train_images_per_s_best"], theirs,
-                                                    ours["train_images_per_s_best"] / theirs, ours["cpu_percent"]),
-              flush=True)
+        for ours_p, theirs_p in pairs:
+            resolved = ours_cpu["auto"] if ours_p == "auto" else ours_p
+            theirs, ours = 0.0, None
+            for _ in range(args.repeats):  # alternating, so that a slow spell of a shared machine hits both
+                theirs = max(theirs, run_pytorch(args.data, depth, args.epochs, args.threads, theirs_p))
+                run = run_flowrun(args.binary, args.data, depth, args.epochs, args.threads, ours_p)
+                if ours is None or run["train_images_per_s_best"] > ours["train_images_per_s_best"]:
+                    ours = run
+            print("%-10s %-10s %14.1f %-10s %14.1f %7.2fx %14.0f  %s" % (
+                "resnet%d" % depth, ours_p + ("=" + resolved if ours_p == "auto" else ""),
+                ours["train_images_per_s_best"], theirs_p, theirs, ours["train_images_per_s_best"] / theirs,
+                ours["cpu_percent"], "%s / %s" % (simd(resolved), simd(theirs_p))), flush=True)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ po::options_description describe_options(Options& o) {
   visible.add_options()
       ("help,h", "show this help")
       ("version", "print flowrun's version, the LibTorch it was built with, whether CUDA is compiled in (with "
-                  "CUDA's, cuDNN's and NCCL's versions) and the CUDA devices it sees")
+                  "CUDA's, cuDNN's and NCCL's versions), the CUDA devices it sees, and the CPU's vector "
+                  "extensions with what the pixel kernels and precision=auto use of them")
       ("check", po::bool_switch(&o.check), "validate the graph and print it resolved; run nothing")
       ("list-stages", po::bool_switch(&o.list_stages), "list every registered stage with its parameters; "
                                                        "--list-stages NAME: that stage alone")

@@ -771,8 +771,8 @@ RunResult run_graph(const ResolvedGraph& graph, const RunOptions& options) {
 std::string format_stage_table(const RunResult& result) {
   std::ostringstream out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4s %4s %10s %10s %8s %9s %9s %10s %8s %6s\n", "stage", "type",
-                "kind", "conc", "thr", "items_in", "items_out", "dropped", "busy_s", "wait_in_s", "wait_out_s",
+  std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4s %4s %4s %10s %10s %8s %9s %9s %10s %8s %6s\n", "stage",
+                "type", "kind", "conc", "thr", "prec", "items_in", "items_out", "dropped", "busy_s", "wait_in_s", "wait_out_s",
                 "queue_ms", "busy%");
   out << line;
   for (const auto& s : result.stages) {
@@ -780,8 +780,11 @@ std::string format_stage_table(const RunResult& result) {
     // Threads of its own a stage's work used (a model's tensor kernels), as it reports them.
     auto threads = s.figures.find("compute_threads");
     std::string thr = threads == s.figures.end() ? "-" : std::to_string(static_cast<long long>(threads->second));
-    std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4lld %4s %10llu %10llu %8llu %9.3f %9.3f %10.3f %8.3f %5.1f%%\n",
-                  s.name.c_str(), type.c_str(), to_string(s.kind), static_cast<long long>(s.concurrency), thr.c_str(),
+    // The precision a model's forward passes ran in, as it reports it.
+    auto bf16 = s.figures.find("bf16");
+    const char* prec = bf16 == s.figures.end() ? "-" : bf16->second != 0 ? "bf16" : "fp32";
+    std::snprintf(line, sizeof line, "%-14s %-22s %-9s %4lld %4s %4s %10llu %10llu %8llu %9.3f %9.3f %10.3f %8.3f %5.1f%%\n",
+                  s.name.c_str(), type.c_str(), to_string(s.kind), static_cast<long long>(s.concurrency), thr.c_str(), prec,
                   static_cast<unsigned long long>(s.items_in), static_cast<unsigned long long>(s.items_out),
                   static_cast<unsigned long long>(s.dropped), s.busy_s, s.wait_input_s, s.wait_output_s,
                   s.output_queue_ms, 100 * s.utilization);

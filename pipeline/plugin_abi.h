@@ -18,7 +18,9 @@
 // batch_loss(LossContext), wants_features, begin_phase, epoch_figures (its
 // vtable changed; a loss overriding loss(logits, labels) alone builds as before).
 // 4: multi-task: Sample::task_labels, DatasetInfo::tasks, Batch::task_labels,
-// ModelStage's extra heads (its layout changed), NetworkImpl::block.
+// ModelStage's extra heads (its layout changed), NetworkImpl::block; and
+// ModelStage::bf16() returns an Autocast (which device's autocast; still
+// converts to bool), held in the byte that was a bool: CPU bf16 is 2 there.
 #define FLOWRUN_STAGE_API_VERSION 4u
 #define FLOWRUN_PLUGIN_ENTRY_SYMBOL "flowrun_plugin_entry"
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "pipeline/registry.h"
+#include "stages/image/pixel_kernels.h"
 
 namespace flowrun::stages {
 
@@ -11,29 +12,31 @@ namespace {
 
 inline uint8_t to_byte(float v) { return static_cast<uint8_t>(std::clamp(std::lround(v), 0L, 255L)); }
 
-// PIL's luma ("L" mode): ITU-R 601-2.
-inline float luma(const uint8_t* p) { return (p[0] * 299 + p[1] * 587 + p[2] * 114) / 1000.0f; }
+// out = other * (1 - factor) + image * factor, PIL's Image.blend. The
+// result of a byte is a function of the byte alone in brightness and
+// contrast: a 256-entry table per call, the same float expression per entry.
+void apply_table(Image& image, const uint8_t (&table)[256]) {
+  for (auto& v : image.pixels) v = table[v];
+}
 
-// out = other * (1 - factor) + image * factor, PIL's Image.blend.
 void adjust_brightness(Image& image, float factor) {
-  for (auto& v : image.pixels) v = to_byte(v * factor);
+  uint8_t table[256];
+  for (int v = 0; v < 256; ++v) table[v] = to_byte(v * factor);
+  apply_table(image, table);
 }
 
 void adjust_contrast(Image& image, float factor) {
-  double sum = 0;
+  // The mean of PIL's rounded luma ("L" mode, ITU-R 601-2), an exact integer sum.
   size_t n = static_cast<size_t>(image.width) * image.height;
-  for (size_t i = 0; i < n; ++i) sum += std::floor(luma(&image.pixels[3 * i]) + 0.5f);
+  const double sum = static_cast<double>(kernels::luma_sum(image.pixels.data(), n));
   float mean = static_cast<float>(std::floor(sum / static_cast<double>(n) + 0.5));
-  for (auto& v : image.pixels) v = to_byte(mean * (1 - factor) + v * factor);
+  uint8_t table[256];
+  for (int v = 0; v < 256; ++v) table[v] = to_byte(mean * (1 - factor) + v * factor);
+  apply_table(image, table);
 }
 
 void adjust_saturation(Image& image, float factor) {
-  size_t n = static_cast<size_t>(image.width) * image.height;
-  for (size_t i = 0; i < n; ++i) {
-    uint8_t* p = &image.pixels[3 * i];
-    float gray = std::floor(luma(p) + 0.5f);
-    for (int c = 0; c < 3; ++c) p[c] = to_byte(gray * (1 - factor) + p[c] * factor);
-  }
+  kernels::blend_with_gray(image.pixels.data(), static_cast<size_t>(image.width) * image.height, factor);
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "stages/image/pixel_kernels.h"
+
 namespace flowrun::stages {
 
 namespace {
@@ -103,19 +105,13 @@ Image resize_bilinear(const Image& in, int left, int top, int width, int height,
     return temp;
   }
   Image out(out_width, out_height, ch);
-  const int row_bytes = out_width * ch;
-  std::vector<int32_t> acc(row_bytes);
+  const size_t row_bytes = static_cast<size_t>(out_width) * ch;
+  std::vector<const uint8_t*> sources(vert.ksize);
   for (int yy = 0; yy < out_height; ++yy) {
     int ymin = vert.bounds[2 * yy], ycount = vert.bounds[2 * yy + 1];
-    const int32_t* k = &vert.weights[static_cast<size_t>(yy) * vert.ksize];
-    std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
-    for (int y = 0; y < ycount; ++y) {
-      const uint8_t* src = rows->row(y + ymin - row_offset);
-      const int32_t w = k[y];
-      for (int i = 0; i < row_bytes; ++i) acc[i] += src[i] * w;
-    }
-    uint8_t* dst = out.row(yy);
-    for (int i = 0; i < row_bytes; ++i) dst[i] = clip8(acc[i]);
+    for (int y = 0; y < ycount; ++y) sources[y] = rows->row(y + ymin - row_offset);
+    kernels::weighted_rows(sources.data(), &vert.weights[static_cast<size_t>(yy) * vert.ksize], ycount, row_bytes,
+                           kPrecisionBits, out.row(yy));
   }
   return out;
 }
@@ -156,22 +152,31 @@ Image padded_crop(const Image& in, int pad_y, int pad_x, PadMode mode, uint8_t f
   const int ch = in.channels;
   Image out(width, height, ch);
   // The columns are the same for every row: work them out once, as runs of
-  // consecutive source pixels (copied whole) and fill pixels (src = -1).
+  // consecutive source pixels, forwards (the image: one memcpy, glibc's
+  // vectorised one) or backwards (reflect and symmetric padding mirror the
+  // border: copied pixel by pixel inline, where a memcpy call per pixel cost
+  // more than the copy), and fill pixels (src = -1).
   struct Run {
-    int dst, src, length;
+    int dst, src, length, step;  // step: +1 forwards, -1 backwards, 0 fill
   };
   std::vector<Run> runs;
   for (int x = 0; x < width; ++x) {
     int src = map_index(left + x - pad_x, in.width, mode);
     if (!runs.empty()) {
       Run& last = runs.back();
-      bool continues = src < 0 ? last.src < 0 : last.src >= 0 && src == last.src + last.length;
+      bool continues = false;
+      if (src < 0) continues = last.step == 0;
+      else if (last.step != 0 && src == last.src + last.step * last.length) continues = true;
+      else if (last.length == 1 && last.step != 0 && src == last.src - 1) {
+        last.step = -1;  // a second pixel going backwards: the run mirrors
+        continues = true;
+      }
       if (continues) {
         ++last.length;
         continue;
       }
     }
-    runs.push_back({x, src, 1});
+    runs.push_back({x, src, 1, src < 0 ? 0 : 1});
   }
   for (int y = 0; y < height; ++y) {
     int sy = map_index(top + y - pad_y, in.height, mode);
@@ -182,8 +187,17 @@ Image padded_crop(const Image& in, int pad_y, int pad_x, PadMode mode, uint8_t f
     }
     const uint8_t* src = in.row(sy);
     for (const Run& run : runs) {
-      if (run.src < 0) std::memset(dst + run.dst * ch, fill, static_cast<size_t>(run.length) * ch);
-      else std::memcpy(dst + run.dst * ch, src + run.src * ch, static_cast<size_t>(run.length) * ch);
+      if (run.step == 0) {
+        std::memset(dst + run.dst * ch, fill, static_cast<size_t>(run.length) * ch);
+      } else if (run.step > 0) {
+        std::memcpy(dst + run.dst * ch, src + run.src * ch, static_cast<size_t>(run.length) * ch);
+      } else {
+        uint8_t* d = dst + run.dst * ch;
+        for (int i = 0; i < run.length; ++i, d += ch) {
+          const uint8_t* s = src + (run.src - i) * ch;
+          for (int c = 0; c < ch; ++c) d[c] = s[c];
+        }
+      }
     }
   }
   return out;
@@ -198,23 +212,7 @@ Image crop(const Image& in, int top, int left, int height, int width) {
   return out;
 }
 
-void flip_horizontal(Image& image) {
-  const int ch = image.channels, w = image.width;
-  for (int y = 0; y < image.height; ++y) {
-    uint8_t* row = image.row(y);
-    uint8_t *a = row, *b = row + (w - 1) * ch;
-    if (ch == 3) {
-      for (; a < b; a += 3, b -= 3) {
-        uint8_t t0 = a[0], t1 = a[1], t2 = a[2];
-        a[0] = b[0], a[1] = b[1], a[2] = b[2];
-        b[0] = t0, b[1] = t1, b[2] = t2;
-      }
-    } else {
-      for (; a < b; a += ch, b -= ch)
-        for (int c = 0; c < ch; ++c) std::swap(a[c], b[c]);
-    }
-  }
-}
+void flip_horizontal(Image& image) { kernels::flip_rows(image.pixels.data(), image.width, image.height, image.channels); }
 
 void shorter_side_size(int width, int height, int size, int& out_width, int& out_height) {
   if (width <= height) {

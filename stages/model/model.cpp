@@ -187,7 +187,8 @@ Schema ModelStage::common_schema(std::string type, std::string doc) {
                  .one_of({"auto", "cpu", "cuda"}))
       .param(Int("index", "CUDA device index; auto = the rank's LOCAL_RANK in a job of several processes, else 0")
                  .def(Auto{}).or_auto().range(0, 63))
-      .param(String("precision", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16").def(std::string("auto"))
+      .param(String("precision", "auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16 (on a CPU: fast "
+                                   "with AVX512_BF16 or AMX, emulated without)").def(std::string("auto"))
                  .one_of({"auto", "fp32", "bf16"}))
       .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}))
       // Values alone, so that --check reports them; whether CUDA is there is
@@ -205,11 +206,6 @@ Schema ModelStage::common_schema(std::string type, std::string doc) {
           if (std::find(tasks.begin(), tasks.begin() + i, t) != tasks.begin() + i) return "task '" + t + "' is listed twice";
         }
         return "";
-      })
-      .check([](const Params& p) {
-        return p.get_string("precision") == "bf16" && p.get_string("device") == "cpu"
-                   ? "precision=bf16 needs CUDA (autocast here is for the GPU), but device=cpu"
-                   : "";
       });
 }
 
@@ -387,8 +383,9 @@ ModelStage::ModelStage(const StageInit& init, const Builder& build)
   const bool cuda = device == "cuda" || (device == "auto" && cuda_available());
   if (cuda && !cuda_available()) throw std::runtime_error("device=cuda but there is " + no_cuda_device_reason());
   const std::string precision = init.params.get_string("precision");
-  bf16_ = precision == "bf16" || (precision == "auto" && cuda);
-  if (bf16_ && !cuda) throw std::runtime_error("precision=bf16 needs CUDA (autocast here is for the GPU)");
+  std::string why;
+  bf16_ = choose_precision(precision, cuda, &why);
+  spdlog::info("model '{}': {} {} ({})", name_, bf16_.name(), cuda ? "on CUDA" : "on the CPU", why);
   const std::string layout = init.params.get_string("channels_last");
   channels_last_ = layout == "yes" || (layout == "auto" && cuda);
   if (cuda) {
@@ -474,6 +471,7 @@ void ModelStage::report(Report& report) const {
   report.set("weights_loaded", static_cast<double>(load_.loaded));
   report.set("head_reinitialised", load_.reinitialised.empty() ? 0 : 1);
   if (!heads_.empty()) report.set("task_heads_new", static_cast<double>(new_task_heads_.size()));
+  report.set("bf16", bf16_ ? 1 : 0);  // the stage table's `prec` column
 }
 
 bool ModelStage::save_state(std::string& out) const {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "pipeline/stage.h"
+#include "stages/model/precision.h"
 #include "stages/model/resnet.h"
 #include "stages/model/weights.h"
 
@@ -60,8 +61,9 @@ class ModelStage : public ComponentStage {
   Network& net() { return net_; }
   int64_t classes() const { return classes_; }
   const torch::Device& device() const { return device_; }
-  // Whether forward passes run in bf16 autocast.
-  bool bf16() const { return bf16_; }
+  // Whether forward passes run in bf16 autocast, and on which device (true
+  // when bf16: see precision.h). What AutocastScope takes.
+  Autocast bf16() const { return bf16_; }
   // A batch's images as the model wants them: on its device (a copy only
   // when to_device did not already put them there), in its memory layout.
   torch::Tensor input(const torch::Tensor& images) const;
@@ -147,7 +149,7 @@ class ModelStage : public ComponentStage {
   std::string weights_;
   std::string name_;
   torch::Device device_{torch::kCPU};
-  bool bf16_ = false;
+  Autocast bf16_;
   bool channels_last_ = false;
 };
 

@@ -285,6 +285,7 @@ void Evaluate::report(Report& report) const {
     report.set(prefix + "_top5", head.last.top5);
     report.set(prefix + "_samples", static_cast<double>(head.last.samples));
   }
+  if (model_) report.set("bf16", model_->bf16() ? 1 : 0);  // the stage table's `prec` column
   compute_.report(report);
 }
 

@@ -766,6 +766,7 @@ void Train::report(Report& report) const {
   report.set("train_steps", static_cast<double>(steps_done_));
   report.set("dropped_single_batches", static_cast<double>(dropped_single_));
   report.set("precompute_batches", static_cast<double>(precompute_batches_));  // trained from cached features
+  if (model_) report.set("bf16", model_->bf16() ? 1 : 0);  // the stage table's `prec` column
   for (const auto& [key, value] : adaptation_figures_) report.set(key, value);
   for (const auto& [key, value] : loss_figures_) report.set(key, value);
   for (const auto& [key, value] : task_figures_) report.set(key, value);
