@@ -1,11 +1,10 @@
 #include "stages/data/class_groups.h"
 
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
 #include <stdexcept>
 
 #include "pipeline/registry.h"
+#include "stages/data/text_lines.h"
 
 namespace flowrun::stages {
 
@@ -33,16 +32,7 @@ ClassGroups::ClassGroups(const StageInit& init)
       task_(init.params.get_string("task")),
       default_(init.params.get_string("default")),
       relabel_(init.params.get_bool("relabel")) {
-  std::ifstream in(file_);
-  if (!in)
-    throw std::runtime_error(file_ + ": cannot read the class groups (" +
-                             (std::filesystem::exists(file_) ? "not readable" : "no such file") + ")");
-  int line_number = 0;
-  for (std::string line; std::getline(in, line);) {
-    ++line_number;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line_number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // a UTF-8 byte-order mark
-    if (line.empty() || line[0] == '#') continue;
+  for_each_line(file_, "the class groups", [&](int line_number, const std::string& line) {
     const size_t tab = line.find('\t');
     const std::string where = file_ + ":" + std::to_string(line_number) + ": ";
     if (tab == std::string::npos || tab == 0 || tab + 1 == line.size() || line.find('\t', tab + 1) != std::string::npos)
@@ -52,7 +42,7 @@ ClassGroups::ClassGroups(const StageInit& init)
     if (!group_of_.emplace(cls, group).second)
       throw std::runtime_error(where + "class '" + cls + "' is mapped twice");
     if (std::find(groups_.begin(), groups_.end(), group) == groups_.end()) groups_.push_back(group);
-  }
+  });
   if (groups_.empty()) throw std::runtime_error(file_ + ": no CLASS<TAB>GROUP line");
   if (!default_.empty() && default_ != "-" &&
       std::find(groups_.begin(), groups_.end(), default_) == groups_.end())

@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <stdexcept>
 
 #include "pipeline/registry.h"
 #include "stages/data/imagefolder.h"
+#include "stages/data/text_lines.h"
 
 namespace flowrun::stages {
 
@@ -54,15 +54,8 @@ ImageList::ImageList(const StageInit& init)
   std::vector<std::vector<std::string>> task_values(task_names.size());
   std::vector<TaskLabels> tasks;
   if (!list.empty()) {
-    std::ifstream in(list);
-    if (!in) throw std::runtime_error(list + ": cannot read the image list");
     const fs::path base = fs::path(list).parent_path();
-    int line_number = 0;
-    for (std::string line; std::getline(in, line);) {
-      ++line_number;
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line_number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // a UTF-8 byte-order mark
-      if (line.empty() || line[0] == '#') continue;
+    for_each_line(list, "the image list", [&](int line_number, const std::string& line) {
       std::vector<std::string> fields;
       for (size_t start = 0;;) {
         const size_t tab = line.find('\t', start);
@@ -109,7 +102,7 @@ ImageList::ImageList(const StageInit& init)
       }
       paths_.push_back(fs::path(path).is_absolute() ? path : (base / path).string());
       labels.push_back(label);
-    }
+    });
     if (paths_.empty()) throw std::runtime_error(list + ": the image list is empty");
     for (size_t t = 0; t < task_names.size(); ++t) {
       // A task's classes: its labels sorted, as ImageFolder sorts its class folders.
