@@ -631,21 +631,15 @@ torch::Tensor ModelStage::labels(const Batch& batch, bool training) {
   return labels(map_labels(batch.labels, map));
 }
 
-bool ModelStage::has_task(const Batch& batch, const std::string& task) {
-  if (!batch.dataset || !batch.task_labels.defined()) return false;
-  for (const auto& t : batch.dataset->tasks)
-    if (t.name == task) return true;
-  return false;
-}
+bool ModelStage::has_task(const Batch& batch, const std::string& task) { return batch.task_column(task) >= 0; }
 
 torch::Tensor ModelStage::task_labels(const Batch& batch, size_t h, bool training) {
   const TaskHead& head = heads_.at(h);
   const std::string what = "head '" + head.name + "' of model '" + name_ + "'";
-  size_t column = 0;
   const std::vector<TaskClasses> none;
   const std::vector<TaskClasses>& tasks = batch.dataset ? batch.dataset->tasks : none;
-  while (column < tasks.size() && tasks[column].name != head.name) ++column;
-  if (column == tasks.size() || !batch.task_labels.defined()) {
+  const int64_t column = batch.task_column(head.name);
+  if (column < 0) {
     std::string have;
     for (const auto& t : tasks) have += (have.empty() ? "" : ", ") + t.name;
     throw std::runtime_error((batch.dataset ? batch.dataset->name : std::string("the batch")) + " gives no labels for " +
@@ -654,7 +648,7 @@ torch::Tensor ModelStage::task_labels(const Batch& batch, size_t h, bool trainin
                              "): label them with an imagelist's tasks=[" + head.name + "] column or a class_groups "
                              "task=" + head.name + " sampler op");
   }
-  const std::vector<std::string>& source = tasks[column].class_names;
+  const std::vector<std::string>& source = tasks[static_cast<size_t>(column)].class_names;
   if (static_cast<int64_t>(source.size()) > head.classes)
     throw std::runtime_error(batch.dataset->name + " labels task '" + head.name + "' with " +
                              std::to_string(source.size()) + " classes " + names_text(source) + " but " + what +
@@ -666,7 +660,7 @@ torch::Tensor ModelStage::task_labels(const Batch& batch, size_t h, bool trainin
                    name_, what, head.classes, batch.dataset->name, source.size(), names_text(source));
   }
   const std::vector<int64_t>& map = mapping(head_outputs_[h], head.classes, what, source, batch.dataset->name, training);
-  torch::Tensor out = map_labels(batch.task_labels.select(1, static_cast<int64_t>(column)), map);
+  torch::Tensor out = map_labels(batch.task_labels.select(1, column), map);
   return out.device() == device_ ? out : out.to(device_, /*non_blocking=*/true);
 }
 

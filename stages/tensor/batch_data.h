@@ -21,6 +21,14 @@ struct Batch {
   // [N, T] int64: the labels of the dataset's T extra tasks (dataset->tasks,
   // multi-task), -1 where a sample has none; undefined when T = 0.
   at::Tensor task_labels;
+  // The column of task_labels that holds task `task`'s labels; -1 when the
+  // batch's source does not label that task.
+  int64_t task_column(const std::string& task) const {
+    if (!dataset || !task_labels.defined()) return -1;
+    for (size_t c = 0; c < dataset->tasks.size(); ++c)
+      if (dataset->tasks[c].name == task) return static_cast<int64_t>(c);
+    return -1;
+  }
   std::vector<int64_t> indices;      // dataset index of every sample
   std::vector<std::string> paths;    // file of every sample ("" for in-memory sources)
   std::vector<uint8_t> padding;      // per sample, 1 = a repeat evening out a job's shards; empty = none

@@ -105,9 +105,7 @@ void Evaluate::process(Item& item, const Emit& emit) {
       continue;
     }
     head.scored = true;
-    size_t column = 0;
-    while (batch.dataset->tasks[column].name != head.task) ++column;
-    const torch::Tensor host = batch.task_labels.select(1, static_cast<int64_t>(column)).contiguous();
+    const torch::Tensor host = batch.task_labels.select(1, batch.task_column(head.task)).contiguous();
     add(head, logits[h], model_->task_labels(batch, h - 1), batch.padding, host);
   }
   for (size_t h = 0; h < heads_.size(); ++h) {

@@ -502,10 +502,7 @@ void Train::add_task_losses(const Batch& batch, const torch::Tensor& features, s
   for (size_t h = 0; h < heads.size(); ++h) {
     const torch::Tensor labels = model_->task_labels(labelled, h, /*training=*/true);  // [n], -1 = none
     // Counted on the host, from the batch's labels (-1 stays -1 when mapped): no device synchronisation.
-    size_t column = 0;
-    while (labelled.dataset->tasks[column].name != heads[h].name) ++column;
-    const int64_t count =
-        (labelled.task_labels.select(1, static_cast<int64_t>(column)) >= 0).sum().item<int64_t>();
+    const int64_t count = (labelled.task_labels.select(1, labelled.task_column(heads[h].name)) >= 0).sum().item<int64_t>();
     if (count == 0) {
       losses.emplace_back();  // no sample of the batch has this task's label
       continue;
