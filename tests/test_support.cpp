@@ -7,6 +7,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <vector>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -33,12 +36,36 @@ std::string errors_of(const std::string& text, const std::vector<std::string>& s
   }
 }
 
+namespace {
+// Every directory temp_dir() made, removed when the test process exits (a suite's runs write
+// hundreds of MB; left behind, a full test pass filled the disk). FLOWRUN_KEEP_TEST_DIRS=1 keeps
+// them to look at; a child that forked without exec (it ends with _exit) removes nothing.
+struct TempDirs {
+  std::mutex mutex;
+  std::vector<std::filesystem::path> made;
+  pid_t owner = getpid();
+  ~TempDirs() {
+    const char* keep = std::getenv("FLOWRUN_KEEP_TEST_DIRS");
+    if (getpid() != owner || (keep && *keep && std::string(keep) != "0")) return;
+    std::error_code ignored;
+    for (const auto& dir : made) std::filesystem::remove_all(dir, ignored);
+  }
+};
+TempDirs& temp_dirs() {
+  static TempDirs dirs;
+  return dirs;
+}
+}  // namespace
+
 std::string temp_dir() {
   static std::atomic<int> counter{0};
   auto dir = std::filesystem::temp_directory_path() /
              ("flowrun-test-" + std::to_string(getpid()) + "-" + std::to_string(counter++));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  auto& dirs = temp_dirs();
+  std::lock_guard<std::mutex> lock(dirs.mutex);
+  dirs.made.push_back(dir);
   return dir.string();
 }
 
