@@ -326,7 +326,7 @@ TEST(Features, MatchTorchvisionsBackboneOnTheSameFiles) {
       << "src = imagefolder root=\"" << root << "\"\n"
       << "prep = decode | resize size=32 | center_crop size=32 | normalize stats=imagenet\n"
       << "batch = batch size=4\n"
-      << "model = resnet depth=50 classes=7 weights=\"" << weights << "\"\n"
+      << "model = resnet depth=50 classes=7 precision=fp32 weights=\"" << weights << "\"\n"  // torchvision's fp32
       << "feats = features path=\"" << dir << "/out/train.safetensors\"\n"
       << "flow src -> prep -> batch -> feats\n";
   auto run = test::run_flowrun({dir + "/features.graph", "--threads", "2", "--summary-json", dir + "/summary.json"});

@@ -68,8 +68,9 @@ TEST(Precision, ChoiceFollowsTheParameterAndTheCpu) {
   EXPECT_EQ(stages::choose_precision("bf16", true).device, Autocast::kCuda);
   EXPECT_EQ(stages::choose_precision("auto", true).device, Autocast::kCuda);
   const Autocast cpu = stages::choose_precision("auto", false, &why);
-  EXPECT_EQ(cpu.device, Autocast::kOff) << why;  // fp32 on the CPU for now, bf16 by choice
-  EXPECT_NE(why.find(stages::cpu_has_native_bf16() ? "precision=bf16 trains" : "emulated"), std::string::npos) << why;
+  // bf16 where the CPU has it natively, fp32 where LibTorch would emulate it.
+  EXPECT_EQ(cpu.device, stages::cpu_has_native_bf16() ? Autocast::kCpu : Autocast::kOff) << why;
+  EXPECT_NE(why.find(stages::cpu_has_native_bf16() ? "bf16 autocast" : "emulated"), std::string::npos) << why;
   EXPECT_NE(why.find("precision=auto"), std::string::npos) << why;
   EXPECT_STREQ(cpu.name(), cpu ? "bf16" : "fp32");
   EXPECT_THROW(stages::choose_precision("fp16", false), std::invalid_argument);

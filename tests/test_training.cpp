@@ -155,7 +155,8 @@ TEST(Train, StepsLowerTheLossOnABatch) {
 }
 
 TEST(Evaluate, CountsEverySampleNotEveryBatch) {
-  test::StageBench bench(kModel + "evaluate = evaluate\n");
+  // fp32: the reference below is the network's own fp32 forward (precision=auto is bf16 on CPUs with AVX512_BF16).
+  test::StageBench bench("source = count\nmodel = resnet depth=18 classes=3 precision=fp32\nevaluate = evaluate\n");
   auto& evaluate = static_cast<Evaluate&>(bench.stage("evaluate"));
   Network& net = find_model(bench, "model").net();
   net->eval();
@@ -419,7 +420,7 @@ TEST(Precompute, TheCacheKeepsToItsLimit) {
   try {
     std::string text = precompute_graph(root, "", "train precompute=on precompute_limit_mb=1", "freeze mode=backbone",
                                         "", 2);
-    text.replace(text.find("depth=18"), 8, "depth=50");  // 2048 features: 8 KiB a sample, 128 in 1 MiB
+    text.replace(text.find("depth=18"), 8, "depth=50 precision=fp32");  // 2048 fp32 features: 8 KiB a sample, 128 in 1 MiB
     run_graph(test::resolve_text(text), options);
     FAIL() << "the cache passed its limit";
   } catch (const std::exception& e) {

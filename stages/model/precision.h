@@ -33,8 +33,8 @@ bool cpu_has_native_bf16();
 std::string cpu_vector_extensions();
 
 // `precision` (auto, fp32 or bf16) for a model on CUDA (`cuda`) or the CPU:
-// auto is bf16 on CUDA and fp32 on the CPU (for now: see precision.cpp);
-// bf16 on the CPU is fast where cpu_has_native_bf16(), emulated elsewhere.
+// auto is bf16 on CUDA, bf16 on a CPU where cpu_has_native_bf16() (AVX512_BF16
+// or AMX) and fp32 on other CPUs (there LibTorch emulates bf16, slower).
 // `why` gets the reason of the choice, for the run's log line.
 Autocast choose_precision(const std::string& precision, bool cuda, std::string* why = nullptr);
 
