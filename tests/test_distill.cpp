@@ -358,7 +358,7 @@ TEST(Distill, GraphsThatCannotDistilAreClearErrors) {
 TEST(Distill, TheShippedGraphRunsAtTinyScale) {
   const std::string dir = test::temp_dir();
   {
-    test::StageBench bench("source = count\nteacher = resnet depth=18 classes=4\n", 5);
+    test::StageBench bench("source = count\nteacher = resnet depth=18 classes=10\n", 5);
     std::string bytes;
     find_model(bench, "teacher").save_state(bytes);
     std::ofstream(dir + "/teacher.safetensors", std::ios::binary) << bytes;
@@ -371,6 +371,6 @@ TEST(Distill, TheShippedGraphRunsAtTinyScale) {
   const nlohmann::json summary = nlohmann::json::parse(test::slurp(dir + "/summary.json"));
   for (const char* key : {"student_alone_top1", "student_kd_top1", "kd_loss", "teacher_batches"})
     EXPECT_TRUE(summary.contains(key)) << key << summary.dump();
-  EXPECT_EQ(summary["teacher_batches"], 4);  // 12 images in batches of 6, 2 epochs
+  EXPECT_EQ(summary["teacher_batches"], 10);  // 10 classes x 3 images in batches of 6, 2 epochs
   EXPECT_EQ(summary["teacher_cached_batches"], 0);  // the flow augments
 }
