@@ -432,15 +432,19 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
     add_task_losses(batch, source_features, losses);
     loss = weighting_->combine(losses);
   }
+  autocast.end();  // before backward, clearing the cast cache (the weights change at the step)
   if (adaptation_) {
-    torch::Tensor transfer =
-        adaptation_->loss(features.narrow(0, 0, sources), features.narrow(0, sources, targets), progress);
+    // Outside autocast, on float32 features: CORAL's covariances (XᵀX less
+    // the mean's outer product) cancel catastrophically in bf16, and DANN's
+    // adversarial gradient through the domain classifier is as sensitive
+    // (as PyTorch users do with autocast(enabled=False) around such losses).
+    const torch::Tensor f = features.to(torch::kFloat);
+    torch::Tensor transfer = adaptation_->loss(f.narrow(0, 0, sources), f.narrow(0, sources, targets), progress);
     if (transfer.dim() != 0)
       throw std::runtime_error("adaptation stage '" + adaptation_name_ + "' returned a tensor of " +
                                std::to_string(transfer.dim()) + " dimensions, not a scalar loss");
     loss = loss + transfer.to(loss.scalar_type());
   }
-  autocast.end();  // before backward, clearing the cast cache (the weights change at the step)
   if (sync_) sync_->before_backward();
   const int64_t batch_number = seen_batches_++;
   if (finder_) {
