@@ -66,6 +66,21 @@ const std::string kModel = "source = count\nmodel = resnet depth=18 classes=3\n"
 
 }  // namespace
 
+// DANN's annealing (Ganin & Lempitsky 2015, section 5): mu_p = mu_0 / (1 + 10 p)^0.75.
+TEST(Schedule, InverseDecayIsGaninAndLempitskysAnnealing) {
+  test::StageBench bench("source = count\nsched = inverse_decay\nsteep = inverse_decay gamma=3 power=2\n");
+  auto& paper = static_cast<ScheduleStage&>(bench.stage("sched"));
+  EXPECT_DOUBLE_EQ(paper.lr_factor(0, 40), 1.0);
+  EXPECT_NEAR(paper.lr_factor(20, 40), 0.26084743001221455, 1e-15);  // 6^-0.75
+  EXPECT_NEAR(paper.lr_factor(30, 40), 0.20087958649107582, 1e-15);  // 8.5^-0.75
+  EXPECT_NEAR(paper.lr_factor(40, 40), 0.16556002607617018, 1e-15);  // 11^-0.75, the phase's end
+  EXPECT_DOUBLE_EQ(paper.lr_factor(0, 0), 1.0);                      // no steps: no progress
+  auto& steep = static_cast<ScheduleStage&>(bench.stage("steep"));
+  EXPECT_DOUBLE_EQ(steep.lr_factor(10, 40), 1.0 / (1.75 * 1.75));
+  EXPECT_FALSE(steep.momentum(10, 40).has_value());
+  EXPECT_NE(test::errors_of("source = count\nsched = inverse_decay power=-1\n").find("power"), std::string::npos);
+}
+
 TEST(Schedule, OneCycleMatchesPyTorch) {
   for (const char* anneal : {"cos", "linear"}) {
     std::string out = run_command(std::string(FLOWRUN_ORACLE_PYTHON " '" FLOWRUN_SOURCE_DIR "/tests/oracle/onecycle.py' 0.01 37 0.3 ") +
