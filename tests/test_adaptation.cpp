@@ -14,7 +14,10 @@
 
 #include "data_support.h"
 #include "pipeline/executor.h"
+#include "pipeline/registry.h"
 #include "stages/adapt/adabn.h"
+#include "stages/adapt/adaptation.h"
+#include "stages/model/autocast_compat.h"
 #include "stages/adapt/coral.h"
 #include "stages/adapt/dann.h"
 #include "stages/model/model.h"
@@ -62,6 +65,27 @@ std::string run_error(const std::string& text) {
   return "";
 }
 
+
+// A probe adaptation stage: what the train stage hands a method under bf16
+// autocast (the features' dtype, whether autocast is on while the loss is
+// computed). Registered in this test binary only.
+struct AutocastProbe : public AdaptationStage {
+  static inline std::vector<std::pair<at::ScalarType, bool>> seen;
+  static Schema schema() {
+    return Schema("test_autocast_probe", "records the features' dtype and the autocast state").provides("adaptation");
+  }
+  explicit AutocastProbe(const StageInit&) {}
+  torch::Tensor loss(const torch::Tensor& source, const torch::Tensor& target, double) override {
+    seen.emplace_back(source.scalar_type(), compat::cpu_autocast_enabled());
+    seen.emplace_back(target.scalar_type(), compat::cpu_autocast_enabled());
+    // A product under autocast would come back in bf16: this one must not.
+    const torch::Tensor product = source.t().mm(source);
+    seen.emplace_back(product.scalar_type(), compat::cpu_autocast_enabled());
+    return product.sum() * 0;
+  }
+  std::map<std::string, double> epoch_figures() const override { return {}; }
+};
+FLOWRUN_REGISTER_STAGE(AutocastProbe);
 }  // namespace
 
 TEST(Coral, TheLossIsThePapersFormulaOnFixedMatrices) {
@@ -254,6 +278,26 @@ TEST(Adaptation, EachMethodTrainsOnAJoinedFlowAndReportsItsFigures) {
       EXPECT_DOUBLE_EQ(summary["dann_lambda"].get<double>(), dann_lambda(5.0 / 6.0, 10, 1));
       EXPECT_NE(result.out.find("dann_domain_top1"), std::string::npos) << result.out;
     }
+  }
+}
+
+// Under bf16 autocast (precision=bf16) the model's features are bf16, but an
+// adaptation loss sees them as float32 with autocast off: CORAL's
+// covariances and DANN's domain classifier in float32.
+TEST(Adaptation, TheMethodsLossRunsInFloat32UnderBf16Autocast) {
+  std::string text = adaptation_graph("adaptation=probe") + "probe = test_autocast_probe\n";
+  text.replace(text.find("model       = resnet depth=18 classes=3"), 39,
+               "model       = resnet depth=18 classes=3 precision=bf16");
+  AutocastProbe::seen.clear();
+  RunOptions options;
+  options.threads = 2;
+  const std::string dir = test::temp_dir();
+  options.run_dir = dir + "/run";
+  run_graph(test::resolve_text(text, {}, dir + "/probe.graph"), options);  // its files go beside the graph
+  ASSERT_EQ(AutocastProbe::seen.size(), 6u * 3);  // 6 steps, 3 records each
+  for (const auto& [dtype, autocast] : AutocastProbe::seen) {
+    EXPECT_EQ(dtype, at::kFloat);
+    EXPECT_FALSE(autocast);
   }
 }
 

@@ -32,4 +32,13 @@ inline void set_cpu_bf16_autocast(bool enabled) {
 #endif
 }
 
+// Whether autocast is on for the CPU in the calling thread.
+inline bool cpu_autocast_enabled() {
+#if TORCH_VERSION_MAJOR >= 2
+  return at::autocast::is_autocast_enabled(at::kCPU);
+#else
+  return at::autocast::is_cpu_enabled();
+#endif
+}
+
 }  // namespace flowrun::stages::compat
