@@ -126,7 +126,9 @@ TEST(Distill, TheSoftLossIsKLDivBatchmeanTimesTSquared) {
 // The stage's loss: alpha * the soft loss against its teacher's logits on
 // the batch's images + (1 - alpha) * cross-entropy with the labels.
 TEST(Distill, TheStagesLossBlendsTheSoftLossWithCrossEntropy) {
-  test::StageBench bench("source = count\nteacher = resnet depth=18 classes=4\nstudent = resnet depth=18 classes=4\n"
+  // fp32: the hand formula takes the teacher's fp32 logits (precision=auto is bf16 on CPUs with AVX512_BF16).
+  test::StageBench bench("source = count\nteacher = resnet depth=18 classes=4 precision=fp32\n"
+                         "student = resnet depth=18 classes=4 precision=fp32\n"
                          "kd = distill teacher=teacher temperature=3 alpha=0.7\n");
   auto& kd = static_cast<Distill&>(bench.stage("kd"));
   ModelStage& teacher = find_model(bench, "teacher");

@@ -91,7 +91,10 @@ std::string training_graph(int batch, int epochs, const std::string& weights, co
          "batch = batch size=" + std::to_string(batch) + "\n"
          "train = train scheduler=\"\" freezer=freezer\n"
          "flow src -> prep -> batch -> train\n"
-         "model = resnet depth=18 classes=4\n"
+         // fp32: a job's ranks and one process sum the same gradients in other orders and
+         // batch sizes, equal to 1e-5 in fp32; bf16 (precision=auto on CPUs with AVX512_BF16)
+         // rounds the batch's products, 2e-3 apart.
+         "model = resnet depth=18 classes=4 precision=fp32\n"
          "freezer = freeze mode=none bn_eval=true\n"
          "optim = sgd lr=0.05 momentum=0.9\n"
          "save = save_weights path=\"" + weights + "\"\n" + extra;
