@@ -24,7 +24,8 @@ class AdaptationStage : public ComponentStage {
   // The adaptation loss of one step (a differentiable scalar, weight
   // included), to add to the source's classification loss. `source`
   // [Ns, D] and `target` [Nt, D]: the pooled backbone features of the
-  // batch's two domains, on the model's device (bf16 under autocast).
+  // batch's two domains, on the model's device, float32, called with
+  // autocast off (the train stage ends it first, whatever the precision).
   // `progress` in [0, 1]: how far the phase's training is (step / steps).
   virtual torch::Tensor loss(const torch::Tensor& source, const torch::Tensor& target, double progress) = 0;
   // Called before the train stage builds its optimizer: the features'
