@@ -136,6 +136,63 @@ TEST(ClassGroups, LabelsEachSampleWithItsClasssGroup) {
   }
 }
 
+// keep_labels: k samples of every class keep their label (chosen once from
+// the seed, the same every epoch), the rest stay in the epoch with -1; a
+// task's labels are thinned the same way with task=.
+TEST(KeepLabels, KeepsKLabelsAClassAndLeavesTheRestUnlabelled) {
+  const std::string dir = test::temp_dir();
+  const std::string file = write_text(dir + "/groups.tsv", "c0\tx\nc1\tx\nc2\ty\n");
+  std::vector<int64_t> labels;
+  for (int i = 0; i < 30; ++i) labels.push_back(i % 3);  // 10 samples of each class
+  const std::vector<std::string> names = {"c0", "c1", "c2"};
+  auto kept_of = [](const std::vector<int64_t>& l) {
+    std::vector<int64_t> kept;
+    for (size_t i = 0; i < l.size(); ++i)
+      if (l[i] >= 0) kept.push_back(static_cast<int64_t>(i));
+    return kept;
+  };
+  test::StageBench bench("source = count\nsampler = class_groups file=\"" + file + "\" | keep_labels k=4 | shuffle\n");
+  const SampleSet first = stages::sample_epoch(bench, "sampler", labels, names, 0);
+  EXPECT_EQ(first.indices.size(), 30u) << "every sample stays in the epoch";
+  std::vector<int> per_class(3, 0);
+  for (size_t i = 0; i < first.labels.size(); ++i)
+    if (first.labels[i] >= 0) {
+      EXPECT_EQ(first.labels[i], labels[i]) << "a kept label is the sample's own";
+      ++per_class[first.labels[i]];
+    }
+  EXPECT_EQ(per_class, (std::vector<int>{4, 4, 4}));
+  EXPECT_EQ(first.tasks.at(0).labels.size(), 30u);
+  for (size_t i = 0; i < 30; ++i) EXPECT_GE(first.tasks[0].labels[i], 0) << "the groups of every sample stay";
+  // The same samples keep their labels every epoch (the order itself reshuffles).
+  const SampleSet later = stages::sample_epoch(bench, "sampler", labels, names, 3);
+  EXPECT_EQ(kept_of(later.labels), kept_of(first.labels));
+  EXPECT_NE(later.indices, first.indices);
+  // Another seed, another subset (of the same size).
+  test::StageBench other("source = count\nsampler = keep_labels k=4 seed=9\n");
+  const SampleSet reseeded = stages::sample_epoch(other, "sampler", labels, names, 0);
+  EXPECT_EQ(kept_of(reseeded.labels).size(), 12u);
+  EXPECT_NE(kept_of(reseeded.labels), kept_of(first.labels));
+  // k=0: nothing keeps its class; k above a class's count keeps all of it.
+  test::StageBench none("source = count\nsampler = keep_labels k=0\n");
+  EXPECT_TRUE(kept_of(stages::sample_epoch(none, "sampler", labels, names, 0).labels).empty());
+  test::StageBench all("source = count\nsampler = keep_labels k=11\n");
+  EXPECT_EQ(stages::sample_epoch(all, "sampler", labels, names, 0).labels, labels);
+  // task=group thins the groups (2 per group), the classes stay.
+  test::StageBench groups("source = count\nsampler = class_groups file=\"" + file + "\" | keep_labels k=2 task=group\n");
+  const SampleSet thinned = stages::sample_epoch(groups, "sampler", labels, names, 0);
+  EXPECT_EQ(thinned.labels, labels);
+  EXPECT_EQ(kept_of(thinned.tasks.at(0).labels).size(), 4u);
+  // A task the samples lack: an error naming the op and the tasks they have.
+  test::StageBench wrong("source = count\nsampler = class_groups file=\"" + file + "\" | keep_labels k=2 task=grp\n");
+  try {
+    stages::sample_epoch(wrong, "sampler", labels, names, 0);
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("keep_labels 'sampler': the samples have no labels for task 'grp' "
+                                         "(their tasks: group"), std::string::npos) << e.what();
+  }
+}
+
 // An image list's extra columns: one task each; an empty field or - is no
 // label; a missing column is an error naming the line, unless the task has
 // a default.
@@ -388,6 +445,43 @@ TEST(Multitask, AZeroTaskWeightLeavesTheRestAsASingleTaskModelTrains) {
     EXPECT_EQ(multi[i].first, single[i].first);
     EXPECT_TRUE(torch::equal(multi[i].second, single[i].second)) << single[i].first;
   }
+}
+
+// A semi-supervised split (keep_labels): a single head told unlabelled=skip
+// trains on the labelled samples alone, exactly as a multi-task model whose
+// other head weighs 0 (and which skips them by itself); without it, a clear
+// error naming the way out. The figures count the labelled samples.
+TEST(Multitask, ASingleHeadSkipsUnlabelledSamplesWhenToldTo) {
+  const std::string dir = test::temp_dir();
+  auto thin = [](std::string text) {
+    const std::string groups = "class_groups file=\"groups.tsv\" | shuffle";
+    text.replace(text.find(groups), groups.size(), "class_groups file=\"groups.tsv\" | keep_labels k=2 | shuffle");
+    return text;
+  };
+  std::string single_text = thin(multitask_graph(dir, "unlabelled=skip"));
+  single_text.replace(single_text.find(" tasks=[group] task_classes=[3]"), 31, "");
+  auto single = test::run_in(dir, test::write_graph(dir, "single.graph", single_text), "single");
+  ASSERT_EQ(single.exit_code, 0) << single.err;
+  auto multi = test::run_in(dir, test::write_graph(dir, "multi.graph", thin(multitask_graph(dir, "task_weights=[1, 0]"))),
+                            "multi");
+  ASSERT_EQ(multi.exit_code, 0) << multi.err;
+  const stages::StateDict a = stages::read_weights(dir + "/single.safetensors");
+  const stages::StateDict b = stages::read_weights(dir + "/multi.safetensors");
+  ASSERT_EQ(b.size(), a.size() + 2);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(b[i].first, a[i].first);
+    EXPECT_TRUE(torch::equal(b[i].second, a[i].second)) << a[i].first;
+  }
+  // 2 epochs of 24 images in batches of 6 (6 of them with a class): 8 steps.
+  const nlohmann::json summary = test::summary_of(dir + "/single");
+  EXPECT_EQ(summary["train_steps"], 8.0);
+  EXPECT_EQ(summary["val_samples"], 12.0);
+  std::string strict = thin(multitask_graph(dir, ""));
+  strict.replace(strict.find(" tasks=[group] task_classes=[3]"), 31, "");
+  auto refused = test::run_in(dir, test::write_graph(dir, "strict.graph", strict), "strict");
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("has no label: training needs a class for every sample (train stage 'train': "
+                             "unlabelled=skip trains on the labelled ones alone)"), std::string::npos) << refused.err;
 }
 
 // A multi-task run stopped mid-epoch resumes bit-identical: weights, heads,

@@ -33,6 +33,7 @@ Evaluate::Evaluate(const StageInit& init)
 void Evaluate::begin_epoch(const EpochInfo&) {
   model_ = &find_model(stages_, model_name_);
   compute_.begin_epoch(model_->device().is_cpu());
+  evaluated_ = 0;
   // Sums on the model's device, read once at the end of the epoch.
   const torch::Device device = model_->device();
   const auto& tasks = model_->task_heads();
@@ -88,12 +89,15 @@ void Evaluate::process(Item& item, const Emit& emit) {
   Batch& batch = item.get<Batch>();
   batch.require_one_source("evaluate");
   ComputeThreads::Scope compute(compute_);
+  evaluated_ += batch.images.size(0);
   const bool multitask = heads_.size() > 1;
   std::vector<torch::Tensor> logits = multitask ? model_->infer_all_logits(batch.images)
                                                 : std::vector<torch::Tensor>{model_->infer_logits(batch.images)};
   torch::Tensor labels = model_->labels(batch);  // the source's classes as the model's outputs, by name
-  // A multi-task model's sample may lack the classes' label: left out of their figures.
-  const torch::Tensor host_classes = multitask ? batch.labels.to(torch::kCPU, torch::kLong).contiguous() : torch::Tensor();
+  // A sample may lack the classes' label (a multi-task list's, a semi-supervised
+  // split's): left out of their figures.
+  const torch::Tensor host_classes =
+      batch.labels.defined() ? batch.labels.to(torch::kCPU, torch::kLong).contiguous() : torch::Tensor();
   add(heads_[0], logits[0], labels, batch.padding, host_classes);
   for (size_t h = 1; h < heads_.size(); ++h) {
     Head& head = heads_[h];
@@ -158,7 +162,14 @@ void Evaluate::end_epoch(const EpochInfo& epoch) {
     line += text;
     samples += (samples.empty() ? "" : ", ") + std::to_string(seen) + (&head == &heads_.front() ? "" : " " + head.task);
   }
-  if (figures.empty()) return;
+  if (figures.empty()) {
+    // Samples came, none labelled for any head: say so rather than report nothing.
+    if (evaluated_ > 0 && !warned_no_labels_ && (!job_ || job_->rank() == 0))
+      spdlog::warn("{}: epoch {}: none of its {} samples has a label for model '{}': nothing to score", name_,
+                   epoch.epoch + 1, evaluated_, model_name_);
+    warned_no_labels_ |= evaluated_ > 0;
+    return;
+  }
   metrics_->record(epoch, figures);
   if (!run_dir_.empty()) write_confusion();
   if (job_ && job_->rank() != 0) return;  // the epoch line once per job

@@ -73,6 +73,8 @@ class Evaluate : public SerialStage {
   std::string run_dir_;
   std::vector<Head> heads_{1};
   bool warned_unlabelled_ = false;
+  int64_t evaluated_ = 0;        // samples this epoch, labelled or not
+  bool warned_no_labels_ = false;
   ComputeThreads compute_;
   Job* job_;  // the job of several processes this rank is in; null alone
   std::shared_ptr<MetricsLog> metrics_;

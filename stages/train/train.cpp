@@ -32,6 +32,10 @@ Schema Train::schema() {
                                             "a target: `flow source + target -> ...` (none: the source alone)",
                               "adaptation"))
       .param(Float("label_smoothing", "cross-entropy label smoothing").def(0.0).range(0, 1))
+      .param(String("unlabelled", "a sample without a class: error (a list that lost its labels is a mistake), or "
+                                  "skip (semi-supervised data, keep_labels: the loss is the mean over the labelled "
+                                  "samples, as cross_entropy's ignore_index)").def(std::string("error"))
+                 .one_of({"error", "skip"}))
       .param(FloatList("task_weights", "a multi-task model's fixed loss weights: its classes', then each extra head's "
                                        "(the model's tasks order); [] = all 1").def(std::vector<double>{}))
       .param(String("task_weighting", "fixed (task_weights) or uncertainty: learned log-variances s_t, loss "
@@ -78,6 +82,7 @@ Train::Train(const StageInit& init)
       loss_name_(init.params.get_string("loss")),
       adaptation_name_(init.params.get_string("adaptation")),
       label_smoothing_(init.params.get_float("label_smoothing")),
+      skip_unlabelled_(init.params.get_string("unlabelled") == "skip"),
       task_weights_(init.params.get_float_list("task_weights")),
       uncertainty_weighting_(init.params.get_string("task_weighting") == "uncertainty"),
       compute_(init),
@@ -131,7 +136,7 @@ void Train::begin_epoch(const EpochInfo& epoch) {
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kDouble).device(model_->device()));
   correct_ = torch::zeros({}, torch::TensorOptions(torch::kLong).device(model_->device()));
   first_bad_ = torch::full({}, -1, torch::TensorOptions(torch::kLong).device(model_->device()));
-  seen_ = 0;
+  seen_ = images_ = 0;
   seen_batches_ = 0;
   first_batch_ns_ = last_step_ns_ = 0;
 }
@@ -340,9 +345,11 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   const torch::Tensor images = model_->input(batch.images);
   // Unlabelled samples (-1: an image list without classes) cannot train; the
   // batch's labels are still on the host: no device synchronisation.
-  // A multi-task model's sample may lack the classes' label: that head skips it.
+  // A multi-task model's sample may lack the classes' label: that head skips
+  // it; so does a single head told unlabelled=skip.
   const bool multitask = !model_->task_heads().empty();
-  if (!multitask && batch.labels.defined() && batch.labels.device().is_cpu()) {
+  const bool skip_unlabelled = multitask || skip_unlabelled_;
+  if (!skip_unlabelled && batch.labels.defined() && batch.labels.device().is_cpu()) {
     const torch::Tensor own = batch.labels.narrow(0, 0, sources);
     if (own.numel() && own.min().item<int64_t>() < 0) {
       const int64_t i = (own < 0).nonzero()[0][0].item<int64_t>();
@@ -350,7 +357,8 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
                                    ? batch.paths[i] : "sample #" + std::to_string(batch.indices.at(i));
       throw std::runtime_error(what + " has no label: training needs a class for every sample" +
                                std::string(targets > 0 ? " of the flow's first source (in 'flow SOURCE + TARGET -> "
-                                                         "...' the labelled source comes first)" : ""));
+                                                         "...' the labelled source comes first)" : "") +
+                               " (train stage '" + name_ + "': unlabelled=skip trains on the labelled ones alone)");
     }
   }
   torch::Tensor labels;
@@ -388,9 +396,9 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
       features.defined() && features.size(0) > sources ? features.narrow(0, 0, sources) : features;
   std::vector<int64_t> indices(batch.indices.begin(), batch.indices.begin() + std::min<int64_t>(sources, batch.indices.size()));
   torch::Tensor source_images = sources < images.size(0) ? images.narrow(0, 0, sources) : images;  // the labelled samples'
-  // A multi-task model's samples without the classes' label: the head leaves them out.
+  // The samples without the classes' label: the head leaves them out.
   torch::Tensor head_features = source_features;
-  if (multitask) {
+  if (skip_unlabelled) {
     const torch::Tensor own = batch.labels.narrow(0, 0, sources).to(torch::kCPU);
     if (own.numel() && own.min().item<int64_t>() < 0) {
       const torch::Tensor rows_host = (own >= 0).nonzero().squeeze(1);
@@ -408,7 +416,10 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   const double progress = total_steps_ ? std::min(1.0, static_cast<double>(step_) / static_cast<double>(total_steps_)) : 0;
   torch::Tensor loss;
   if (labelled == 0) {
-    // Only a multi-task model's batch gets here: no sample has the classes' label.
+    // No sample of the batch has the classes' label. A single head still
+    // steps, on a zero loss (every rank of a job takes every step, its
+    // gradient all-reduce included), as a masked loss does in a PyTorch loop.
+    if (!multitask) loss = logits.sum() * 0.0;
   } else if (loss_) {
     LossContext context;
     context.logits = logits;
@@ -487,6 +498,7 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
     correct_ += (logits.argmax(1) == labels).sum();
   }
   seen_ += n;
+  images_ += sources;
   progress_.update(n, [&] {
     check_finite();
     return seen_ ? loss_sum_.item<double>() / seen_ : 0.0;
@@ -585,28 +597,31 @@ void Train::throw_nonfinite(double value, int64_t batch) const {
   throw std::runtime_error(text);
 }
 
-std::tuple<double, int64_t, int64_t> Train::global_sums() const {
+std::tuple<double, int64_t, int64_t, int64_t> Train::global_sums() const {
   torch::Tensor loss = loss_sum_.clone(), correct = correct_.clone();
-  torch::Tensor seen = torch::full({}, seen_, torch::TensorOptions(torch::kLong).device(correct.device()));
-  if (job_) job_->allreduce_sum({loss, correct, seen}, "the training figures of '" + name_ + "'");
-  return {loss.item<double>(), correct.item<int64_t>(), seen.item<int64_t>()};
+  const auto on = torch::TensorOptions(torch::kLong).device(correct.device());
+  torch::Tensor seen = torch::full({}, seen_, on), images = torch::full({}, images_, on);
+  if (job_) job_->allreduce_sum({loss, correct, seen, images}, "the training figures of '" + name_ + "'");
+  return {loss.item<double>(), correct.item<int64_t>(), seen.item<int64_t>(), images.item<int64_t>()};
 }
 
 void Train::end_epoch(const EpochInfo& epoch) {
   progress_.end();
   check_finite();
   // The epoch's figures over every rank (all-reduced: every rank reports the same).
-  const auto [loss_sum, correct, seen] = global_sums();
+  const auto [loss_sum, correct, seen, images] = global_sums();
   if (!seen) return;
   last_loss_ = loss_sum / seen;
   last_top1_ = static_cast<double>(correct) / seen;
   if (last_step_ns_ > first_batch_ns_) {
-    images_per_s_ = seen / ((last_step_ns_ - first_batch_ns_) / 1e9);  // the whole job's: ranks step together
+    // Every image stepped on, labelled or not (the loss's count is `seen`);
+    // the whole job's: the ranks step together.
+    images_per_s_ = images / ((last_step_ns_ - first_batch_ns_) / 1e9);
     if (images_per_s_ > best_images_per_s_) {
       best_images_per_s_ = images_per_s_;
       best_images_per_s_epoch_ = epoch.epoch + 1;
     }
-    timed_images_ += static_cast<double>(seen);
+    timed_images_ += static_cast<double>(images);
     timed_s_ += (last_step_ns_ - first_batch_ns_) / 1e9;
   }
   std::map<std::string, double> figures = {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_},
@@ -659,7 +674,7 @@ bool Train::save_state(std::string& out) const {
   write_lines(archive, "frozen", frozen_);
   if (loss_sum_.defined() && correct_.defined()) {
     // A job's rank 0 keeps every rank's sums so far (the others restart theirs from 0).
-    const auto [loss_sum, correct, seen] = global_sums();
+    const auto [loss_sum, correct, seen, images] = global_sums();
     archive.write("loss_sum", torch::full({}, loss_sum, torch::kDouble));
     archive.write("correct", torch::full({}, correct, torch::kLong));
     archive.write("seen", c10::IValue(seen));

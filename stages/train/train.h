@@ -66,7 +66,7 @@ class Train : public SerialStage {
   // The learning-rate range test is over: weights back, files written, the run ends.
   void finish_range_test();
   // The epoch's loss sum, correct count and images so far, over every rank of a job.
-  std::tuple<double, int64_t, int64_t> global_sums() const;
+  std::tuple<double, int64_t, int64_t, int64_t> global_sums() const;  // loss sum, correct, labelled, images
   // A NaN or infinite loss stops the run, naming where it happened.
   void check_finite() const;
   [[noreturn]] void throw_nonfinite(double value, int64_t batch) const;
@@ -92,6 +92,7 @@ class Train : public SerialStage {
   std::string name_;
   std::string model_name_, optimizer_name_, schedule_name_, freezer_name_, loss_name_, adaptation_name_;
   double label_smoothing_;
+  bool skip_unlabelled_;  // unlabelled=skip: a sample without a class leaves the loss, not the run
   EpochInfo epoch_;
   bool prepared_ = false;
   int phase_ = -1;
@@ -119,7 +120,8 @@ class Train : public SerialStage {
   std::string saved_optimizer_;  // restored state, loaded once the optimizer is built
   int64_t step_ = 0, total_steps_ = 0;
   torch::Tensor loss_sum_, correct_;
-  int64_t seen_ = 0;
+  int64_t seen_ = 0;    // this epoch's samples with a class (the loss's count)
+  int64_t images_ = 0;  // this epoch's images stepped on, labelled or not (the throughput's)
   int64_t seen_batches_ = 0;  // this epoch's batches so far
   torch::Tensor first_bad_;   // on the device: the first batch with a non-finite loss, or -1
   double last_loss_ = 0, last_top1_ = 0, last_lr_ = 0;
