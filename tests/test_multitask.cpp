@@ -191,6 +191,25 @@ TEST(KeepLabels, KeepsKLabelsAClassAndLeavesTheRestUnlabelled) {
     EXPECT_NE(std::string(e.what()).find("keep_labels 'sampler': the samples have no labels for task 'grp' "
                                          "(their tasks: group"), std::string::npos) << e.what();
   }
+  // An op that chooses or maps samples by class, after keep_labels took most
+  // classes away, would choose by the few left: an error naming both.
+  for (const std::string op : std::vector<std::string>{"per_class k=2", "balanced", "classes names=[c0]",
+                                                      "class_groups file=\"" + file + "\"",
+                               "split stratified=true"}) {
+    test::StageBench late("source = count\nsampler = keep_labels k=2 | " + op + "\n");
+    const std::string type = op.substr(0, op.find(' '));
+    try {
+      stages::sample_epoch(late, "sampler", labels, names, 0);
+      ADD_FAILURE() << op << " after keep_labels was taken";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("sampler 'sampler': " + type + " comes after keep_labels, which left most "
+                                           "samples without their class"), std::string::npos) << e.what();
+    }
+  }
+  // After the groups' thinning, or before the classes', they are fine.
+  test::StageBench fine("source = count\nsampler = class_groups file=\"" + file +
+                        "\" | keep_labels k=2 task=group | per_class k=5 | keep_labels k=2 | split\n");
+  EXPECT_NO_THROW(stages::sample_epoch(fine, "sampler", labels, names, 0));
 }
 
 // An image list's extra columns: one task each; an empty field or - is no
@@ -482,6 +501,36 @@ TEST(Multitask, ASingleHeadSkipsUnlabelledSamplesWhenToldTo) {
   EXPECT_EQ(refused.exit_code, 1);
   EXPECT_NE(refused.err.find("has no label: training needs a class for every sample (train stage 'train': "
                              "unlabelled=skip trains on the labelled ones alone)"), std::string::npos) << refused.err;
+  // A multi-task model skips them by default (its other heads learn from
+  // them), and refuses them when told unlabelled=error.
+  auto told = test::run_in(dir, test::write_graph(dir, "told.graph", thin(multitask_graph(dir, "unlabelled=error"))),
+                           "told");
+  EXPECT_EQ(told.exit_code, 1);
+  EXPECT_NE(told.err.find("has no label: training needs a class for every sample"), std::string::npos) << told.err;
+}
+
+// With no class label left (keep_labels k=0) the run still goes, says so,
+// and reports no classes' figures: no zeros for best_weights or
+// early_stopping to read as a result.
+TEST(Multitask, AClassesHeadWithNothingLabelledReportsNoFigures) {
+  const std::string dir = test::temp_dir();
+  std::string text = multitask_graph(dir, "unlabelled=skip");
+  text.replace(text.find(" tasks=[group] task_classes=[3]"), 31, "");
+  const std::string train = "class_groups file=\"groups.tsv\" | shuffle";
+  text.replace(text.find(train), train.size(), "class_groups file=\"groups.tsv\" | keep_labels k=0 | shuffle");
+  const std::string val = "per_class k=4 | class_groups file=\"groups.tsv\"";
+  text.replace(text.find(val), val.size(), val + " | keep_labels k=0");
+  auto result = test::run_in(dir, test::write_graph(dir, "none.graph", text), "none");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.err.find("train: epoch 1: none of its 24 training samples had a class label: the classes' head of "
+                            "model 'model' did not train"), std::string::npos) << result.err;
+  EXPECT_NE(result.err.find("none of its 12 samples has a label for model 'model': nothing to score"),
+            std::string::npos) << result.err;
+  const nlohmann::json summary = test::summary_of(dir + "/none");
+  for (const char* key : {"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_samples"})
+    EXPECT_FALSE(summary.contains(key)) << key << " " << summary.dump();
+  EXPECT_EQ(summary["train_steps"], 8.0);
+  EXPECT_EQ(result.out.find("final: val_top1"), std::string::npos) << result.out;
 }
 
 // A multi-task run stopped mid-epoch resumes bit-identical: weights, heads,

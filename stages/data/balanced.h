@@ -11,6 +11,7 @@ class Balanced : public SamplerOp {
   static Schema schema();
   explicit Balanced(const StageInit& init);
   void apply(SampleSet& set, int epoch) const override;
+  bool reads_classes() const override { return true; }
 
  private:
   bool over_;

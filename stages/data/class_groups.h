@@ -21,6 +21,7 @@ class ClassGroups : public SamplerOp {
   static Schema schema();
   explicit ClassGroups(const StageInit& init);
   void apply(SampleSet& set, int epoch) const override;
+  bool reads_classes() const override { return true; }
 
  private:
   std::string name_, file_, task_, default_;

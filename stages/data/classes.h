@@ -11,6 +11,7 @@ class Classes : public SamplerOp {
   static Schema schema();
   explicit Classes(const StageInit& init);
   void apply(SampleSet& set, int epoch) const override;
+  bool reads_classes() const override { return true; }
 
  private:
   std::vector<std::string> names_;

@@ -42,9 +42,10 @@ void KeepLabels::apply(SampleSet& set, int) const {
     const int64_t label = (*labels)[static_cast<size_t>(index)];
     if (label >= 0 && seen.insert(index).second) by_class[label].push_back(index);
   }
+  const bool say = !warned_.exchange(true);  // the first epoch's classes short of k
   for (auto& [label, members] : by_class) {
     const size_t take = std::min<size_t>(members.size(), static_cast<size_t>(k_));
-    if (take < static_cast<size_t>(k_)) {
+    if (take < static_cast<size_t>(k_) && say) {
       const std::string name = static_cast<size_t>(label) < class_names->size() ? (*class_names)[label] : std::to_string(label);
       spdlog::warn("keep_labels '{}': class '{}' has {} labelled samples, fewer than k={}; all keep their label", name_,
                    name, members.size(), k_);

@@ -9,6 +9,8 @@
 // (per_class, classes, class_groups): they read the labels it removes.
 #pragma once
 
+#include <atomic>
+
 #include "stages/data/sampler.h"
 
 namespace flowrun::stages {
@@ -18,10 +20,12 @@ class KeepLabels : public SamplerOp {
   static Schema schema();
   explicit KeepLabels(const StageInit& init);
   void apply(SampleSet& set, int epoch) const override;
+  bool thins_classes() const override { return task_.empty(); }
 
  private:
   std::string name_, task_;
   int64_t k_;
+  mutable std::atomic<bool> warned_{false};  // a class short of k: said once, not every epoch
 };
 
 }  // namespace flowrun::stages

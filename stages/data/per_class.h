@@ -10,6 +10,7 @@ class PerClass : public SamplerOp {
   static Schema schema();
   explicit PerClass(const StageInit& init);
   void apply(SampleSet& set, int epoch) const override;
+  bool reads_classes() const override { return true; }
 
  private:
   int64_t k_;

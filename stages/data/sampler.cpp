@@ -14,7 +14,8 @@ ParamSpec sampler_seed_param() {
 
 SamplerOp::SamplerOp(const StageInit& init, const std::string& op_type)
     : seed_(static_cast<uint64_t>(init.params.get_int_or("seed", static_cast<int64_t>(init.run.seed)))),
-      stream_(hash_name(op_type)) {}
+      stream_(hash_name(op_type)),
+      op_type_(op_type) {}
 
 SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler, std::vector<int64_t> labels,
                        std::vector<std::string> class_names, int epoch) {
@@ -31,9 +32,16 @@ SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler,
   if (sampler.empty()) return set;
   std::vector<Stage*> ops = stages.find(sampler);
   if (ops.empty()) throw std::runtime_error("no stage named '" + sampler + "' to sample with");
+  const SamplerOp* thinned = nullptr;  // the op that took samples' classes away
   for (Stage* op : ops) {
     auto* sampler_op = dynamic_cast<SamplerOp*>(op);
     if (!sampler_op) throw std::runtime_error("stage '" + sampler + "' is not a sampler");
+    if (thinned && sampler_op->reads_classes())
+      throw std::runtime_error("sampler '" + sampler + "': " + sampler_op->op_type() + " comes after " +
+                               thinned->op_type() + ", which left most samples without their class, so it would "
+                               "choose by what is left: put " + thinned->op_type() +
+                               " after the ops that choose or map samples by class");
+    if (sampler_op->thins_classes()) thinned = sampler_op;
     if (set.sharded)
       throw std::runtime_error("sampler '" + sampler + "': shard must be its last op (it cuts the final order)");
     sampler_op->apply(set, epoch);

@@ -44,6 +44,12 @@ class SamplerOp : public ComponentStage {
  public:
   explicit SamplerOp(const StageInit& init, const std::string& op_type);
   virtual void apply(SampleSet& set, int epoch) const = 0;
+  // Whether the op chooses or maps samples by their class (per_class,
+  // balanced, classes, class_groups, a stratified split): after an op that
+  // took most samples' classes away (keep_labels) it would choose wrongly.
+  virtual bool reads_classes() const { return false; }
+  virtual bool thins_classes() const { return false; }
+  const std::string& op_type() const { return op_type_; }
 
  protected:
   // The op's generator for (epoch, index): its `seed` and type, never the
@@ -51,6 +57,7 @@ class SamplerOp : public ComponentStage {
   Rng rng(uint64_t epoch, uint64_t index = 0) const { return RandomStream(seed_, stream_).draw(epoch, index); }
   uint64_t seed_;    // the op's `seed`, or the run's when auto
   uint64_t stream_;  // the op type: ops with one seed still draw independent streams
+  std::string op_type_;
 };
 
 // The `seed` parameter every sampler op has.

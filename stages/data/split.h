@@ -12,6 +12,7 @@ class Split : public SamplerOp {
   static Schema schema();
   explicit Split(const StageInit& init);
   void apply(SampleSet& set, int epoch) const override;
+  bool reads_classes() const override { return stratified_; }
 
  private:
   double val_fraction_;

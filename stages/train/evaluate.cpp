@@ -287,7 +287,7 @@ void Evaluate::report(Report& report) const {
     const Head& head = heads_[h];
     // A head no sample was labelled for has no figures (not zeros that
     // best_weights or early_stopping would read as a result).
-    if (!head.last.samples && (h || heads_.size() > 1)) continue;
+    if (!head.last.samples) continue;
     const std::string prefix = h ? head.prefix : prefix_;
     report.set(prefix + "_loss", head.last.loss);
     report.set(prefix + "_top1", head.last.top1);

@@ -33,7 +33,9 @@ torch::Tensor TaskWeighting::combine(const std::vector<torch::Tensor>& losses) c
     }
     total = total.defined() ? total + term.to(total.scalar_type()) : term;
   }
-  if (!total.defined()) throw std::runtime_error("the batch has no label for any task (classes or extra heads)");
+  // No task had a label: the log-variances still take part, with a zero
+  // gradient (a job's ranks all-reduce every parameter's gradient each step).
+  if (!total.defined() && module_) total = log_var_.sum() * 0.0;
   return total;
 }
 

@@ -22,6 +22,7 @@ class TaskWeighting {
   TaskWeighting(size_t tasks, std::vector<double> weights, bool uncertainty, const std::string& stage);
   // The combined loss of the per-task mean losses [tasks] (each a scalar);
   // an undefined tensor is a task with no labelled sample in the batch.
+  // Undefined when no task has one and the weights are fixed.
   torch::Tensor combine(const std::vector<torch::Tensor>& losses) const;
   // The learned log-variances' module (their parameters join the optimizer
   // and a job's gradient averaging); null with fixed weights.

@@ -32,10 +32,11 @@ Schema Train::schema() {
                                             "a target: `flow source + target -> ...` (none: the source alone)",
                               "adaptation"))
       .param(Float("label_smoothing", "cross-entropy label smoothing").def(0.0).range(0, 1))
-      .param(String("unlabelled", "a sample without a class: error (a list that lost its labels is a mistake), or "
+      .param(String("unlabelled", "a sample without a class: error (a list that lost its labels is a mistake), "
                                   "skip (semi-supervised data, keep_labels: the loss is the mean over the labelled "
-                                  "samples, as cross_entropy's ignore_index)").def(std::string("error"))
-                 .one_of({"error", "skip"}))
+                                  "samples, as cross_entropy's ignore_index), or auto: skip for a multi-task model "
+                                  "(its other heads learn from them), else error").def(std::string("auto"))
+                 .one_of({"auto", "error", "skip"}))
       .param(FloatList("task_weights", "a multi-task model's fixed loss weights: its classes', then each extra head's "
                                        "(the model's tasks order); [] = all 1").def(std::vector<double>{}))
       .param(String("task_weighting", "fixed (task_weights) or uncertainty: learned log-variances s_t, loss "
@@ -82,7 +83,7 @@ Train::Train(const StageInit& init)
       loss_name_(init.params.get_string("loss")),
       adaptation_name_(init.params.get_string("adaptation")),
       label_smoothing_(init.params.get_float("label_smoothing")),
-      skip_unlabelled_(init.params.get_string("unlabelled") == "skip"),
+      unlabelled_(init.params.get_string("unlabelled")),
       task_weights_(init.params.get_float_list("task_weights")),
       uncertainty_weighting_(init.params.get_string("task_weighting") == "uncertainty"),
       compute_(init),
@@ -348,7 +349,7 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   // A multi-task model's sample may lack the classes' label: that head skips
   // it; so does a single head told unlabelled=skip.
   const bool multitask = !model_->task_heads().empty();
-  const bool skip_unlabelled = multitask || skip_unlabelled_;
+  const bool skip_unlabelled = unlabelled_ == "skip" || (unlabelled_ == "auto" && multitask);
   if (!skip_unlabelled && batch.labels.defined() && batch.labels.device().is_cpu()) {
     const torch::Tensor own = batch.labels.narrow(0, 0, sources);
     if (own.numel() && own.min().item<int64_t>() < 0) {
@@ -415,11 +416,14 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   const int64_t labelled = logits.size(0);  // the classes' labelled samples
   const double progress = total_steps_ ? std::min(1.0, static_cast<double>(step_) / static_cast<double>(total_steps_)) : 0;
   torch::Tensor loss;
+  // A head without a labelled sample in the batch still takes part, with a
+  // zero gradient, as under a masked loss in a PyTorch loop: every parameter
+  // has a gradient each step (a job's ranks all-reduce all of them; DDP's
+  // find_unused_parameters=False), and the optimizer treats a head the same
+  // whether or not other heads share the model.
+  torch::Tensor absent;
   if (labelled == 0) {
-    // No sample of the batch has the classes' label. A single head still
-    // steps, on a zero loss (every rank of a job takes every step, its
-    // gradient all-reduce included), as a masked loss does in a PyTorch loop.
-    if (!multitask) loss = logits.sum() * 0.0;
+    absent = logits.sum() * 0.0;
   } else if (loss_) {
     LossContext context;
     context.logits = logits;
@@ -440,9 +444,10 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   const torch::Tensor classes_loss = loss;  // what train_loss reports for a multi-task model
   if (multitask) {
     std::vector<torch::Tensor> losses{loss};
-    add_task_losses(batch, source_features, losses);
+    add_task_losses(batch, source_features, losses, absent);
     loss = weighting_->combine(losses);
   }
+  if (absent.defined()) loss = loss.defined() ? loss + absent.to(loss.scalar_type()) : absent;
   autocast.end();  // before backward, clearing the cast cache (the weights change at the step)
   if (adaptation_) {
     // Outside autocast, on float32 features: CORAL's covariances (XᵀX less
@@ -510,7 +515,8 @@ void Train::step(Batch& joined, Item& item, const Emit& emit) {
   emit(item);
 }
 
-void Train::add_task_losses(const Batch& batch, const torch::Tensor& features, std::vector<torch::Tensor>& losses) {
+void Train::add_task_losses(const Batch& batch, const torch::Tensor& features, std::vector<torch::Tensor>& losses,
+                            torch::Tensor& absent) {
   const int64_t n = features.size(0);
   Batch labelled = batch;  // the source's samples (a joined target has no labels for the tasks)
   if (labelled.task_labels.defined() && labelled.task_labels.size(0) > n) labelled.task_labels = batch.task_labels.narrow(0, 0, n);
@@ -519,11 +525,13 @@ void Train::add_task_losses(const Batch& batch, const torch::Tensor& features, s
     const torch::Tensor labels = model_->task_labels(labelled, h, /*training=*/true);  // [n], -1 = none
     // Counted on the host, from the batch's labels (-1 stays -1 when mapped): no device synchronisation.
     const int64_t count = (labelled.task_labels.select(1, labelled.task_column(heads[h].name)) >= 0).sum().item<int64_t>();
+    const torch::Tensor logits = model_->task_logits(h, features);
     if (count == 0) {
       losses.emplace_back();  // no sample of the batch has this task's label
+      const torch::Tensor zero = logits.sum() * 0.0;
+      absent = absent.defined() ? absent + zero.to(absent.scalar_type()) : zero;
       continue;
     }
-    const torch::Tensor logits = model_->task_logits(h, features);
     const torch::Tensor mask = labels >= 0;
     // Each labelled sample's cross-entropy (the classes' label smoothing), the mean over them.
     const torch::Tensor each = torch::nn::functional::cross_entropy(
@@ -610,9 +618,15 @@ void Train::end_epoch(const EpochInfo& epoch) {
   check_finite();
   // The epoch's figures over every rank (all-reduced: every rank reports the same).
   const auto [loss_sum, correct, seen, images] = global_sums();
-  if (!seen) return;
-  last_loss_ = loss_sum / seen;
-  last_top1_ = static_cast<double>(correct) / seen;
+  if (!seen && !images) return;  // no step (every batch dropped)
+  // An epoch whose batches had no class label (keep_labels k=0, a list
+  // without classes) trained only the other heads: no classes' figures
+  // (NaN, not a 0 that best_weights would read), and a warning.
+  last_loss_ = seen ? loss_sum / seen : std::nan("");
+  last_top1_ = seen ? static_cast<double>(correct) / seen : std::nan("");
+  if (!seen && (!job_ || job_->rank() == 0))
+    spdlog::warn("{}: epoch {}: none of its {} training samples had a class label: the classes' head of model '{}' "
+                 "did not train", name_, epoch.epoch + 1, images, model_name_);
   if (last_step_ns_ > first_batch_ns_) {
     // Every image stepped on, labelled or not (the loss's count is `seen`);
     // the whole job's: the ranks step together.
@@ -624,8 +638,11 @@ void Train::end_epoch(const EpochInfo& epoch) {
     timed_images_ += static_cast<double>(images);
     timed_s_ += (last_step_ns_ - first_batch_ns_) / 1e9;
   }
-  std::map<std::string, double> figures = {{name_ + "_loss", last_loss_}, {name_ + "_top1", last_top1_},
-                                            {name_ + "_lr", last_lr_}};
+  std::map<std::string, double> figures = {{name_ + "_lr", last_lr_}};
+  if (seen) {
+    figures[name_ + "_loss"] = last_loss_;
+    figures[name_ + "_top1"] = last_top1_;
+  }
   std::string adapted;  // the adaptation's and the loss stage's figures on the epoch line
   auto add = [&](const std::map<std::string, double>& more) {
     for (const auto& [key, value] : more) {
@@ -657,7 +674,7 @@ void Train::end_epoch(const EpochInfo& epoch) {
   else
     std::fprintf(stdout, "epoch %d (%s %d/%d) %s: loss %.4f top1 %.4f lr %.3g%s (%.1f img/s)\n", epoch.epoch + 1,
                  epoch.phase.c_str(), epoch.epoch_in_phase + 1, epoch.epochs_in_phase, name_.c_str(), last_loss_,
-                 last_top1_, last_lr_, adapted.c_str(), images_per_s_);
+                 last_top1_, last_lr_, adapted.c_str(), images_per_s_);  // nan: no sample had a class
   std::fflush(stdout);
 }
 
@@ -775,7 +792,9 @@ void Train::load_state(const std::string& in) {
 }
 
 void Train::report(Report& report) const {
-  if (steps_done_ > 0 || seen_ > 0) {  // no step (every batch dropped): no loss to report, rather than a 0
+  // No step (every batch dropped), or a last epoch without class labels: no
+  // loss to report, rather than a 0.
+  if ((steps_done_ > 0 || seen_ > 0) && !std::isnan(last_loss_)) {
     report.set("train_loss", last_loss_);
     report.set("train_top1", last_top1_);
   }

@@ -82,7 +82,10 @@ class Train : public SerialStage {
   // Adds each head's mean cross-entropy over the samples labelled for its
   // task to `losses` (undefined: none in this batch), and to the epoch's sums.
   // `batch` and `features` [N, D] are the labelled source's samples.
-  void add_task_losses(const Batch& batch, const torch::Tensor& features, std::vector<torch::Tensor>& losses);
+  // Appends each extra head's mean loss over its labelled samples (undefined:
+  // none in the batch; that head's zero-gradient term joins `absent`).
+  void add_task_losses(const Batch& batch, const torch::Tensor& features, std::vector<torch::Tensor>& losses,
+                       torch::Tensor& absent);
   // Per extra head, the epoch's loss sum, correct count, labelled samples, over every rank of a job.
   std::vector<std::tuple<double, int64_t, int64_t>> task_global_sums() const;
   // The epoch's per-task figures (train_TASK_loss, _top1; _log_var when learned).
@@ -92,7 +95,7 @@ class Train : public SerialStage {
   std::string name_;
   std::string model_name_, optimizer_name_, schedule_name_, freezer_name_, loss_name_, adaptation_name_;
   double label_smoothing_;
-  bool skip_unlabelled_;  // unlabelled=skip: a sample without a class leaves the loss, not the run
+  std::string unlabelled_;  // skip: a sample without a class leaves the loss, not the run; error; auto
   EpochInfo epoch_;
   bool prepared_ = false;
   int phase_ = -1;
