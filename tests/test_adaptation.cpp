@@ -363,6 +363,12 @@ optim = adam
                       "model = resnet depth=18 classes=10\n")
                 .find("no model stage named 'nope'"),
             std::string::npos);
+  // One DANN stage (a domain classifier, its figures) for two train stages.
+  auto shared = test::run_flowrun({"graphs/domain_adaptation.graph", "--set", "coral_train.adaptation=dann"});
+  EXPECT_EQ(shared.exit_code, 1);
+  EXPECT_NE(shared.err.find("train 'dann_train': adaptation 'dann' is also the adaptation of train 'coral_train' "
+                            "(graphs/domain_adaptation.graph:34): it keeps the state and figures of one train stage; "
+                            "give 'dann_train' its own (OTHER = like dann)"), std::string::npos) << shared.err;
 }
 
 // The learning-rate range test on a graph whose training flow joins a

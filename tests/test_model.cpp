@@ -305,6 +305,17 @@ TEST(Model, BadFilesAreClearErrors) {
   std::string zip = write("fake.pth", "PK\x03\x04 not really a zip");
   EXPECT_EQ(load_error(18, 7, zip).rfind(zip + ": not a readable torch.save zip archive", 0), 0u) << load_error(18, 7, zip);
   EXPECT_EQ(load_error(18, 7, dir + "/none.pth"), dir + "/none.pth: cannot open weight file");
+  EXPECT_EQ(load_error(18, 7, dir), dir + ": a directory, not a weight file: name the .pth or .safetensors file in it");
+  // Another depth's weights: the layouts named first, before the keys.
+  const std::string r50 = dir + "/resnet50.safetensors";
+  write_safetensors(r50, state_dict(*ResNet(50, 7)));
+  for (const auto& [depth, layout] : std::vector<std::pair<int, std::string>>{
+           {18, "ResNet-18 (blocks 2, 2, 2, 2, basic)"}, {34, "ResNet-34 (blocks 3, 4, 6, 3, basic)"},
+           {101, "ResNet-101 (blocks 3, 4, 23, 3, bottleneck)"}})
+    EXPECT_EQ(load_error(depth, 7, r50).rfind(r50 + ": weights do not fit the model:\n  the file holds ResNet-50 (blocks "
+                                               "3, 4, 6, 3, bottleneck), the model is " + layout + ": a model stage "
+                                               "of the file's depth (depth=...) loads it\n", 0), 0u)
+        << load_error(depth, 7, r50);
   // Found by fuzzing: a zip whose tensor record is damaged (LibTorch's reader throws its own error).
   const std::string damaged = FLOWRUN_SOURCE_DIR "/fuzz/corpus/pth/damaged_record.pth";
   EXPECT_EQ(load_error(18, 7, damaged).rfind(damaged + ": corrupt torch.save archive (", 0), 0u)

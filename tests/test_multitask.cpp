@@ -54,6 +54,13 @@ TEST(TaskWeighting, UncertaintyIsKendallsFormulaAndItsGradient) {
   EXPECT_NEAR(weighting.combine({l0, torch::Tensor()}).item<double>(), std::exp(-s0) * 1.25 + s0 / 2, 1e-6);
   EXPECT_EQ(weighting.log_variances().size(), 2u);
   EXPECT_NEAR(weighting.log_variances()[1], s1, 1e-7);
+  // No task labelled: 0, with a zero gradient for every s_t (which a job's
+  // gradient all-reduce expects).
+  weighting.module()->parameters()[0].mutable_grad() = torch::Tensor();
+  torch::Tensor none = weighting.combine({torch::Tensor(), torch::Tensor()});
+  EXPECT_EQ(none.item<double>(), 0.0);
+  none.backward();
+  EXPECT_TRUE(torch::equal(weighting.module()->parameters()[0].grad(), torch::zeros({2})));
   // Untrained, every weight is 1: s = 0, the plain sum.
   TaskWeighting fresh(2, {}, true, "train");
   EXPECT_NEAR(fresh.combine({l0, l1}).item<double>(), 1.25 + 0.4, 1e-6);
@@ -65,7 +72,9 @@ TEST(TaskWeighting, FixedWeightsWeighEachLossAndBadCountsAreErrors) {
   EXPECT_EQ(fixed.module(), nullptr);
   EXPECT_NEAR(fixed.combine({torch::tensor(1.0f), torch::tensor(0.8f), torch::tensor(0.25f)}).item<double>(),
               1.0 + 0.4 + 0.5, 1e-6);
-  EXPECT_THROW(fixed.combine({torch::Tensor(), torch::Tensor(), torch::Tensor()}), std::runtime_error);
+  // No task labelled in the batch: nothing to combine (the train stage steps
+  // on its heads' zero-gradient terms).
+  EXPECT_FALSE(fixed.combine({torch::Tensor(), torch::Tensor(), torch::Tensor()}).defined());
   try {
     TaskWeighting(2, {1.0, 1.0, 1.0}, false, "train");
     FAIL();
@@ -656,11 +665,17 @@ TEST(Multitask, TheShippedGraphRunsAtTinyScale) {
                                    "--set", "run.epochs=1", "--set", "train_sampler.per_class.k=6",
                                    "--set", "coarse_train_sampler.per_class.k=6", "--set", "val_sampler.per_class.k=3",
                                    "--set", "coarse_val_sampler.per_class.k=3", "--set", "train_batch.size=20",
-                                   "--set", "fine_train_batch.size=20", "--set", "coarse_train_batch.size=20"});
+                                   "--set", "fine_train_batch.size=20", "--set", "coarse_train_batch.size=20",
+                                   "--set", "semi_train_sampler.per_class.k=6", "--set", "semi_train_sampler.keep_labels.k=2",
+                                   "--set", "semi_train_batch.size=20", "--set", "semi_fine_train_batch.size=20"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   const nlohmann::json summary = nlohmann::json::parse(test::slurp(dir + "/s.json"));
-  for (const char* key : {"val_top1", "val_group_top1", "fine_val_top1", "coarse_val_top1", "train_group_loss"})
+  for (const char* key : {"val_top1", "val_group_top1", "fine_val_top1", "coarse_val_top1", "train_group_loss",
+                          "semi_val_top1", "semi_val_group_top1", "semi_fine_val_top1"})
     EXPECT_TRUE(summary.contains(key)) << key;
+  EXPECT_EQ(summary["semi_fine_val_samples"], 30.0);
+  // The semi-supervised single head steps on every batch (60 images, 2 labelled a class).
+  EXPECT_EQ(summary["stages"]["semi_fine_train"]["figures"]["train_steps"], 3.0);
   EXPECT_EQ(summary["val_group_samples"], 30.0);
   EXPECT_EQ(summary["coarse_val_samples"], 30.0);
   EXPECT_EQ(summary["train_steps"], 3.0);  // 60 images in batches of 20

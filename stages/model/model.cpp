@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <thread>
@@ -65,6 +66,39 @@ std::string common_prefix(const StateDict& dict) {
   if (dot == std::string::npos) return "";
   const std::string prefix = first.substr(0, dot + 1);
   return all_start_with(dict, prefix) ? prefix : "";
+}
+
+// A torchvision ResNet's layout from its keys: "ResNet-50 (blocks 3, 4, 6, 3,
+// bottleneck)", or "" for keys of another kind. torchvision's depths by
+// their blocks per stage (He et al. 2016, table 1); wide and ResNeXt
+// variants share the bottleneck layouts.
+std::string resnet_layout(const StateDict& dict) {
+  int64_t blocks[4] = {0, 0, 0, 0};
+  bool bottleneck = false;
+  for (const auto& [key, tensor] : dict) {
+    if (key.size() < 9 || key.compare(0, 5, "layer") != 0 || key[5] < '1' || key[5] > '4' || key[6] != '.') continue;
+    const size_t dot = key.find('.', 7);
+    if (dot == std::string::npos) continue;
+    int64_t block = 0;
+    try {
+      block = std::stoll(key.substr(7, dot - 7));
+    } catch (const std::exception&) {
+      continue;
+    }
+    blocks[key[5] - '1'] = std::max(blocks[key[5] - '1'], block + 1);
+    bottleneck |= key.compare(dot + 1, 6, "conv3.") == 0;
+  }
+  if (!blocks[0] || !blocks[1] || !blocks[2] || !blocks[3]) return "";
+  const std::vector<int64_t> b(blocks, blocks + 4);
+  std::string depth;
+  if (!bottleneck && b == std::vector<int64_t>{2, 2, 2, 2}) depth = "ResNet-18";
+  if (!bottleneck && b == std::vector<int64_t>{3, 4, 6, 3}) depth = "ResNet-34";
+  if (bottleneck && b == std::vector<int64_t>{3, 4, 6, 3}) depth = "ResNet-50";
+  if (bottleneck && b == std::vector<int64_t>{3, 4, 23, 3}) depth = "ResNet-101";
+  if (bottleneck && b == std::vector<int64_t>{3, 8, 36, 3}) depth = "ResNet-152";
+  return (depth.empty() ? std::string("a ResNet") : depth) + " (blocks " + std::to_string(b[0]) + ", " +
+         std::to_string(b[1]) + ", " + std::to_string(b[2]) + ", " + std::to_string(b[3]) +
+         (bottleneck ? ", bottleneck)" : ", basic)");
 }
 
 std::string listed(const std::vector<std::string>& items, size_t most, const std::string& what) {
@@ -138,6 +172,11 @@ LoadReport load_state_dict(NetworkImpl& model, const StateDict& file_weights, bo
     if (!prefix.empty() && !all_start_with(own, prefix))
       text += "\n  every key in the file starts with '" + prefix + "', which the model's keys do not (" +
               own.front().first + ", ...): weights of a wrapped model or of a part of one?";
+    // A ResNet of another depth: the likeliest cause, said first.
+    const std::string file_layout = resnet_layout(weights), model_layout = resnet_layout(own);
+    if (!file_layout.empty() && !model_layout.empty() && file_layout != model_layout)
+      text += "\n  the file holds " + file_layout + ", the model is " + model_layout +
+              ": a model stage of the file's depth (depth=...) loads it";
     // A multi-task model's file into a model without those heads: say how to declare them.
     std::string tasks, sizes;
     for (const auto& [key, tensor] : weights)
@@ -187,8 +226,9 @@ Schema ModelStage::common_schema(std::string type, std::string doc) {
                  .one_of({"auto", "cpu", "cuda"}))
       .param(Int("index", "CUDA device index; auto = the rank's LOCAL_RANK in a job of several processes, else 0")
                  .def(Auto{}).or_auto().range(0, 63))
-      .param(String("precision", "auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16 (on a CPU: fast "
-                                   "with AVX512_BF16 or AMX, emulated without)").def(std::string("auto"))
+      .param(String("precision", "auto (bf16 autocast on CUDA and on a CPU with native bf16, AVX512_BF16 "
+                                   "or AMX; fp32 on other CPUs), fp32 or bf16 (emulated, slow, on a CPU without "
+                                   "them)").def(std::string("auto"))
                  .one_of({"auto", "fp32", "bf16"}))
       .param(String("channels_last", "NHWC layout: auto = on CUDA").def(std::string("auto")).one_of({"auto", "yes", "no"}))
       // Values alone, so that --check reports them; whether CUDA is there is

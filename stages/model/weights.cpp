@@ -711,6 +711,9 @@ void write_safetensors(const std::string& path, const StateDict& tensors, const 
 }
 
 StateDict read_weights(const std::string& path, Metadata* metadata, const std::string& entry, std::string* note) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error))
+    fail(path, "a directory, not a weight file: name the .pth or .safetensors file in it");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open weight file");
   // What the file is, from its first bytes: a zip (torch.save since PyTorch

@@ -92,9 +92,41 @@ Train::Train(const StageInit& init)
       metrics_(MetricsLog::of(init)),
       tensorboard_(TensorBoardWriter::of(init)) {
   if (job_ && job_->rank() != 0) progress_.silence();
+  check_shared_stages(init);
   if (const int64_t steps = init.params.get_int("lr_find"))
     finder_ = std::make_unique<LrFinder>(steps, init.params.get_float("lr_find_start"), init.params.get_float("lr_find_end"),
                                          init.run.job.writes_files() ? (init.run.run_dir.empty() ? "." : init.run.run_dir) : "");
+}
+
+// An adaptation or loss stage keeps state of the one train stage it serves
+// (DANN's domain classifier and its optimizer, a loss's epoch figures, the
+// teacher's cached outputs): two train stages of one phase naming it would
+// share and mix it. Found when the run starts, before any step, naming both.
+void Train::check_shared_stages(const StageInit& init) const {
+  const ResolvedGraph* graph = init.stages.resolved_graph();
+  if (!graph) return;
+  auto place = [](const Location& at) {
+    return at.file.empty() ? std::string() : at.file + ":" + std::to_string(at.line) + ": ";
+  };
+  for (const auto& phase : graph->phases) {
+    const ResolvedStage* me = phase.find(name_);
+    if (!me) continue;
+    for (const char* param : {"adaptation", "loss"}) {
+      const std::string mine = init.params.get_string(param);
+      if (mine.empty()) continue;
+      for (const auto& stage : phase.stages) {
+        if (stage.name == name_) break;  // the first of the two says it
+        for (const auto& op : stage.ops)
+          if (op.type == "train" && op.params.has(param) && op.params.get_string(param) == mine)
+            throw std::runtime_error(place(me->where) + "train '" + name_ + "': " + param + " '" + mine +
+                                     "' is also the " + param + " of train '" + stage.name + "'" +
+                                     (stage.where.file.empty() ? "" : " (" + stage.where.file + ":" +
+                                                                        std::to_string(stage.where.line) + ")") +
+                                     ": it keeps the state and figures of one train stage; give '" + name_ +
+                                     "' its own (OTHER = like " + mine + ")");
+      }
+    }
+  }
 }
 
 void Train::begin_epoch(const EpochInfo& epoch) {

@@ -84,6 +84,7 @@ class Train : public SerialStage {
   // `batch` and `features` [N, D] are the labelled source's samples.
   // Appends each extra head's mean loss over its labelled samples (undefined:
   // none in the batch; that head's zero-gradient term joins `absent`).
+  void check_shared_stages(const StageInit& init) const;
   void add_task_losses(const Batch& batch, const torch::Tensor& features, std::vector<torch::Tensor>& losses,
                        torch::Tensor& absent);
   // Per extra head, the epoch's loss sum, correct count, labelled samples, over every rank of a job.
