@@ -215,6 +215,7 @@ int main(int argc, char** argv) {
     std::cerr << e.what();
     return kExitUsage;
   }
+  for (const auto& warning : graph.warnings) spdlog::warn("{}", warning);
   if (vm.count("lr-find")) {
     if (o.lr_find < 2 || o.lr_find > 100000) return usage_error("--lr-find takes 2..100000 batches");
     try {

@@ -587,6 +587,7 @@ class Resolver {
   }
 
   void apply_command_line(const std::vector<CommandLineOverride>& overrides, ResolvedGraph& graph, Params& run) {
+    const ResolvedGraph before = graph;  // the graph's own values, to tell a twin left alone
     std::string cwd = std::filesystem::current_path().string();
     for (const auto& given : overrides) {
       ParamOverride o;
@@ -625,6 +626,73 @@ class Resolver {
       }
     }
     if (spec_.phases.empty()) graph.phases.front().epochs = run.get_int("epochs");
+    warn_unchanged_copies(overrides, before, graph);
+  }
+
+  // The value of STAGE's parameter `path` (["param"] or ["op", "param"]) in
+  // the first phase that has the stage, or null.
+  static const Value* value_of(const ResolvedGraph& graph, const std::string& stage,
+                               const std::vector<std::string>& path) {
+    for (const auto& phase : graph.phases)
+      if (const ResolvedStage* s = phase.find(stage)) {
+        for (const auto& op : s->ops) {
+          if (path.size() == 1 && op.params.has(path[0])) return &op.params.value(path[0]);
+          if (path.size() == 2 && op.type == path[0] && op.params.has(path[1])) return &op.params.value(path[1]);
+        }
+        return nullptr;
+      }
+    return nullptr;
+  }
+
+  // `--set STAGE.PARAM` changes that stage alone; its `like` and `copy`
+  // twins keep the graph's value. Branches that were the same are then
+  // silently unequal (a side-by-side comparison compares unlike things):
+  // said for each twin the command line left alone.
+  void warn_unchanged_copies(const std::vector<CommandLineOverride>& overrides, const ResolvedGraph& before,
+                             ResolvedGraph& graph) {
+    std::map<std::string, std::vector<std::string>> twins;  // stage -> the stages made from it
+    for (const auto& stage : spec_.stages)
+      if (!stage.copied_from.empty()) twins[stage.copied_from].push_back(stage.name);
+    std::set<std::string> set_paths;  // STAGE.PARAM... as given
+    std::vector<std::pair<std::string, std::string>> given;  // (stage, the rest of the path)
+    for (const auto& o : overrides) {
+      const size_t eq = o.text.find('=');
+      const std::string path = o.text.substr(0, eq);
+      const size_t dot = path.find('.');
+      if (eq == std::string::npos || dot == std::string::npos) continue;
+      set_paths.insert(path);
+      given.emplace_back(path.substr(0, dot), path.substr(dot));
+    }
+    for (const auto& [stage, rest] : given) {
+      std::vector<std::string> path;  // the parameter's path within the stage
+      for (size_t at = 1; at <= rest.size();) {
+        const size_t next = std::min(rest.find('.', at), rest.size());
+        path.push_back(rest.substr(at, next - at));
+        at = next + 1;
+      }
+      const Value* was = value_of(before, stage, path);
+      const Value* now = value_of(graph, stage, path);
+      if (!was || !now || *was == *now) continue;
+      std::vector<std::string> left, pending{stage};
+      while (!pending.empty()) {  // twins of twins: a copy of a `like` stage
+        const std::string name = pending.back();
+        pending.pop_back();
+        for (const auto& twin : twins[name]) {
+          pending.push_back(twin);
+          if (set_paths.count(twin + rest)) continue;
+          // A twin the graph gave its own value (a copy block's change) was meant to differ.
+          const Value* twin_was = value_of(before, twin, path);
+          if (twin_was && *twin_was == *was) left.push_back(twin);
+        }
+      }
+      if (left.empty()) continue;
+      std::string names;
+      for (const auto& twin : left) names += (names.empty() ? "" : ", ") + twin + rest;
+      graph.warnings.push_back("--set " + stage + rest + " changes '" + stage + "' alone: " +
+                               (left.size() == 1 ? "its copy keeps" : "its copies keep") +
+                               " the graph's value (" + names + "); set " + (left.size() == 1 ? "it" : "them") +
+                               " too for branches that differ in nothing else");
+    }
   }
 
   // Once the command line has had its say: every required parameter has a

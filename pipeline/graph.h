@@ -63,6 +63,8 @@ struct ResolvedGraph {
   std::vector<std::string> sources_of(const std::string& head) const;
   std::vector<ResolvedPhase> phases;             // at least one
   bool implicit_phase = false;                   // no phase declared: one 'main' phase of run.epochs
+  // What resolving noticed that is not an error (the CLI says each as a warning).
+  std::vector<std::string> warnings;
   // Renders the graph back in the graph language with every parameter
   // spelled out (what `--check` prints); it parses back to the same graph.
   std::string format() const;

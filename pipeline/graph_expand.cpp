@@ -88,6 +88,7 @@ void expand_copies(GraphSpec& spec, Diagnostics& diagnostics) {
     if (!ok) return false;
     stage.ops = base.ops;
     for (const auto& change : stage.changes) apply_change(stage, change, 0, diagnostics);
+    stage.copied_from = stage.like;
     stage.like.clear();
     return true;
   };
@@ -124,6 +125,7 @@ void expand_copies(GraphSpec& spec, Diagnostics& diagnostics) {
       } else if (auto it = top.find(name); it != top.end()) {
         StageDecl stage = spec.stages[it->second];
         stage.name = copied;
+        stage.copied_from = name;
         copies.emplace(name, std::move(stage));
       }
       return copied;

@@ -50,6 +50,7 @@ struct StageDecl {
   std::vector<OpDecl> ops;
   std::string like;                     // the stage this one copies; "" = none
   Location like_where;
+  std::string copied_from;              // after expansion: the stage a `like` or `copy` made this from
   std::vector<ParamOverride> changes;   // paths relative to the stage: [param] or [op, param]
 };
 

@@ -321,6 +321,21 @@ TEST(Validation, CopyRepeatsWholeFlowsUnderANewName) {
   EXPECT_EQ(stage_of(graph, "x_a").ops[0].params.get_int("count"), 3);
   // --set reaches the copies by their names.
   EXPECT_EQ(stage_of(resolve_text(text, {"x_work.us=4"}), "x_work").ops[0].params.get_int("us"), 4);
+  // --set on an original leaves its twins (copies, `like` stages) as the
+  // graph has them: a warning names each twin left alone, unless the graph
+  // gave it its own value or the command line set it too.
+  const std::string twins = text + "c = count\nw2 = like work\nend3 = like end2\nflow c -> w2 -> end3\n";
+  EXPECT_EQ(resolve_text(twins, {"a.count=5"}).warnings,
+            (std::vector<std::string>{"--set a.count changes 'a' alone: its copy keeps the graph's value (x_a.count); "
+                                      "set it too for branches that differ in nothing else"}));
+  EXPECT_EQ(resolve_text(twins, {"work.us=7"}).warnings,
+            (std::vector<std::string>{"--set work.us changes 'work' alone: its copy keeps the graph's value (w2.us); "
+                                      "set it too for branches that differ in nothing else"}));
+  EXPECT_TRUE(resolve_text(twins, {"a.count=5", "x_a.count=5"}).warnings.empty());
+  EXPECT_EQ(resolve_text(twins, {"end2.us=5"}).warnings,  // not x_end2: the copy block gave it its own value
+            (std::vector<std::string>{"--set end2.us changes 'end2' alone: its copy keeps the graph's value (end3.us); "
+                                      "set it too for branches that differ in nothing else"}));
+  EXPECT_TRUE(resolve_text(twins, {"a.count=3"}).warnings.empty()) << "the value the graph has: nothing changes";
   const std::string flows = "a = count\nwork = sleep\nend = sink\nflow a -> work -> end\n";
   EXPECT_EQ(errors_of(flows + "copy z as x_\n"),
             "test.graph:5:6: error: copy: no flow starts at 'z' (copy names the first stage of a 'flow' line)\n");
