@@ -200,7 +200,7 @@ namespace {
 // A ResNet-18 student taught by a ResNet-18 teacher (weights from a file)
 // on 12 Fashion-MNIST images of 3 classes; `aug` before normalize.
 std::string distill_graph(const std::string& dir, const std::string& kd, const std::string& aug) {
-  return "run seed=4 in_flight=64\n"
+  return "run seed=4 in_flight=64 compute_threads=2\n"  // pinned: runs compared bit for bit take one sum order
          "src = idx part=train sampler=src_sampler\n"
          "src_sampler = classes names=[Shirt, Sneaker, Bag] | per_class k=4\n"
          "prep = " + aug + "\n"

@@ -373,7 +373,9 @@ namespace {
 std::string multitask_graph(const std::string& dir, const std::string& train_params,
                             const std::string& after_train = "sleep us=0") {
   write_text(dir + "/groups.tsv", "Shirt\tclothing\nSneaker\tshoes\nBag\tbags\n");
-  return "run seed=2 in_flight=64\n"
+  // compute_threads pinned (not auto, which follows the measured load): the
+  // bit-identity tests compare runs whose LibTorch sums must take one order.
+  return "run seed=2 in_flight=64 compute_threads=2\n"
          "src = idx part=train sampler=src_sampler\n"
          "src_sampler = classes names=[Shirt, Sneaker, Bag] | per_class k=8 | class_groups file=\"groups.tsv\" | shuffle\n"
          "aug = resize size=32 | random_crop size=32 padding=4 mode=reflect | hflip\n"
@@ -555,7 +557,7 @@ TEST(Multitask, AStoppedRunResumesBitIdentical) {
   ASSERT_EQ(stopped.exit_code, 130) << stopped.err;
   auto resumed = test::run_in(dir, graph, "resumed", {"--set", "checkpoint.resume=" + dir + "/stopped/checkpoint.ckpt"});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
-  EXPECT_EQ(test::slurp(dir + "/resumed.safetensors"), test::slurp(dir + "/whole.safetensors"));
+  EXPECT_TRUE(test::slurp(dir + "/resumed.safetensors") == test::slurp(dir + "/whole.safetensors"));  // not a 45 MB diff
   EXPECT_EQ(test::slurp(dir + "/resumed/metrics.csv"), test::slurp(dir + "/whole/metrics.csv"));
   const nlohmann::json a = test::summary_of(dir + "/whole"), b = test::summary_of(dir + "/resumed");
   for (const char* key : {"train_group_loss", "train_group_top1", "train_group_log_var", "val_group_top1", "val_top1"}) {
