@@ -588,6 +588,7 @@ class Resolver {
 
   void apply_command_line(const std::vector<CommandLineOverride>& overrides, ResolvedGraph& graph, Params& run) {
     const ResolvedGraph before = graph;  // the graph's own values, to tell a twin left alone
+    std::vector<std::vector<std::string>> stage_paths;  // the STAGE.PARAM... overrides, parsed
     std::string cwd = std::filesystem::current_path().string();
     for (const auto& given : overrides) {
       ParamOverride o;
@@ -619,6 +620,7 @@ class Resolver {
         continue;
       }
       // STAGE.PARAM on the command line applies in every phase.
+      stage_paths.push_back(o.path);
       for (auto& p : graph.phases) {
         size_t before = diagnostics_.size();
         apply_override(p.stages, o, cwd);
@@ -626,7 +628,7 @@ class Resolver {
       }
     }
     if (spec_.phases.empty()) graph.phases.front().epochs = run.get_int("epochs");
-    warn_unchanged_copies(overrides, before, graph);
+    warn_unchanged_copies(stage_paths, before, graph);
   }
 
   // The value of STAGE's parameter `path` (["param"] or ["op", "param"]) in
@@ -648,28 +650,17 @@ class Resolver {
   // twins keep the graph's value. Branches that were the same are then
   // silently unequal (a side-by-side comparison compares unlike things):
   // said for each twin the command line left alone.
-  void warn_unchanged_copies(const std::vector<CommandLineOverride>& overrides, const ResolvedGraph& before,
+  void warn_unchanged_copies(const std::vector<std::vector<std::string>>& stage_paths, const ResolvedGraph& before,
                              ResolvedGraph& graph) {
     std::map<std::string, std::vector<std::string>> twins;  // stage -> the stages made from it
     for (const auto& stage : spec_.stages)
       if (!stage.copied_from.empty()) twins[stage.copied_from].push_back(stage.name);
-    std::set<std::string> set_paths;  // STAGE.PARAM... as given
-    std::vector<std::pair<std::string, std::string>> given;  // (stage, the rest of the path)
-    for (const auto& o : overrides) {
-      const size_t eq = o.text.find('=');
-      const std::string path = o.text.substr(0, eq);
-      const size_t dot = path.find('.');
-      if (eq == std::string::npos || dot == std::string::npos) continue;
-      set_paths.insert(path);
-      given.emplace_back(path.substr(0, dot), path.substr(dot));
-    }
-    for (const auto& [stage, rest] : given) {
-      std::vector<std::string> path;  // the parameter's path within the stage
-      for (size_t at = 1; at <= rest.size();) {
-        const size_t next = std::min(rest.find('.', at), rest.size());
-        path.push_back(rest.substr(at, next - at));
-        at = next + 1;
-      }
+    std::set<std::vector<std::string>> set_paths(stage_paths.begin(), stage_paths.end());
+    for (const auto& full : stage_paths) {
+      const std::string& stage = full.front();
+      const std::vector<std::string> path(full.begin() + 1, full.end());  // the parameter's path within the stage
+      std::string rest;  // ".PARAM" or ".OP.PARAM", as the warning writes it
+      for (const auto& part : path) rest += "." + part;
       const Value* was = value_of(before, stage, path);
       const Value* now = value_of(graph, stage, path);
       if (!was || !now || *was == *now) continue;
@@ -679,7 +670,9 @@ class Resolver {
         pending.pop_back();
         for (const auto& twin : twins[name]) {
           pending.push_back(twin);
-          if (set_paths.count(twin + rest)) continue;
+          std::vector<std::string> twin_path = path;
+          twin_path.insert(twin_path.begin(), twin);
+          if (set_paths.count(twin_path)) continue;
           // A twin the graph gave its own value (a copy block's change) was meant to differ.
           const Value* twin_was = value_of(before, twin, path);
           if (twin_was && *twin_was == *was) left.push_back(twin);

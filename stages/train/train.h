@@ -81,12 +81,12 @@ class Train : public SerialStage {
   // A multi-task model's extra heads: their labels, losses and running sums.
   // Adds each head's mean cross-entropy over the samples labelled for its
   // task to `losses` (undefined: none in this batch), and to the epoch's sums.
-  // `batch` and `features` [N, D] are the labelled source's samples.
-  // Appends each extra head's mean loss over its labelled samples (undefined:
-  // none in the batch; that head's zero-gradient term joins `absent`).
-  void check_shared_stages(const StageInit& init) const;
+  // `batch` and `features` [N, D] are the labelled source's samples; a head
+  // with none in the batch adds its zero-gradient term to `absent`.
   void add_task_losses(const Batch& batch, const torch::Tensor& features, std::vector<torch::Tensor>& losses,
                        torch::Tensor& absent);
+  // Throws when an adaptation or loss stage this one names serves another train stage too.
+  void check_shared_stages(const StageInit& init) const;
   // Per extra head, the epoch's loss sum, correct count, labelled samples, over every rank of a job.
   std::vector<std::tuple<double, int64_t, int64_t>> task_global_sums() const;
   // The epoch's per-task figures (train_TASK_loss, _top1; _log_var when learned).
