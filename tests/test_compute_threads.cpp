@@ -12,6 +12,7 @@
 #include "data_support.h"
 #include "pipeline/executor.h"
 #include "pipeline/registry.h"
+#include "stages/common/compute_threads.h"
 #include "test_support.h"
 
 using namespace flowrun;
@@ -79,6 +80,47 @@ Outcome run_tiny_training(int threads, const std::vector<std::string>& sets = {}
 int cores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 }  // namespace
+
+// A directory whose flow reports a measured load, and notes what the
+// policy asked of the scheduler.
+class LoadedFlow : public StageDirectory {
+ public:
+  explicit LoadedFlow(double busy) : busy_(busy) {}
+  std::vector<Stage*> find(const std::string&) const override { return {}; }
+  double busy_threads_besides(const std::string&) const override { return busy_; }
+  void run_flow_on_one_thread(const std::string&, bool one) const override { one_thread = one; }
+  mutable bool one_thread = false;
+
+ private:
+  double busy_;
+};
+
+TEST(ComputeThreads, AutoTakesEveryWorkerWhateverTheMeasuredLoad) {
+  // LibTorch's CPU results depend on the intra-op count: a count that
+  // followed the measured load would give two runs of one command
+  // different numbers. The load decides scheduling only.
+  const std::string name = "train";
+  Params params;
+  Services services;
+  for (double busy : {0.0, 0.3, 0.9, 1.6}) {
+    RunInfo run;
+    run.threads = 2;
+    LoadedFlow flow(busy);
+    stages::ComputeThreads policy(StageInit{name, params, run, services, flow});
+    policy.begin_epoch(/*on_cpu=*/true);
+    EXPECT_EQ(policy.chosen(), std::min(2, cores())) << "busy " << busy;
+    // A light data path waits between batches on one worker; a busy one keeps its workers.
+    EXPECT_EQ(flow.one_thread, cores() >= 2 && busy < 0.5) << "busy " << busy;
+  }
+  RunInfo fixed;
+  fixed.threads = 2;
+  fixed.compute_threads = 1;
+  LoadedFlow flow(0);
+  stages::ComputeThreads pinned(StageInit{name, params, fixed, services, flow});
+  pinned.begin_epoch(true);
+  EXPECT_EQ(pinned.chosen(), 1);
+  EXPECT_FALSE(flow.one_thread) << "one compute thread leaves the other worker to the data path";
+}
 
 TEST(ComputeThreads, ModelStagesUseTheCoresTheDataPathLeavesFree) {
   // --threads 2 and a data path that keeps far less than a core busy: the

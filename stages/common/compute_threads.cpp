@@ -46,7 +46,21 @@ ComputeThreads::ComputeThreads(const StageInit& init)
 
 void ComputeThreads::begin_epoch(bool on_cpu) {
   decide();
-  stages_.run_flow_on_one_thread(stage_, on_cpu && chosen_ > 1 && chosen_ >= threads_);
+  // Scheduling alone follows the measured load: which worker threads run
+  // the flow's data stages changes no number, the kernels' count would.
+  const double others = stages_.busy_threads_besides(stage_);
+  const bool takes_every_worker = on_cpu && chosen_ > 1 && chosen_ >= threads_;
+  stages_.run_flow_on_one_thread(stage_, takes_every_worker && others < 0.5);
+  // A data path that keeps a worker busy beside kernels on every worker
+  // oversubscribes the cores: said once, with the setting that avoids it.
+  const int leave = static_cast<int>(std::lround(others));
+  if (fixed_ == 0 && takes_every_worker && leave >= 1 && !hinted_) {
+    hinted_ = true;
+    spdlog::info("{}: the rest of its flow kept {:.1f} worker threads busy beside its {} compute threads; "
+                 "--set run.compute_threads={} may run faster (auto takes every worker thread, so that the "
+                 "numbers do not depend on the measured load)",
+                 stage_, others, chosen_, std::max(1, chosen_ - leave));
+  }
 }
 
 void ComputeThreads::decide() {
@@ -54,11 +68,12 @@ void ComputeThreads::decide() {
     chosen_ = fixed_;
     return;
   }
-  const double others = stages_.busy_threads_besides(stage_);
+  // auto: every worker thread, at most the machine's cores. Never the
+  // measured load: LibTorch's CPU results depend on how many threads
+  // reduced them, so a count that followed timing would give two runs of
+  // one command different numbers.
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int chosen = std::clamp(threads_ - static_cast<int>(std::lround(others)), 1, std::min(threads_, cores));
-  if (chosen != chosen_) spdlog::debug("{}: {} compute threads (the rest of its flow kept {:.2f} busy)", stage_, chosen, others);
-  chosen_ = chosen;
+  chosen_ = std::clamp(threads_, 1, cores);
 }
 
 ComputeThreads::Scope::Scope(ComputeThreads& owner) { owner.seen_ = set_intra_op_threads(owner.chosen_); }

@@ -20,22 +20,22 @@ namespace flowrun::stages {
 int set_intra_op_threads(int threads);
 
 // The policy of one model stage: run.compute_threads when given, else
-// (auto) the run's worker threads minus what the rest of the stage's flow
-// kept busy in its last pass, rounded to whole threads, at least 1 and at
-// most the machine's cores. Decided once per epoch, so the numbers of an
-// epoch never depend on a thread count that changed half way.
+// (auto) the run's worker threads, at most the machine's cores. Never the
+// measured load: LibTorch's CPU results depend on the thread count, so the
+// same command gives the same numbers. The load measured in the flow's last
+// pass only decides scheduling (run_flow_on_one_thread) and a hint to set
+// fewer when the data path keeps a worker busy. Decided once per epoch.
 class ComputeThreads {
  public:
   explicit ComputeThreads(const StageInit& init);
   // Decides this epoch's count. When the stage's kernels run on the CPU
-  // and take every worker thread, its flow runs on one worker thread this
-  // epoch (StageDirectory::run_flow_on_one_thread): the data stages then
-  // work in the gaps between batches, not beside the parallel kernels.
+  // and take every worker thread, and the rest of its flow is light (under
+  // half a thread busy), its flow runs on one worker thread this epoch
+  // (StageDirectory::run_flow_on_one_thread): the data stages then work in
+  // the gaps between batches, not beside the parallel kernels.
   void begin_epoch(bool on_cpu);
   int chosen() const { return chosen_; }
 
-  // The calling thread runs tensor kernels on chosen() threads while a
-  // Scope lives, then on 1 again (as every worker thread).
   // The calling thread runs tensor kernels on chosen() threads while a
   // Scope lives, then on 1 again (as every worker thread).
   class Scope {
@@ -59,6 +59,7 @@ class ComputeThreads {
   int threads_;  // the run's worker threads
   int chosen_ = 1;
   int seen_ = 0;  // read back from LibTorch in the last Scope
+  bool hinted_ = false;  // the compute_threads hint is said once
 };
 
 }  // namespace flowrun::stages
