@@ -181,9 +181,19 @@ TEST(KeepLabels, KeepsKLabelsAClassAndLeavesTheRestUnlabelled) {
   const SampleSet reseeded = stages::sample_epoch(other, "sampler", labels, names, 0);
   EXPECT_EQ(kept_of(reseeded.labels).size(), 12u);
   EXPECT_NE(kept_of(reseeded.labels), kept_of(first.labels));
-  // k=0: nothing keeps its class; k above a class's count keeps all of it.
-  test::StageBench none("source = count\nsampler = keep_labels k=0\n");
-  EXPECT_TRUE(kept_of(stages::sample_epoch(none, "sampler", labels, names, 0).labels).empty());
+  // k=0 would leave no label at all: refused where it is written.
+  EXPECT_EQ(test::errors_of("source = count\nsampler = keep_labels k=0\nsink = sink\n"),
+            "test.graph:2:25: error: parameter 'k' = 0 is out of range [1, 1000000000]\n");
+  // Nothing labelled to keep (an unlabelled dataset): an error naming the op.
+  try {
+    test::StageBench unlabelled("source = count\nsampler = keep_labels k=2\n");
+    stages::sample_epoch(unlabelled, "sampler", std::vector<int64_t>(30, -1), names, 0);
+    ADD_FAILURE() << "keep_labels on unlabelled samples was taken";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("keep_labels 'sampler': none of the epoch's 30 samples has a class label"),
+              std::string::npos) << e.what();
+  }
+  // k above a class's count keeps all of it.
   test::StageBench all("source = count\nsampler = keep_labels k=11\n");
   EXPECT_EQ(stages::sample_epoch(all, "sampler", labels, names, 0).labels, labels);
   // task=group thins the groups (2 per group), the classes stay.
@@ -200,21 +210,27 @@ TEST(KeepLabels, KeepsKLabelsAClassAndLeavesTheRestUnlabelled) {
     EXPECT_NE(std::string(e.what()).find("keep_labels 'sampler': the samples have no labels for task 'grp' "
                                          "(their tasks: group"), std::string::npos) << e.what();
   }
-  // An op that chooses or maps samples by class, after keep_labels took most
-  // classes away, would choose by the few left: an error naming both.
+  // An op that chooses, weighs or maps samples by class, after keep_labels
+  // took most classes away, would choose by the few left: an error naming
+  // both. weighted by class learns it reads classes from its file.
+  const std::string class_weights = write_text(dir + "/class_weights.csv", "class,weight\nc0,1\nc1,2\n");
   for (const std::string op : std::vector<std::string>{"per_class k=2", "balanced", "classes names=[c0]",
                                                       "class_groups file=\"" + file + "\"",
-                               "split stratified=true"}) {
+                               "split stratified=true", "weighted weights=\"" + class_weights + "\""}) {
     test::StageBench late("source = count\nsampler = keep_labels k=2 | " + op + "\n");
     const std::string type = op.substr(0, op.find(' '));
     try {
       stages::sample_epoch(late, "sampler", labels, names, 0);
       ADD_FAILURE() << op << " after keep_labels was taken";
     } catch (const std::runtime_error& e) {
-      EXPECT_NE(std::string(e.what()).find("sampler 'sampler': " + type + " comes after keep_labels, which left most "
-                                           "samples without their class"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("sampler 'sampler': " + type + " comes after keep_labels, which keeps the "
+                                           "class labels of a few samples only"), std::string::npos) << e.what();
     }
   }
+  // weighted by sample index reads no class: fine after keep_labels.
+  const std::string index_weights = write_text(dir + "/index_weights.csv", "index,weight\n0,1\n1,2\n");
+  test::StageBench by_index("source = count\nsampler = keep_labels k=2 | weighted weights=\"" + index_weights + "\"\n");
+  EXPECT_NO_THROW(stages::sample_epoch(by_index, "sampler", labels, names, 0));
   // After the groups' thinning, or before the classes', they are fine.
   test::StageBench fine("source = count\nsampler = class_groups file=\"" + file +
                         "\" | keep_labels k=2 task=group | per_class k=5 | keep_labels k=2 | split\n");

@@ -8,7 +8,7 @@
 namespace flowrun::stages {
 
 Schema Balanced::schema() {
-  return Schema("balanced", "sampler op: the same number of samples of every class each epoch, shuffled")
+  return Schema("balanced", "sampler op: the same number of samples of every class each epoch, shuffled").provides("sampler")
       .param(String("mode", "over: repeat rarer classes; under: thin commoner ones").def(std::string("over"))
                  .one_of({"over", "under"}))
       .param(sampler_seed_param());

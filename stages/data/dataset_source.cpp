@@ -3,8 +3,14 @@
 namespace flowrun::stages {
 
 ParamSpec DatasetSource::sampler_param() {
-  return String("sampler", "name of the sampler stage that picks and orders each epoch's samples; \"\" = all, in order")
-      .def(std::string(""));
+  // A stage reference, checked with the graph (a name that is no stage, or
+  // a stage with an op that is no sampler op, is an error at its place),
+  // but "" by default: a source without a sampler takes every sample.
+  ParamSpec spec = String("sampler", "name of the sampler stage that picks and orders each epoch's samples; \"\" = all, in order")
+                       .def(std::string(""));
+  spec.role = "sampler";
+  spec.role_optional = true;
+  return spec;
 }
 
 DatasetSource::DatasetSource(const StageInit& init, std::string dataset_name)

@@ -11,8 +11,8 @@ namespace flowrun::stages {
 
 Schema KeepLabels::schema() {
   return Schema("keep_labels", "sampler op: keeps the labels of k samples of every class (chosen once from the seed); "
-                               "the rest stay in the epoch unlabelled (semi-supervised: the labelled subset)")
-      .param(Int("k", "samples per class that keep their label").range(0, 1000000000))
+                               "the rest stay in the epoch unlabelled (semi-supervised: the labelled subset)").provides("sampler")
+      .param(Int("k", "samples per class that keep their label").range(1, 1000000000))
       .param(String("task", "the extra task whose labels are thinned (\"\": the classes)").def(std::string("")))
       .param(sampler_seed_param());
 }
@@ -42,6 +42,10 @@ void KeepLabels::apply(SampleSet& set, int) const {
     const int64_t label = (*labels)[static_cast<size_t>(index)];
     if (label >= 0 && seen.insert(index).second) by_class[label].push_back(index);
   }
+  if (by_class.empty() && !set.indices.empty())
+    throw std::runtime_error("keep_labels '" + name_ + "': none of the epoch's " + std::to_string(set.indices.size()) +
+                             " samples has a " + (task_.empty() ? std::string("class label") : "'" + task_ + "' label") +
+                             " to keep (an unlabelled dataset, or the ops before it left none)");
   const bool say = !warned_.exchange(true);  // the first epoch's classes short of k
   for (auto& [label, members] : by_class) {
     const size_t take = std::min<size_t>(members.size(), static_cast<size_t>(k_));

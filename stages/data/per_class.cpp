@@ -9,7 +9,7 @@
 namespace flowrun::stages {
 
 Schema PerClass::schema() {
-  return Schema("per_class", "sampler op: k samples of every class (few-shot), chosen once from the seed")
+  return Schema("per_class", "sampler op: k samples of every class (few-shot), chosen once from the seed").provides("sampler")
       .param(Int("k", "samples per class").range(1, 1000000000))
       .param(sampler_seed_param());
 }

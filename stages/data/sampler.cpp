@@ -33,18 +33,25 @@ SampleSet sample_epoch(const StageDirectory& stages, const std::string& sampler,
   std::vector<Stage*> ops = stages.find(sampler);
   if (ops.empty()) throw std::runtime_error("no stage named '" + sampler + "' to sample with");
   const SamplerOp* thinned = nullptr;  // the op that took samples' classes away
+  // An op that chooses or maps by class after keep_labels would choose by
+  // the few labels left. Asked before the op runs and again after it (an op
+  // may learn only then that it reads classes: weighted's file says).
+  auto refuse_after_thinning = [&](const SamplerOp& op) {
+    if (thinned && op.reads_classes())
+      throw std::runtime_error("sampler '" + sampler + "': " + op.op_type() + " comes after " + thinned->op_type() +
+                               ", which keeps the class labels of a few samples only, so " + op.op_type() +
+                               " would choose by the labels left: put " + thinned->op_type() +
+                               " after the ops that choose, weigh or map samples by class");
+  };
   for (Stage* op : ops) {
     auto* sampler_op = dynamic_cast<SamplerOp*>(op);
     if (!sampler_op) throw std::runtime_error("stage '" + sampler + "' is not a sampler");
-    if (thinned && sampler_op->reads_classes())
-      throw std::runtime_error("sampler '" + sampler + "': " + sampler_op->op_type() + " comes after " +
-                               thinned->op_type() + ", which left most samples without their class, so it would "
-                               "choose by what is left: put " + thinned->op_type() +
-                               " after the ops that choose or map samples by class");
-    if (sampler_op->thins_classes()) thinned = sampler_op;
+    refuse_after_thinning(*sampler_op);
     if (set.sharded)
       throw std::runtime_error("sampler '" + sampler + "': shard must be its last op (it cuts the final order)");
     sampler_op->apply(set, epoch);
+    refuse_after_thinning(*sampler_op);
+    if (sampler_op->thins_classes()) thinned = sampler_op;
   }
   return set;
 }

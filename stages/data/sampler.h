@@ -44,9 +44,10 @@ class SamplerOp : public ComponentStage {
  public:
   explicit SamplerOp(const StageInit& init, const std::string& op_type);
   virtual void apply(SampleSet& set, int epoch) const = 0;
-  // Whether the op chooses or maps samples by their class (per_class,
-  // balanced, classes, class_groups, a stratified split): after an op that
-  // took most samples' classes away (keep_labels) it would choose wrongly.
+  // Whether the op chooses, weighs or maps samples by their class
+  // (per_class, balanced, classes, class_groups, a stratified split,
+  // weighted by class): after an op that took most samples' classes away
+  // (keep_labels) it would choose wrongly. Asked before and after apply().
   virtual bool reads_classes() const { return false; }
   virtual bool thins_classes() const { return false; }
   const std::string& op_type() const { return op_type_; }

@@ -8,7 +8,7 @@ namespace flowrun::stages {
 
 Schema Shard::schema() {
   return Schema("shard", "sampler op, the last of its sampler: this rank's share for data-parallel training (as "
-                         "DistributedSampler; a job's sources shard by themselves unless their sampler has this op)")
+                         "DistributedSampler; a job's sources shard by themselves unless their sampler has this op)").provides("sampler")
       .param(Int("rank", "this process's rank; auto = its rank in the job (0 alone)").def(Auto{}).or_auto().at_least(0))
       .param(Int("world", "number of ranks; auto = the job's (1 alone)").def(Auto{}).or_auto().range(1, 1 << 20))
       .param(sampler_seed_param())

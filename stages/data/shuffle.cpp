@@ -6,7 +6,7 @@
 namespace flowrun::stages {
 
 Schema Shuffle::schema() {
-  return Schema("shuffle", "sampler op: a new random order every epoch, from (seed, epoch)").param(sampler_seed_param());
+  return Schema("shuffle", "sampler op: a new random order every epoch, from (seed, epoch)").provides("sampler").param(sampler_seed_param());
 }
 
 void Shuffle::apply(SampleSet& set, int epoch) const {

@@ -8,7 +8,7 @@
 namespace flowrun::stages {
 
 Schema Subset::schema() {
-  return Schema("subset", "sampler op: a fixed random part of the samples, the same every epoch, kept in order")
+  return Schema("subset", "sampler op: a fixed random part of the samples, the same every epoch, kept in order").provides("sampler")
       .param(Float("fraction", "share of the samples to keep").def(1.0).range(0, 1))
       .param(Int("count", "number of samples to keep (wins over fraction when > 0)").def(int64_t{0}).at_least(0))
       .param(sampler_seed_param());

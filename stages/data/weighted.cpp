@@ -66,7 +66,7 @@ Weighted::WeightFile read_weights(const std::string& path) {
 
 Schema Weighted::schema() {
   return Schema("weighted", "sampler op: draws samples by per-sample or per-class weights from a CSV "
-                            "(WeightedRandomSampler), read when an epoch first samples")
+                            "(WeightedRandomSampler), read when an epoch first samples").provides("sampler")
       .param(Path("weights", "CSV file: header 'index,weight' or 'class,weight'; read at each epoch's first "
                              "draw, so an earlier phase may write it (importance_weights)"))
       .param(Int("num_samples", "samples drawn per epoch; 0 = as many as are in use").def(int64_t{0})
@@ -96,6 +96,11 @@ Weighted::WeightFile Weighted::weights_for(int epoch) const {
     read_epoch_ = epoch;
   }
   return file_;
+}
+
+bool Weighted::reads_classes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return read_epoch_ >= 0 && file_.by_class;
 }
 
 void Weighted::apply(SampleSet& set, int epoch) const {

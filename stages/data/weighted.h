@@ -32,6 +32,8 @@ class Weighted : public SamplerOp {
   // Throws naming the stage, `weights` and the path when the file is
   // missing, and FILE:LINE for an error in it.
   void apply(SampleSet& set, int epoch) const override;
+  // Per-class weights read classes (known once the file was read).
+  bool reads_classes() const override;
 
   struct WeightFile {
     bool by_class = false;
