@@ -527,6 +527,11 @@ class Resolver {
     }
     const std::string& param = path.back();
     const Location& param_where = o.path_where.back();
+    if (rest == 2 && !param.empty() && std::all_of(param.begin(), param.end(), ::isdigit)) {
+      error(param_where, "'" + param + "' selects an op of stage '" + stage_name + "': name its parameter too (" +
+                             stage_name + "." + param + ".PARAM=VALUE)");
+      return;
+    }
     // The engine's own parameter.
     if (rest == 2 && param == "concurrency" && stage->kind == StageKind::Transform) {
       Value value;
@@ -588,7 +593,7 @@ class Resolver {
 
   void apply_command_line(const std::vector<CommandLineOverride>& overrides, ResolvedGraph& graph, Params& run) {
     const ResolvedGraph before = graph;  // the graph's own values, to tell a twin left alone
-    std::vector<std::vector<std::string>> stage_paths;  // the STAGE.PARAM... overrides, parsed
+    std::vector<StagePath> stage_paths;  // the STAGE.PARAM... overrides, parsed (with the phase they are for)
     std::string cwd = std::filesystem::current_path().string();
     for (const auto& given : overrides) {
       ParamOverride o;
@@ -600,69 +605,103 @@ class Resolver {
       }
       ResolvedPhase* phase = nullptr;
       for (auto& p : graph.phases)
-        if (p.name == head && !spec_.phases.empty()) phase = &p;
+        if (p.name == head) phase = &p;
+      // A graph without phases runs one, shown as `main`: main.epochs is the
+      // run's epochs, main.STAGE.PARAM its stages' (unless a stage is named so).
+      const bool implicit = spec_.phases.empty();
+      if (phase && implicit && find_top(head)) phase = nullptr;
       if (phase) {
         if (o.path.size() == 2) {
           Params settings;
-          settings.set("epochs", phase->epochs);
-          if (apply_setting(phase_schema(), o, settings, "phase '" + phase->name + "'"))
-            phase->epochs = settings.get_int("epochs");
+          settings.set("epochs", implicit ? run.value("epochs") : Value(static_cast<int64_t>(phase->epochs)));
+          if (apply_setting(phase_schema(), o, settings, "phase '" + phase->name + "'")) {
+            if (implicit) run.set("epochs", settings.value("epochs"));
+            else phase->epochs = settings.get_int("epochs");
+          }
         } else {
+          size_t errors = diagnostics_.size();
           apply_override(phase->stages, o, cwd, 1);
+          if (diagnostics_.size() == errors)
+            stage_paths.push_back({implicit ? std::string() : phase->name, {o.path.begin() + 1, o.path.end()}});
         }
         continue;
       }
       if (!find_top(head)) {
         std::vector<std::string> known = top_names();
         known.push_back("run");
-        for (const auto& p : spec_.phases) known.push_back(p.name);
+        for (const auto& p : graph.phases) known.push_back(p.name);
         error(o.path_where[0], "no stage or phase named '" + head + "'" + did_you_mean(head, known));
         continue;
       }
       // STAGE.PARAM on the command line applies in every phase.
-      stage_paths.push_back(o.path);
+      size_t errors = diagnostics_.size();
       for (auto& p : graph.phases) {
         size_t before = diagnostics_.size();
         apply_override(p.stages, o, cwd);
         if (diagnostics_.size() != before) break;  // same error in every phase: report once
       }
+      if (diagnostics_.size() == errors) stage_paths.push_back({"", o.path});
     }
     if (spec_.phases.empty()) graph.phases.front().epochs = run.get_int("epochs");
     warn_unchanged_copies(stage_paths, before, graph);
+    int64_t epochs = 0;
+    for (const auto& p : graph.phases) epochs += p.epochs;
+    if (epochs == 0)
+      graph.warnings.push_back(std::string("no epoch to run (") +
+                               (spec_.phases.empty() ? "epochs=0" : "every phase has epochs=0") +
+                               "): the run does nothing and reports no figures");
   }
 
-  // The value of STAGE's parameter `path` (["param"] or ["op", "param"]) in
-  // the first phase that has the stage, or null.
-  static const Value* value_of(const ResolvedGraph& graph, const std::string& stage,
+  // A command line's STAGE.PARAM, STAGE.OP.PARAM or STAGE.INDEX.PARAM,
+  // in every phase (phase "") or in one (PHASE.STAGE...).
+  struct StagePath {
+    std::string phase;
+    std::vector<std::string> path;  // the stage, then the parameter's path within it
+    bool operator<(const StagePath& other) const { return std::tie(phase, path) < std::tie(other.phase, other.path); }
+  };
+
+  // The value of STAGE's parameter `path` (["param"], ["op", "param"] or
+  // ["index", "param"], as apply_override reads them) in the first phase
+  // (`phase` alone, when given) that has the stage, or null.
+  static const Value* value_of(const ResolvedGraph& graph, const std::string& phase, const std::string& stage,
                                const std::vector<std::string>& path) {
-    for (const auto& phase : graph.phases)
-      if (const ResolvedStage* s = phase.find(stage)) {
-        for (const auto& op : s->ops) {
-          if (path.size() == 1 && op.params.has(path[0])) return &op.params.value(path[0]);
-          if (path.size() == 2 && op.type == path[0] && op.params.has(path[1])) return &op.params.value(path[1]);
-        }
-        return nullptr;
+    for (const auto& p : graph.phases) {
+      if (!phase.empty() && p.name != phase) continue;
+      const ResolvedStage* s = p.find(stage);
+      if (!s) continue;
+      if (path.size() == 2 && !path[0].empty() && std::all_of(path[0].begin(), path[0].end(), ::isdigit)) {
+        const size_t index = std::stoul(path[0]);
+        if (index >= s->ops.size() || !s->ops[index].params.has(path[1])) return nullptr;
+        return &s->ops[index].params.value(path[1]);
       }
+      for (const auto& op : s->ops) {
+        if (path.size() == 1 && op.params.has(path[0])) return &op.params.value(path[0]);
+        if (path.size() == 2 && op.type == path[0] && op.params.has(path[1])) return &op.params.value(path[1]);
+      }
+      return nullptr;
+    }
     return nullptr;
   }
 
   // `--set STAGE.PARAM` changes that stage alone; its `like` and `copy`
   // twins keep the graph's value. Branches that were the same are then
   // silently unequal (a side-by-side comparison compares unlike things):
-  // said for each twin the command line left alone.
-  void warn_unchanged_copies(const std::vector<std::vector<std::string>>& stage_paths, const ResolvedGraph& before,
+  // said once for each twin the command line left alone.
+  void warn_unchanged_copies(const std::vector<StagePath>& stage_paths, const ResolvedGraph& before,
                              ResolvedGraph& graph) {
     std::map<std::string, std::vector<std::string>> twins;  // stage -> the stages made from it
     for (const auto& stage : spec_.stages)
       if (!stage.copied_from.empty()) twins[stage.copied_from].push_back(stage.name);
-    std::set<std::vector<std::string>> set_paths(stage_paths.begin(), stage_paths.end());
+    std::set<StagePath> set_paths(stage_paths.begin(), stage_paths.end());
+    std::set<std::string> said;
     for (const auto& full : stage_paths) {
-      const std::string& stage = full.front();
-      const std::vector<std::string> path(full.begin() + 1, full.end());  // the parameter's path within the stage
+      const std::string& stage = full.path.front();
+      const std::vector<std::string> path(full.path.begin() + 1, full.path.end());  // within the stage
       std::string rest;  // ".PARAM" or ".OP.PARAM", as the warning writes it
       for (const auto& part : path) rest += "." + part;
-      const Value* was = value_of(before, stage, path);
-      const Value* now = value_of(graph, stage, path);
+      const std::string prefix = full.phase.empty() ? "" : full.phase + ".";
+      const Value* was = value_of(before, full.phase, stage, path);
+      const Value* now = value_of(graph, full.phase, stage, path);
       if (!was || !now || *was == *now) continue;
       std::vector<std::string> left, pending{stage};
       while (!pending.empty()) {  // twins of twins: a copy of a `like` stage
@@ -672,19 +711,20 @@ class Resolver {
           pending.push_back(twin);
           std::vector<std::string> twin_path = path;
           twin_path.insert(twin_path.begin(), twin);
-          if (set_paths.count(twin_path)) continue;
+          // Set too, in every phase or in this one.
+          if (set_paths.count({"", twin_path}) || set_paths.count({full.phase, twin_path})) continue;
           // A twin the graph gave its own value (a copy block's change) was meant to differ.
-          const Value* twin_was = value_of(before, twin, path);
+          const Value* twin_was = value_of(before, full.phase, twin, path);
           if (twin_was && *twin_was == *was) left.push_back(twin);
         }
       }
       if (left.empty()) continue;
       std::string names;
-      for (const auto& twin : left) names += (names.empty() ? "" : ", ") + twin + rest;
-      graph.warnings.push_back("--set " + stage + rest + " changes '" + stage + "' alone: " +
-                               (left.size() == 1 ? "its copy keeps" : "its copies keep") +
-                               " the graph's value (" + names + "); set " + (left.size() == 1 ? "it" : "them") +
-                               " too for branches that differ in nothing else");
+      for (const auto& twin : left) names += (names.empty() ? "" : ", ") + prefix + twin + rest;
+      std::string warning = "--set " + prefix + stage + rest + " changes '" + stage + "' alone: " +
+                            (left.size() == 1 ? "its copy keeps" : "its copies keep") + " the graph's value (" + names +
+                            "); set " + (left.size() == 1 ? "it" : "them") + " too for branches that differ in nothing else";
+      if (said.insert(warning).second) graph.warnings.push_back(warning);
     }
   }
 
@@ -781,6 +821,17 @@ class Resolver {
               report(op.where, owner + ": " + spec.name + "='" + named + "': stage '" + named + "' is no " + spec.role +
                                    (candidates.empty() ? std::string() : " (" + spec.role + " stages: " +
                                    join_names(candidates) + ")"));
+            } else if (const ResolvedStage* target = phase.find(named)) {
+              // A piped stage plays the role only if each of its ops does.
+              for (size_t i = 0; i < target->ops.size(); ++i) {
+                const ResolvedOp& part = target->ops[i];
+                if (!part.stage_type) continue;
+                const auto& roles = part.stage_type->schema.roles();
+                if (std::find(roles.begin(), roles.end(), spec.role) == roles.end())
+                  report(part.where, "stage '" + named + "' op #" + std::to_string(i + 1) + " (" + part.type + ") is no " +
+                                         spec.role + " op, but " + owner + " takes '" + named + "' as its " + spec.name +
+                                         ": every op of a " + spec.role + " stage must be one");
+              }
             }
           }
         }

@@ -221,8 +221,19 @@ TEST(Validation, CommandLineOverrides) {
   EXPECT_EQ(stage_of(graph, "sink", 0).ops[0].params.get_int("us"), 2);
   EXPECT_EQ(stage_of(graph, "sink", 1).ops[0].params.get_int("us"), 0);
   EXPECT_EQ(graph.run.seed, 11u);
-  // run.epochs sets the epochs of a graph without phases.
+  // run.epochs sets the epochs of a graph without phases; so does main.epochs,
+  // the name --check and the epoch lines give its one phase, and
+  // main.STAGE.PARAM sets its stages.
   EXPECT_EQ(resolve_text(kChain, {"run.epochs=3"}).phases[0].epochs, 3);
+  ResolvedGraph implicit = resolve_text(kChain, {"main.epochs=2", "main.work.us=7"});
+  EXPECT_EQ(implicit.phases.at(0).name, "main");
+  EXPECT_EQ(implicit.phases[0].epochs, 2);
+  EXPECT_EQ(implicit.run.epochs, 2);
+  EXPECT_EQ(stage_of(implicit, "work").ops[0].params.get_int("us"), 7);
+  EXPECT_EQ(resolve_text(kChain, {"run.epochs=0"}).warnings,
+            (std::vector<std::string>{"no epoch to run (epochs=0): the run does nothing and reports no figures"}));
+  EXPECT_TRUE(resolve_text(kChain, {"run.epochs=1"}).warnings.empty());
+  EXPECT_EQ(errors_of(kChain, {"main.epochs=-2"}), "--set #1:1:13: error: parameter 'epochs' = -2 is out of range [0, 1000000]\n");
 }
 
 TEST(Validation, CommandLineOverrideErrors) {
@@ -234,6 +245,24 @@ TEST(Validation, CommandLineOverrideErrors) {
             "--set #4:1:5: error: unknown setting 'sed' for the run line; did you mean 'seed'? (settings: seed, "
             "in_flight, epochs, threads, compute_threads, backend, timeout)\n"
             "--set #5:1:8: error: expected '=' after 'work.us' but found end of file\n");
+  // An op index alone is no parameter.
+  EXPECT_EQ(errors_of("source = count\nwork = sleep | sleep\nsink = sink\n", {"work.1=3"}),
+            "--set #1:1:6: error: '1' selects an op of stage 'work': name its parameter too (work.1.PARAM=VALUE)\n");
+}
+
+// A source's sampler= names a stage whose every op is a sampler op: checked
+// with the graph, each problem at its place.
+TEST(Validation, ASamplerIsAStageOfSamplerOps) {
+  const std::string base = "samp = shuffle | subset fraction=0.5\nsink = sink\n";
+  EXPECT_EQ(errors_of("src = idx sampler=samp\n" + base), "");
+  EXPECT_EQ(errors_of("src = idx\n" + base), "") << "no sampler: every sample, in order";
+  EXPECT_EQ(errors_of("src = idx sampler=nosuch\n" + base),
+            "test.graph:1:7: error: stage 'src' (idx): sampler='nosuch' names no stage (sampler stages: samp)\n");
+  EXPECT_EQ(errors_of("src = idx sampler=sink\n" + base),
+            "test.graph:1:7: error: stage 'src' (idx): sampler='sink': stage 'sink' is no sampler (sampler stages: samp)\n");
+  EXPECT_EQ(errors_of("src = idx sampler=samp\nsamp = shuffle | subset fraction=0.5 | memory_keeper\nsink = sink\n"),
+            "test.graph:2:40: error: stage 'samp' op #3 (memory_keeper) is no sampler op, but stage 'src' (idx) takes 'samp' as its "
+            "sampler: every op of a sampler stage must be one\n");
 }
 
 TEST(Validation, ResolvedGraphPrintsBackToTheSameGraph) {
@@ -336,6 +365,21 @@ TEST(Validation, CopyRepeatsWholeFlowsUnderANewName) {
             (std::vector<std::string>{"--set end2.us changes 'end2' alone: its copy keeps the graph's value (end3.us); "
                                       "set it too for branches that differ in nothing else"}));
   EXPECT_TRUE(resolve_text(twins, {"a.count=3"}).warnings.empty()) << "the value the graph has: nothing changes";
+  // Said once, however often the command line repeats it.
+  EXPECT_EQ(resolve_text(twins, {"a.count=5", "a.count=5"}).warnings.size(), 1u);
+  // An op chosen by index or type, and one phase's stage, are warned of alike.
+  const std::string piped = "a = count count=3\nwork = sleep us=2 | sleep us=3\nend = sink\nflow a -> work -> end\n"
+                            "w2 = like work\nb = count\nend2 = sink\nflow b -> w2 -> end2\n"
+                            "phase p epochs=1 { }\nphase q epochs=1 { }\n";
+  EXPECT_EQ(resolve_text(piped, {"work.1.us=7"}).warnings,
+            (std::vector<std::string>{"--set work.1.us changes 'work' alone: its copy keeps the graph's value (w2.1.us); "
+                                      "set it too for branches that differ in nothing else"}));
+  EXPECT_TRUE(resolve_text(piped, {"work.1.us=7", "w2.1.us=7"}).warnings.empty());
+  EXPECT_EQ(resolve_text(piped, {"q.work.1.us=7"}).warnings,
+            (std::vector<std::string>{"--set q.work.1.us changes 'work' alone: its copy keeps the graph's value "
+                                      "(q.w2.1.us); set it too for branches that differ in nothing else"}));
+  EXPECT_TRUE(resolve_text(piped, {"q.work.1.us=7", "w2.1.us=7"}).warnings.empty()) << "the twin set in every phase";
+  EXPECT_TRUE(resolve_text(piped, {"q.work.1.us=7", "q.w2.1.us=7"}).warnings.empty());
   const std::string flows = "a = count\nwork = sleep\nend = sink\nflow a -> work -> end\n";
   EXPECT_EQ(errors_of(flows + "copy z as x_\n"),
             "test.graph:5:6: error: copy: no flow starts at 'z' (copy names the first stage of a 'flow' line)\n");
