@@ -169,6 +169,28 @@ TEST(Train, StepsLowerTheLossOnABatch) {
   EXPECT_EQ(report.figures().at("train_steps"), 15.0);
 }
 
+// A run stopped (Ctrl-C) before its first epoch ended has no epoch figure:
+// no train_loss or train_top1 (a 0 would read as a result on the final
+// line and in the summary), though its steps count.
+TEST(Train, ARunStoppedInItsFirstEpochReportsNoLoss) {
+  test::StageBench bench(kModel + "optim = sgd lr=0.01\ntrain = train scheduler=\"\" freezer=\"\"\n");
+  auto& train = static_cast<Train&>(bench.stage("train"));
+  Item item = batch_item(8, 3, 3, /*batches_in_epoch=*/10);
+  train.begin_epoch(epoch_info(0, 1));
+  for (int step = 0; step < 3; ++step) train.process(item, [](Item) {});
+  Report stopped;
+  train.report(stopped);
+  EXPECT_EQ(stopped.figures().at("train_steps"), 3.0);
+  EXPECT_EQ(stopped.figures().count("train_loss"), 0u);
+  EXPECT_EQ(stopped.figures().count("train_top1"), 0u);
+  train.end_epoch(epoch_info(0, 1));
+  Report ended;
+  train.report(ended);
+  ASSERT_EQ(ended.figures().count("train_loss"), 1u);
+  EXPECT_GT(ended.figures().at("train_loss"), 0.0);
+  EXPECT_TRUE(std::isfinite(ended.figures().at("train_top1")));
+}
+
 TEST(Evaluate, CountsEverySampleNotEveryBatch) {
   // fp32: the reference below is the network's own fp32 forward (precision=auto is bf16 on CPUs with AVX512_BF16).
   test::StageBench bench("source = count\nmodel = resnet depth=18 classes=3 precision=fp32\nevaluate = evaluate\n");

@@ -92,6 +92,9 @@ Train::Train(const StageInit& init)
       metrics_(MetricsLog::of(init)),
       tensorboard_(TensorBoardWriter::of(init)) {
   if (job_ && job_->rank() != 0) progress_.silence();
+  // No epoch has ended yet: no figure (a run stopped in its first epoch
+  // reports no train_loss, rather than a 0 that reads as a result).
+  last_loss_ = last_top1_ = std::nan("");
   check_shared_stages(init);
   if (const int64_t steps = init.params.get_int("lr_find"))
     finder_ = std::make_unique<LrFinder>(steps, init.params.get_float("lr_find_start"), init.params.get_float("lr_find_end"),
