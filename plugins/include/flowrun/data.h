@@ -16,7 +16,9 @@
 //                            index) (refused unless the type's schema says
 //                            randomized()), or as a sampler op, SamplerOp::rng(epoch)
 //   flowrun::stages::SamplerOp / SampleSet  a sampler op reorders, filters or
-//                            draws the epoch's dataset indices
+//                            draws the epoch's dataset indices; its schema
+//                            says .provides("sampler") (a source's sampler=
+//                            takes only stages whose every op does)
 //
 // No LibTorch here: link flowrun::data. A plugin's stages are in-process
 // code; the functions these headers declare resolve against the flowrun
