@@ -29,9 +29,10 @@ namespace {
 // flow after the training flow. `after_train` is the stage the training flow
 // ends with (a no-op, or a stop for the test).
 std::string graph_text(const std::string& after_train = "sleep us=0") {
-  // compute_threads pinned: with auto the count follows the measured load, and
-  // LibTorch's CPU sums (BatchNorm's statistics on 1x1 maps among them) change
-  // with it, so that two runs of one graph could differ in the last bit.
+  // compute_threads pinned: LibTorch's CPU sums (BatchNorm's statistics on
+  // 1x1 maps among them) change with the count, and auto's count follows
+  // --threads and the machine's cores; pinned, the runs compared bit for bit
+  // take one count whatever runs the tests.
   return R"(run seed=3 in_flight=64 compute_threads=2
 train_src     = idx part=train sampler=train_sampler
 train_sampler = classes names=[Shirt, Sneaker, Bag] | per_class k=8 | shuffle

@@ -389,7 +389,7 @@ namespace {
 std::string multitask_graph(const std::string& dir, const std::string& train_params,
                             const std::string& after_train = "sleep us=0") {
   write_text(dir + "/groups.tsv", "Shirt\tclothing\nSneaker\tshoes\nBag\tbags\n");
-  // compute_threads pinned (not auto, which follows the measured load): the
+  // compute_threads pinned (auto follows --threads and the cores): the
   // bit-identity tests compare runs whose LibTorch sums must take one order.
   return "run seed=2 in_flight=64 compute_threads=2\n"
          "src = idx part=train sampler=src_sampler\n"
