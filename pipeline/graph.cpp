@@ -110,6 +110,7 @@ class Resolver {
     apply_command_line(overrides, graph, run);
     resolve_stage_refs(graph);  // first: a schema's rule may look at the stages its references name
     check_ops(graph);
+    if (diagnostics_.empty()) check_across_stages(graph);  // on a graph whose every op is valid
 
     graph.run.seed = static_cast<uint64_t>(run.get_int("seed"));
     graph.run.in_flight = run.get_int("in_flight");
@@ -751,6 +752,24 @@ class Resolver {
           if (!complete) continue;
           for (const auto& rule : schema.checks())
             if (std::string problem = rule(op.params); !problem.empty()) report(blamed(op, rule), owner + ": " + problem);
+        }
+  }
+
+  // The schemas' rules across stages (Schema::graph_check), each problem
+  // once at the op's place, though a stage appears in every phase.
+  void check_across_stages(const ResolvedGraph& graph) {
+    std::set<std::string> reported;
+    for (const auto& phase : graph.phases)
+      for (const auto& stage : phase.stages)
+        for (size_t i = 0; i < stage.ops.size(); ++i) {
+          const ResolvedOp& op = stage.ops[i];
+          if (!op.stage_type) continue;
+          for (const auto& rule : op.stage_type->schema.graph_checks()) {
+            const std::string problem = rule(graph, phase, stage, i);
+            if (problem.empty()) continue;
+            const std::string message = "stage '" + stage.name + "' (" + op.type + "): " + problem;
+            if (reported.insert(where_text(op.where) + message).second) error(op.where, message);
+          }
         }
   }
 

@@ -234,7 +234,7 @@ class Parser {
   bool parse_override_line(ParamOverride& out) {
     bool ok = parse_override(out);
     if (ok && !at(Tok::End)) {
-      error(current(), std::string("expected end of input after the value but found ") + describe(current().kind));
+      error(current(), std::string("expected end of input after the value but found ") + found());
       ok = false;
     }
     return ok;
@@ -242,6 +242,13 @@ class Parser {
 
  private:
   const Token& current() const { return tokens_[pos_]; }
+  // What an error found: "end of file" in a graph file, "the end of the
+  // text" in a --set (the text given on the command line).
+  std::string found() const {
+    const Token& token = current();
+    if (token.kind == Tok::End && token.where.file.rfind("--", 0) == 0) return "the end of the text";
+    return describe(token.kind);
+  }
   bool at(Tok kind) const { return current().kind == kind; }
   bool next_is(Tok kind) const { return pos_ + 1 < tokens_.size() && tokens_[pos_ + 1].kind == kind; }
   void next() { if (!at(Tok::End)) ++pos_; }
@@ -253,7 +260,7 @@ class Parser {
   void error(const Token& token, std::string message) { diagnostics_.error(token.where, std::move(message)); }
   bool expect(Tok kind, const std::string& context) {
     if (accept(kind)) return true;
-    error(current(), std::string("expected ") + describe(kind) + " " + context + " but found " + describe(current().kind));
+    error(current(), std::string("expected ") + describe(kind) + " " + context + " but found " + found());
     return false;
   }
   void skip_newlines() { while (at(Tok::Newline)) next(); }
@@ -263,7 +270,7 @@ class Parser {
   }
   bool expect_statement_end(bool in_phase) {
     if (at(Tok::Newline) || at(Tok::Semi) || at(Tok::End) || (in_phase && at(Tok::RBrace))) return true;
-    error(current(), std::string("expected end of statement but found ") + describe(current().kind));
+    error(current(), std::string("expected end of statement but found ") + found());
     return false;
   }
 
@@ -302,7 +309,7 @@ class Parser {
     do {
       skip_newlines_after_arrow(flow);
       if (!at(Tok::Ident)) {
-        error(current(), std::string("expected a stage name in flow but found ") + describe(current().kind));
+        error(current(), std::string("expected a stage name in flow but found ") + found());
         return false;
       }
       flow.names.push_back(current().text);
@@ -311,7 +318,7 @@ class Parser {
       // `flow source + target -> ...`: sources joined to the first.
       while (flow.names.size() == 1 && accept(Tok::Plus)) {
         if (!at(Tok::Ident)) {
-          error(current(), std::string("expected a source stage to join after '+' but found ") + describe(current().kind));
+          error(current(), std::string("expected a source stage to join after '+' but found ") + found());
           return false;
         }
         flow.joined.push_back(current().text);
@@ -354,7 +361,7 @@ class Parser {
     do {
       skip_newlines_if(!stage.ops.empty());
       if (!at(Tok::Ident)) {
-        error(current(), std::string("expected a stage type but found ") + describe(current().kind));
+        error(current(), std::string("expected a stage type but found ") + found());
         return false;
       }
       OpDecl op;
@@ -430,11 +437,11 @@ class Parser {
       next();
     }
     if (copy.sources.empty()) {
-      error(current(), std::string("expected the source stage of a flow to copy but found ") + describe(current().kind));
+      error(current(), std::string("expected the source stage of a flow to copy but found ") + found());
       return false;
     }
     if (!at(Tok::Ident) || current().text != "as") {
-      error(current(), std::string("expected 'as PREFIX' after the flows to copy but found ") + describe(current().kind));
+      error(current(), std::string("expected 'as PREFIX' after the flows to copy but found ") + found());
       return false;
     }
     next();  // as
@@ -460,7 +467,7 @@ class Parser {
         if (accept(Tok::RBrace)) break;
         bool ok = at(Tok::Ident);
         if (!ok) {
-          error(current(), std::string("expected 'stage.param = value' in copy but found ") + describe(current().kind));
+          error(current(), std::string("expected 'stage.param = value' in copy but found ") + found());
         } else {
           ParamOverride change;
           ok = parse_override(change);
@@ -478,7 +485,7 @@ class Parser {
   bool parse_path_value(ParamOverride& out, const std::string& expected) {
     do {
       if (!at(Tok::Ident) && !at(Tok::Int)) {
-        error(current(), "expected " + expected + " but found " + describe(current().kind));
+        error(current(), "expected " + expected + " but found " + found());
         return false;
       }
       out.path.push_back(current().text);

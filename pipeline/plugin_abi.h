@@ -6,9 +6,9 @@
 
 #include <cstdint>
 
-#define FLOWRUN_PLUGIN_API_VERSION 4u  // 2: Stage::save_state/load_state, SourceStage::skip; 3: RunInfo::compute_threads,
+#define FLOWRUN_PLUGIN_API_VERSION 5u  // 2: Stage::save_state/load_state, SourceStage::skip; 3: RunInfo::compute_threads,
                                        // StageDirectory::busy_threads_besides; 4: stage_api_version, Schema::randomized,
-                                       // StageDirectory::resolved_graph
+                                       // StageDirectory::resolved_graph; 5: Schema::graph_check
 // The stage API: the built-in stages' public types a plugin may use
 // (<flowrun/data.h>: Sample, Image, Rng, RandomImageOp, SamplerOp;
 // <flowrun/model.h>: Batch, ModelStage, NetworkImpl, the loss hook). Bumped whenever one

@@ -13,6 +13,10 @@
 
 namespace flowrun {
 
+struct ResolvedGraph;
+struct ResolvedPhase;
+struct ResolvedStage;
+
 // How a stage sits in the flow; set from the stage's base class.
 enum class StageKind {
   Source,     // produces items, no input
@@ -101,6 +105,14 @@ class Schema {
   using Check = std::function<std::string(const Params&)>;
   Schema& check(Check rule) { checks_.push_back(std::move(rule)); return *this; }
   const std::vector<Check>& checks() const { return checks_; }
+  // A rule across stages, checked with the resolved graph before anything
+  // runs (so at --check too), after the stage references are resolved:
+  // the op is `stage.ops[op]` in `phase`. Returns "" when the graph is
+  // fine, else the problem, reported at the op's place.
+  using GraphCheck = std::function<std::string(const ResolvedGraph& graph, const ResolvedPhase& phase,
+                                                const ResolvedStage& stage, size_t op)>;
+  Schema& graph_check(GraphCheck rule) { graph_checks_.push_back(std::move(rule)); return *this; }
+  const std::vector<GraphCheck>& graph_checks() const { return graph_checks_; }
   // A role this stage plays for others (a model, an optimizer...): what
   // their stage references (StageRef) look for.
   Schema& provides(std::string role) { roles_.push_back(std::move(role)); return *this; }
@@ -125,6 +137,7 @@ class Schema {
   StageKind kind_ = StageKind::Transform;
   std::vector<ParamSpec> params_;
   std::vector<Check> checks_;
+  std::vector<GraphCheck> graph_checks_;
   std::vector<std::string> roles_;
   bool randomized_ = false;
 };

@@ -363,10 +363,12 @@ optim = adam
                       "model = resnet depth=18 classes=10\n")
                 .find("no model stage named 'nope'"),
             std::string::npos);
-  // One DANN stage (a domain classifier, its figures) for two train stages.
-  auto shared = test::run_flowrun({"graphs/domain_adaptation.graph", "--set", "coral_train.adaptation=dann"});
-  EXPECT_EQ(shared.exit_code, 1);
-  EXPECT_NE(shared.err.find("train 'dann_train': adaptation 'dann' is also the adaptation of train 'coral_train' "
+  // One DANN stage (a domain classifier, its figures) for two train stages:
+  // an error of the graph, so --check says it (exit 2), at the stage's place.
+  auto shared = test::run_flowrun({"--check", "graphs/domain_adaptation.graph", "--set", "coral_train.adaptation=dann"});
+  EXPECT_EQ(shared.exit_code, 2);
+  EXPECT_NE(shared.err.find("graphs/domain_adaptation.graph:"), std::string::npos) << shared.err;
+  EXPECT_NE(shared.err.find(": error: stage 'dann_train' (train): adaptation 'dann' is also the adaptation of train 'coral_train' "
                             "(graphs/domain_adaptation.graph:34): it keeps the state and figures of one train stage; "
                             "give 'dann_train' its own (OTHER = like dann)"), std::string::npos) << shared.err;
 }

@@ -212,20 +212,25 @@ TEST(KeepLabels, KeepsKLabelsAClassAndLeavesTheRestUnlabelled) {
   }
   // An op that chooses, weighs or maps samples by class, after keep_labels
   // took most classes away, would choose by the few left: an error naming
-  // both. weighted by class learns it reads classes from its file.
-  const std::string class_weights = write_text(dir + "/class_weights.csv", "class,weight\nc0,1\nc1,2\n");
+  // both, at --check (weighted by class learns it reads classes from its
+  // file, so it is refused when the epoch first samples).
   for (const std::string op : std::vector<std::string>{"per_class k=2", "balanced", "classes names=[c0]",
                                                       "class_groups file=\"" + file + "\"",
-                               "split stratified=true", "weighted weights=\"" + class_weights + "\""}) {
-    test::StageBench late("source = count\nsampler = keep_labels k=2 | " + op + "\n");
+                               "split stratified=true"}) {
     const std::string type = op.substr(0, op.find(' '));
-    try {
-      stages::sample_epoch(late, "sampler", labels, names, 0);
-      ADD_FAILURE() << op << " after keep_labels was taken";
-    } catch (const std::runtime_error& e) {
-      EXPECT_NE(std::string(e.what()).find("sampler 'sampler': " + type + " comes after keep_labels, which keeps the "
-                                           "class labels of a few samples only"), std::string::npos) << e.what();
-    }
+    const std::string errors = test::errors_of("source = count\nsampler = keep_labels k=2 | " + op + "\nsink = sink\n");
+    EXPECT_NE(errors.find("test.graph:2:29: error: stage 'sampler' (" + type + "): " + type + " comes after keep_labels "
+                          "(op #1 of sampler 'sampler'), which keeps the class labels of a few samples only"),
+              std::string::npos) << errors;
+  }
+  const std::string class_weights = write_text(dir + "/class_weights.csv", "class,weight\nc0,1\nc1,2\n");
+  test::StageBench weighted("source = count\nsampler = keep_labels k=2 | weighted weights=\"" + class_weights + "\"\n");
+  try {
+    stages::sample_epoch(weighted, "sampler", labels, names, 0);
+    ADD_FAILURE() << "weighted by class after keep_labels was taken";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("sampler 'sampler': weighted comes after keep_labels, which keeps the "
+                                         "class labels of a few samples only"), std::string::npos) << e.what();
   }
   // weighted by sample index reads no class: fine after keep_labels.
   const std::string index_weights = write_text(dir + "/index_weights.csv", "index,weight\n0,1\n1,2\n");

@@ -244,7 +244,7 @@ TEST(Validation, CommandLineOverrideErrors) {
             "--set #3:1:9: error: parameter 'us' expects an int but got a word 'x'\n"
             "--set #4:1:5: error: unknown setting 'sed' for the run line; did you mean 'seed'? (settings: seed, "
             "in_flight, epochs, threads, compute_threads, backend, timeout)\n"
-            "--set #5:1:8: error: expected '=' after 'work.us' but found end of file\n");
+            "--set #5:1:8: error: expected '=' after 'work.us' but found the end of the text\n");
   // An op index alone is no parameter.
   EXPECT_EQ(errors_of("source = count\nwork = sleep | sleep\nsink = sink\n", {"work.1=3"}),
             "--set #1:1:6: error: '1' selects an op of stage 'work': name its parameter too (work.1.PARAM=VALUE)\n");
@@ -263,6 +263,21 @@ TEST(Validation, ASamplerIsAStageOfSamplerOps) {
   EXPECT_EQ(errors_of("src = idx sampler=samp\nsamp = shuffle | subset fraction=0.5 | memory_keeper\nsink = sink\n"),
             "test.graph:2:40: error: stage 'samp' op #3 (memory_keeper) is no sampler op, but stage 'src' (idx) takes 'samp' as its "
             "sampler: every op of a sampler stage must be one\n");
+  // An op that chooses by class after keep_labels (which leaves a few labels
+  // a class) would choose by the labels left: said at --check, at the op.
+  EXPECT_EQ(errors_of("src = idx sampler=samp\nsamp = keep_labels k=2 | per_class k=3\nsink = sink\n"),
+            "test.graph:2:26: error: stage 'samp' (per_class): per_class comes after keep_labels (op #1 of sampler "
+            "'samp'), which keeps the class labels of a few samples only, so per_class would choose by the labels left: "
+            "put keep_labels after the ops that choose, weigh or map samples by class\n");
+  EXPECT_NE(errors_of("src = idx sampler=samp\nsamp = keep_labels k=2 | split stratified=true\nsink = sink\n")
+                .find("stage 'samp' (split): split comes after keep_labels"), std::string::npos);
+  EXPECT_EQ(errors_of("src = idx sampler=samp\nsamp = keep_labels k=2 | split | shuffle\nsink = sink\n"), "")
+      << "a split that is not stratified reads no class";
+  EXPECT_EQ(errors_of("src = idx sampler=samp\nsamp = per_class k=3 | keep_labels k=2 | keep_labels k=1 task=group | "
+                      "balanced\nsink = sink\n")
+                .find("test.graph:2:"), 0u) << "balanced still comes after the classes' keep_labels";
+  EXPECT_EQ(errors_of("src = idx sampler=samp\nsamp = per_class k=3 | keep_labels k=2 task=group | balanced\nsink = sink\n"), "")
+      << "thinning another task's labels leaves the classes";
 }
 
 TEST(Validation, ResolvedGraphPrintsBackToTheSameGraph) {

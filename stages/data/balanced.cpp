@@ -8,7 +8,9 @@
 namespace flowrun::stages {
 
 Schema Balanced::schema() {
-  return Schema("balanced", "sampler op: the same number of samples of every class each epoch, shuffled").provides("sampler")
+  return Schema("balanced", "sampler op: the same number of samples of every class each epoch, shuffled")
+      .provides("sampler")
+      .graph_check(refuse_after_keep_labels())
       .param(String("mode", "over: repeat rarer classes; under: thin commoner ones").def(std::string("over"))
                  .one_of({"over", "under"}))
       .param(sampler_seed_param());

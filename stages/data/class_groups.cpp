@@ -10,7 +10,9 @@ namespace flowrun::stages {
 
 Schema ClassGroups::schema() {
   return Schema("class_groups", "sampler op: labels each sample with its class's group from a CLASS<TAB>GROUP file, "
-                                "as an extra task for a multi-task model's head (or as the classes: relabel=true)").provides("sampler")
+                                "as an extra task for a multi-task model's head (or as the classes: relabel=true)")
+      .provides("sampler")
+      .graph_check(refuse_after_keep_labels())
       .param(Path("file", "the mapping, one CLASS<TAB>GROUP per line"))
       .param(String("task", "the extra task the groups label (the model's tasks=[...] names its head)")
                  .def(std::string("group")))

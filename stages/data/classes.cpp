@@ -8,7 +8,9 @@
 namespace flowrun::stages {
 
 Schema Classes::schema() {
-  return Schema("classes", "sampler op: keeps some classes, relabelled 0..k-1 in the order given").provides("sampler")
+  return Schema("classes", "sampler op: keeps some classes, relabelled 0..k-1 in the order given")
+      .provides("sampler")
+      .graph_check(refuse_after_keep_labels())
       .param(StringList("names", "class names to keep").def(std::vector<std::string>{}))
       .param(IntList("ids", "class ids to keep (instead of names)").def(std::vector<int64_t>{}).at_least(0))
       .param(sampler_seed_param())

@@ -9,7 +9,9 @@
 namespace flowrun::stages {
 
 Schema PerClass::schema() {
-  return Schema("per_class", "sampler op: k samples of every class (few-shot), chosen once from the seed").provides("sampler")
+  return Schema("per_class", "sampler op: k samples of every class (few-shot), chosen once from the seed")
+      .provides("sampler")
+      .graph_check(refuse_after_keep_labels())
       .param(Int("k", "samples per class").range(1, 1000000000))
       .param(sampler_seed_param());
 }

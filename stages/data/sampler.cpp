@@ -4,12 +4,28 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include "pipeline/graph.h"
 #include "stages/common/random.h"
 
 namespace flowrun::stages {
 
 ParamSpec sampler_seed_param() {
   return Int("seed", "seed of this op's choices; auto = the run's seed").def(Auto{}).or_auto().at_least(0);
+}
+
+Schema::GraphCheck refuse_after_keep_labels(std::function<bool(const Params&)> reads) {
+  return [reads](const ResolvedGraph&, const ResolvedPhase&, const ResolvedStage& stage, size_t op) -> std::string {
+    const ResolvedOp& me = stage.ops[op];
+    if (reads && !reads(me.params)) return "";
+    for (size_t i = 0; i < op; ++i) {
+      const ResolvedOp& before = stage.ops[i];
+      if (before.type == "keep_labels" && before.params.has("task") && before.params.get_string("task").empty())
+        return me.type + " comes after keep_labels (op #" + std::to_string(i + 1) + " of sampler '" + stage.name +
+               "'), which keeps the class labels of a few samples only, so " + me.type +
+               " would choose by the labels left: put keep_labels after the ops that choose, weigh or map samples by class";
+    }
+    return "";
+  };
 }
 
 SamplerOp::SamplerOp(const StageInit& init, const std::string& op_type)

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,13 @@ class SamplerOp : public ComponentStage {
 
 // The `seed` parameter every sampler op has.
 ParamSpec sampler_seed_param();
+
+// The graph check (Schema::graph_check) of an op that chooses or maps
+// samples by class: a problem when a keep_labels op that thins the classes
+// comes before it in its sampler stage, so that --check says it. `reads`
+// tells whether the op's parameters make it read classes (null: always).
+// The same order is refused again when an epoch samples (sample_epoch).
+Schema::GraphCheck refuse_after_keep_labels(std::function<bool(const Params&)> reads = nullptr);
 
 // The samples of one epoch: all of them in order when `sampler` is "",
 // else what the named sampler stage's ops leave. Throws when `sampler`

@@ -9,7 +9,9 @@
 namespace flowrun::stages {
 
 Schema Split::schema() {
-  return Schema("split", "sampler op: a deterministic train/validation split; part=train and part=val are disjoint").provides("sampler")
+  return Schema("split", "sampler op: a deterministic train/validation split; part=train and part=val are disjoint")
+      .provides("sampler")
+      .graph_check(refuse_after_keep_labels([](const Params& p) { return p.get_bool("stratified"); }))
       .param(Float("val_fraction", "share of the samples that go to validation").def(0.2).range(0, 1))
       .param(String("part", "which side to keep").def(std::string("train")).one_of({"train", "val"}))
       .param(Bool("stratified", "split every class in the same proportion").def(false))

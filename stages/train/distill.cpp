@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "pipeline/graph.h"
 #include "pipeline/registry.h"
 #include "stages/model/model.h"
 #include "stages/train/state_bytes.h"
@@ -75,11 +76,56 @@ torch::Tensor rkd_angle_loss(const torch::Tensor& student, const torch::Tensor& 
   return F::smooth_l1_loss(triplet_cosines(student.to(torch::kFloat)), target);
 }
 
+namespace {
+// Where the teacher and student stand in a phase where a train stage uses
+// this loss: the teacher is another model, trained by no train stage of the
+// phase, with the student's classes. A graph check: said at --check.
+std::string teaching_problem(const ResolvedGraph& graph, const ResolvedPhase& phase, const ResolvedStage& me, size_t op) {
+  if (me.ops.size() != 1) return "";
+  const std::string teacher = me.ops[op].params.get_string("teacher");
+  auto place = [](const Location& at) {
+    return at.file.empty() ? std::string() : " (" + at.file + ":" + std::to_string(at.line) + ")";
+  };
+  const std::string in_phase = graph.implicit_phase ? "" : " in phase '" + phase.name + "'";
+  bool teaches = false;  // a phase where no train stage uses this loss may well train the teacher
+  for (const auto& stage : phase.stages)
+    for (const auto& other : stage.ops)
+      teaches = teaches || (other.type == "train" && other.params.has("loss") && other.params.get_string("loss") == me.name);
+  if (!teaches) return "";
+  for (const auto& stage : phase.stages)
+    for (const auto& other : stage.ops) {
+      if (other.type != "train" || !other.params.has("model") || !other.params.has("loss")) continue;
+      const std::string student = other.params.get_string("model");
+      if (other.params.get_string("loss") != me.name) {
+        if (student == teacher)
+          return "its teacher '" + teacher + "' is trained by '" + stage.name + "'" + place(stage.where) + in_phase +
+                 ": a teacher stays frozen while it teaches (train it in an earlier phase or graph)";
+        continue;
+      }
+      if (student == teacher)
+        return "teacher='" + teacher + "' is the student itself: '" + stage.name + "'" + place(stage.where) +
+               " trains model '" + student + "' with this loss; the teacher is another, trained model stage";
+      const ResolvedStage* t = phase.find(teacher);
+      const ResolvedStage* s = phase.find(student);
+      if (!t || !s || t->ops.size() != 1 || s->ops.size() != 1 || !t->ops.front().params.has("classes") ||
+          !s->ops.front().params.has("classes"))
+        continue;
+      const int64_t tc = t->ops.front().params.get_int("classes"), sc = s->ops.front().params.get_int("classes");
+      if (tc != sc)
+        return "teacher '" + teacher + "'" + place(t->where) + " has " + std::to_string(tc) +
+               " classes but the student '" + student + "'" + place(s->where) + " that '" + stage.name +
+               "' trains has " + std::to_string(sc) + ": distillation matches their outputs class for class";
+    }
+  return "";
+}
+}  // namespace
+
 Schema Distill::schema() {
   return Schema("distill", "knowledge distillation from a frozen teacher model: Hinton et al.'s soft targets at "
                            "temperature T blended with cross-entropy, optionally RKD's distance and angle losses on the "
                            "pooled features; the train stage names it (loss=)")
       .provides("loss")
+      .graph_check(teaching_problem)
       .param(StageRef("teacher", "the teacher's model stage (frozen: eval mode, no gradients, never updated)", "model"))
       .param(Float("temperature", "T: both softmaxes at logits / T, the soft loss scaled by T^2 (> 0)").def(4.0)
                  .range(0, 1000))
@@ -120,58 +166,11 @@ Distill::Distill(const StageInit& init)
         declared_ = me->where;
         break;
       }
-  check_graph(init.stages);
 }
 
 std::string Distill::where() const {
   if (declared_.file.empty()) return "";
   return declared_.file + ":" + std::to_string(declared_.line) + ":" + std::to_string(declared_.col) + ": ";
-}
-
-void Distill::check_graph(const StageDirectory& stages) const {
-  const ResolvedGraph* graph = stages.resolved_graph();
-  if (!graph) return;
-  auto place = [](const Location& at) {
-    return at.file.empty() ? std::string() : " (" + at.file + ":" + std::to_string(at.line) + ")";
-  };
-  for (const auto& phase : graph->phases) {
-    const ResolvedStage* me = phase.find(name_);
-    if (!me || me->ops.size() != 1 || me->ops.front().type != "distill") continue;
-    const std::string teacher = me->ops.front().params.get_string("teacher");
-    const std::string in_phase = graph->implicit_phase ? "" : " in phase '" + phase.name + "'";
-    bool teaches = false;  // a phase where no train stage uses this loss may well train the teacher
-    for (const auto& stage : phase.stages)
-      for (const auto& op : stage.ops)
-        teaches = teaches || (op.type == "train" && op.params.has("loss") && op.params.get_string("loss") == name_);
-    if (!teaches) continue;
-    for (const auto& stage : phase.stages)
-      for (const auto& op : stage.ops) {
-        if (op.type != "train" || !op.params.has("model") || !op.params.has("loss")) continue;
-        const std::string student = op.params.get_string("model");
-        if (op.params.get_string("loss") != name_) {
-          if (student == teacher)
-            throw std::runtime_error(where() + "distill '" + name_ + "': its teacher '" + teacher + "' is trained by '" +
-                                     stage.name + "'" + place(stage.where) + in_phase +
-                                     ": a teacher stays frozen while it teaches (train it in an earlier phase or graph)");
-          continue;
-        }
-        if (student == teacher)
-          throw std::runtime_error(where() + "distill '" + name_ + "': teacher='" + teacher + "' is the student itself: '" +
-                                   stage.name + "'" + place(stage.where) + " trains model '" + student +
-                                   "' with this loss; the teacher is another, trained model stage");
-        const ResolvedStage* t = phase.find(teacher);
-        const ResolvedStage* s = phase.find(student);
-        if (!t || !s || t->ops.size() != 1 || s->ops.size() != 1 || !t->ops.front().params.has("classes") ||
-            !s->ops.front().params.has("classes"))
-          continue;
-        const int64_t tc = t->ops.front().params.get_int("classes"), sc = s->ops.front().params.get_int("classes");
-        if (tc != sc)
-          throw std::runtime_error(where() + "distill '" + name_ + "': teacher '" + teacher + "'" + place(t->where) +
-                                   " has " + std::to_string(tc) + " classes but the student '" + student + "'" +
-                                   place(s->where) + " that '" + stage.name + "' trains has " + std::to_string(sc) +
-                                   ": distillation matches their outputs class for class");
-      }
-  }
 }
 
 void Distill::begin_epoch(const EpochInfo&) {

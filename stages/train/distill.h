@@ -67,9 +67,6 @@ class Distill : public LossStage {
   std::pair<torch::Tensor, torch::Tensor> teacher_outputs(const LossContext& batch);
   // Each student output's teacher output, matched by class name.
   const torch::Tensor& class_order(const ModelStage& student, const torch::Device& device);
-  // What the graph says before anything runs: the teacher is not the
-  // student, not trained in a phase it teaches, and has the student's classes.
-  void check_graph(const StageDirectory& stages) const;
   std::string where() const;  // "FILE:LINE:COL: " of this stage's declaration, or ""
 
   const StageDirectory& stages_;

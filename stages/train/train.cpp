@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "pipeline/graph.h"
 #include "pipeline/interrupt.h"
 #include "pipeline/registry.h"
 #include "pipeline/trace.h"
@@ -19,6 +20,32 @@
 #include "stages/train/state_bytes.h"
 
 namespace flowrun::stages {
+
+namespace {
+// An adaptation or loss stage keeps state of the one train stage it serves
+// (DANN's domain classifier and its optimizer, a loss's epoch figures, the
+// teacher's cached outputs): two train stages of one phase naming it would
+// share and mix it. A graph check: said at --check, naming both.
+std::string shared_stage_problem(const ResolvedGraph&, const ResolvedPhase& phase, const ResolvedStage& me, size_t op) {
+  const Params& params = me.ops[op].params;
+  for (const char* param : {"adaptation", "loss"}) {
+    if (!params.has(param) || params.is_auto(param)) continue;
+    const std::string mine = params.get_string(param);
+    if (mine.empty()) continue;
+    for (const auto& stage : phase.stages) {
+      if (stage.name == me.name) break;  // the first of the two says it
+      for (const auto& other : stage.ops)
+        if (other.type == "train" && other.params.has(param) && !other.params.is_auto(param) &&
+            other.params.get_string(param) == mine)
+          return std::string(param) + " '" + mine + "' is also the " + param + " of train '" + stage.name + "'" +
+                 (stage.where.file.empty() ? "" : " (" + stage.where.file + ":" + std::to_string(stage.where.line) + ")") +
+                 ": it keeps the state and figures of one train stage; give '" + me.name + "' its own (OTHER = like " +
+                 mine + ")";
+    }
+  }
+  return "";
+}
+}  // namespace
 
 Schema Train::schema() {
   return Schema("train", "trains the model on each batch: the loss (cross-entropy unless a loss stage is named), "
@@ -70,7 +97,8 @@ Schema Train::schema() {
         if (p.get_float("label_smoothing") == 0 || p.is_auto("loss") || p.get_string("loss").empty()) return "";
         return "label_smoothing belongs to the built-in cross-entropy; loss stage '" + p.get_string("loss") +
                "' has its own parameters";
-      });
+      })
+      .graph_check(shared_stage_problem);
 }
 
 Train::Train(const StageInit& init)
@@ -95,41 +123,9 @@ Train::Train(const StageInit& init)
   // No epoch has ended yet: no figure (a run stopped in its first epoch
   // reports no train_loss, rather than a 0 that reads as a result).
   last_loss_ = last_top1_ = std::nan("");
-  check_shared_stages(init);
   if (const int64_t steps = init.params.get_int("lr_find"))
     finder_ = std::make_unique<LrFinder>(steps, init.params.get_float("lr_find_start"), init.params.get_float("lr_find_end"),
                                          init.run.job.writes_files() ? (init.run.run_dir.empty() ? "." : init.run.run_dir) : "");
-}
-
-// An adaptation or loss stage keeps state of the one train stage it serves
-// (DANN's domain classifier and its optimizer, a loss's epoch figures, the
-// teacher's cached outputs): two train stages of one phase naming it would
-// share and mix it. Found when the run starts, before any step, naming both.
-void Train::check_shared_stages(const StageInit& init) const {
-  const ResolvedGraph* graph = init.stages.resolved_graph();
-  if (!graph) return;
-  auto place = [](const Location& at) {
-    return at.file.empty() ? std::string() : at.file + ":" + std::to_string(at.line) + ": ";
-  };
-  for (const auto& phase : graph->phases) {
-    const ResolvedStage* me = phase.find(name_);
-    if (!me) continue;
-    for (const char* param : {"adaptation", "loss"}) {
-      const std::string mine = init.params.get_string(param);
-      if (mine.empty()) continue;
-      for (const auto& stage : phase.stages) {
-        if (stage.name == name_) break;  // the first of the two says it
-        for (const auto& op : stage.ops)
-          if (op.type == "train" && op.params.has(param) && op.params.get_string(param) == mine)
-            throw std::runtime_error(place(me->where) + "train '" + name_ + "': " + param + " '" + mine +
-                                     "' is also the " + param + " of train '" + stage.name + "'" +
-                                     (stage.where.file.empty() ? "" : " (" + stage.where.file + ":" +
-                                                                        std::to_string(stage.where.line) + ")") +
-                                     ": it keeps the state and figures of one train stage; give '" + name_ +
-                                     "' its own (OTHER = like " + mine + ")");
-      }
-    }
-  }
 }
 
 void Train::begin_epoch(const EpochInfo& epoch) {

@@ -85,8 +85,6 @@ class Train : public SerialStage {
   // with none in the batch adds its zero-gradient term to `absent`.
   void add_task_losses(const Batch& batch, const torch::Tensor& features, std::vector<torch::Tensor>& losses,
                        torch::Tensor& absent);
-  // Throws when an adaptation or loss stage this one names serves another train stage too.
-  void check_shared_stages(const StageInit& init) const;
   // Per extra head, the epoch's loss sum, correct count, labelled samples, over every rank of a job.
   std::vector<std::tuple<double, int64_t, int64_t>> task_global_sums() const;
   // The epoch's per-task figures (train_TASK_loss, _top1; _log_var when learned).
