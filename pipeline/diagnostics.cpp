@@ -17,8 +17,12 @@ std::string Diagnostics::format() const {
   std::stable_sort(sorted.begin(), sorted.end(), [](const Diagnostic& a, const Diagnostic& b) {
     return std::tie(a.where.file, a.where.line, a.where.col) < std::tie(b.where.file, b.where.line, b.where.col);
   });
+  // The first hundred: past that, a file is not what its reader expects
+  // (or a --set went badly wrong), and more lines only bury the first.
+  constexpr size_t kShown = 100;
   std::string text;
-  for (const auto& d : sorted) text += d.format() + "\n";
+  for (size_t i = 0; i < sorted.size() && i < kShown; ++i) text += sorted[i].format() + "\n";
+  if (sorted.size() > kShown) text += "... and " + std::to_string(sorted.size() - kShown) + " more errors\n";
   return text;
 }
 

@@ -106,6 +106,10 @@ class Resolver {
       graph.implicit_phase = true;
     }
     for (const auto& decl : spec_.phases) graph.phases.push_back(resolve_phase(decl));
+    for (const auto& setting : spec_.run_settings)
+      if (setting.name == "epochs" && !spec_.phases.empty())
+        graph.warnings.push_back(spec_.file + ":" + where_text(setting.where) + ": run epochs= applies to a graph without phases; " +
+                                 phase_epochs(graph) + ": set each phase's epochs");
 
     apply_command_line(overrides, graph, run);
     resolve_stage_refs(graph);  // first: a schema's rule may look at the stages its references name
@@ -528,9 +532,14 @@ class Resolver {
     }
     const std::string& param = path.back();
     const Location& param_where = o.path_where.back();
-    if (rest == 2 && !param.empty() && std::all_of(param.begin(), param.end(), ::isdigit)) {
+    const bool names_an_op = std::any_of(stage->ops.begin(), stage->ops.end(), [&](const ResolvedOp& op) {
+      return op.type == param && op.stage_type && !op.stage_type->schema.find(param);
+    });
+    if (rest == 2 && !param.empty() && (std::all_of(param.begin(), param.end(), ::isdigit) || names_an_op)) {
+      std::string written;  // the path as given, PHASE. included
+      for (size_t i = 0; i < path.size(); ++i) written += (i ? "." : "") + path[i];
       error(param_where, "'" + param + "' selects an op of stage '" + stage_name + "': name its parameter too (" +
-                             stage_name + "." + param + ".PARAM=VALUE)");
+                             written + ".PARAM=VALUE)");
       return;
     }
     // The engine's own parameter.
@@ -601,7 +610,9 @@ class Resolver {
       if (!parse_override(given.text, given.origin, o, diagnostics_)) continue;
       const std::string& head = o.path.front();
       if (head == "run") {
-        apply_setting(run_schema(), o, run, "the run line");
+        if (apply_setting(run_schema(), o, run, "the run line") && o.path[1] == "epochs" && !spec_.phases.empty())
+          graph.warnings.push_back("--set run.epochs applies to a graph without phases; " + phase_epochs(graph) +
+                                   ": set PHASE.epochs");
         continue;
       }
       ResolvedPhase* phase = nullptr;
@@ -653,6 +664,13 @@ class Resolver {
                                "): the run does nothing and reports no figures");
   }
 
+  // "this graph's phases set their own (head 2, full 6)", for a warning.
+  static std::string phase_epochs(const ResolvedGraph& graph) {
+    std::string list;
+    for (const auto& p : graph.phases) list += (list.empty() ? "" : ", ") + p.name + " " + std::to_string(p.epochs);
+    return "this graph's phases set their own (" + list + ")";
+  }
+
   // A command line's STAGE.PARAM, STAGE.OP.PARAM or STAGE.INDEX.PARAM,
   // in every phase (phase "") or in one (PHASE.STAGE...).
   struct StagePath {
@@ -684,16 +702,52 @@ class Resolver {
     return nullptr;
   }
 
+  // The op of STAGE that `path` (["param"], ["op", "param"] or ["index",
+  // "param"]) sets, as an index into its ops (in the first phase, or
+  // `phase`, that has the stage); -1 when none. Twins share their ops'
+  // order, so one index names the same op in each.
+  static int op_index_of(const ResolvedGraph& graph, const std::string& phase, const std::string& stage,
+                         const std::vector<std::string>& path) {
+    for (const auto& p : graph.phases) {
+      if (!phase.empty() && p.name != phase) continue;
+      const ResolvedStage* s = p.find(stage);
+      if (!s) continue;
+      for (size_t i = 0; i < s->ops.size(); ++i) {
+        const ResolvedOp& op = s->ops[i];
+        if (!op.params.has(path.back())) continue;
+        if (path.size() == 1 || op.type == path[0] || path[0] == std::to_string(i)) return static_cast<int>(i);
+      }
+      return -1;
+    }
+    return -1;
+  }
+
   // `--set STAGE.PARAM` changes that stage alone; its `like` and `copy`
-  // twins keep the graph's value. Branches that were the same are then
-  // silently unequal (a side-by-side comparison compares unlike things):
-  // said once for each twin the command line left alone.
+  // twins (the stages made from it, and the one it was made from) keep the
+  // graph's value. Branches that were the same are then silently unequal (a
+  // side-by-side comparison compares unlike things): said once for each
+  // twin the command line left alone, however the twin's setting is spelled.
   void warn_unchanged_copies(const std::vector<StagePath>& stage_paths, const ResolvedGraph& before,
                              ResolvedGraph& graph) {
-    std::map<std::string, std::vector<std::string>> twins;  // stage -> the stages made from it
+    std::map<std::string, std::string> made_from;  // stage -> the stage it was made from
     for (const auto& stage : spec_.stages)
-      if (!stage.copied_from.empty()) twins[stage.copied_from].push_back(stage.name);
-    std::set<StagePath> set_paths(stage_paths.begin(), stage_paths.end());
+      if (!stage.copied_from.empty()) made_from[stage.name] = stage.copied_from;
+    auto root_of = [&](std::string name) {
+      for (auto it = made_from.find(name); it != made_from.end(); it = made_from.find(name)) name = it->second;
+      return name;
+    };
+    auto descends_from = [&](std::string name, const std::string& ancestor) {
+      for (auto it = made_from.find(name); it != made_from.end(); it = made_from.find(name))
+        if ((name = it->second) == ancestor) return true;
+      return false;
+    };
+    // What the command line set: (phase, stage, op index, parameter).
+    using Key = std::tuple<std::string, std::string, int, std::string>;
+    std::set<Key> set_keys;
+    for (const auto& full : stage_paths) {
+      const std::vector<std::string> path(full.path.begin() + 1, full.path.end());
+      set_keys.insert({full.phase, full.path.front(), op_index_of(before, full.phase, full.path.front(), path), path.back()});
+    }
     std::set<std::string> said;
     for (const auto& full : stage_paths) {
       const std::string& stage = full.path.front();
@@ -704,27 +758,29 @@ class Resolver {
       const Value* was = value_of(before, full.phase, stage, path);
       const Value* now = value_of(graph, full.phase, stage, path);
       if (!was || !now || *was == *now) continue;
-      std::vector<std::string> left, pending{stage};
-      while (!pending.empty()) {  // twins of twins: a copy of a `like` stage
-        const std::string name = pending.back();
-        pending.pop_back();
-        for (const auto& twin : twins[name]) {
-          pending.push_back(twin);
-          std::vector<std::string> twin_path = path;
-          twin_path.insert(twin_path.begin(), twin);
-          // Set too, in every phase or in this one.
-          if (set_paths.count({"", twin_path}) || set_paths.count({full.phase, twin_path})) continue;
-          // A twin the graph gave its own value (a copy block's change) was meant to differ.
-          const Value* twin_was = value_of(before, full.phase, twin, path);
-          if (twin_was && *twin_was == *was) left.push_back(twin);
-        }
+      const int op = op_index_of(before, full.phase, stage, path);
+      const std::string root = root_of(stage);
+      std::vector<std::string> left;
+      bool all_copies = true;  // every twin left alone was made from this stage
+      for (const auto& twin : spec_.stages) {
+        if (twin.name == stage || root_of(twin.name) != root) continue;
+        // Set too, in every phase or in this one.
+        if (set_keys.count({"", twin.name, op, path.back()}) || set_keys.count({full.phase, twin.name, op, path.back()}))
+          continue;
+        // A twin the graph gave its own value (a copy block's change) was meant to differ.
+        const Value* twin_was = value_of(before, full.phase, twin.name, path);
+        if (!twin_was || !(*twin_was == *was)) continue;
+        left.push_back(twin.name);
+        all_copies = all_copies && descends_from(twin.name, stage);
       }
       if (left.empty()) continue;
       std::string names;
       for (const auto& twin : left) names += (names.empty() ? "" : ", ") + prefix + twin + rest;
-      std::string warning = "--set " + prefix + stage + rest + " changes '" + stage + "' alone: " +
-                            (left.size() == 1 ? "its copy keeps" : "its copies keep") + " the graph's value (" + names +
-                            "); set " + (left.size() == 1 ? "it" : "them") + " too for branches that differ in nothing else";
+      const bool one = left.size() == 1;
+      const std::string who = all_copies ? (one ? "its copy keeps" : "its copies keep") : (one ? "its twin keeps" : "its twins keep");
+      std::string warning = "--set " + prefix + stage + rest + " changes '" + stage + "' alone: " + who +
+                            " the graph's value (" + names + "); set " + (one ? "it" : "them") +
+                            " too for branches that differ in nothing else";
       if (said.insert(warning).second) graph.warnings.push_back(warning);
     }
   }
@@ -787,6 +843,16 @@ class Resolver {
     return op.where;
   }
 
+  // Where `param` of `op` was last set by a phase or the command line, else
+  // the op's own place: a problem with the value is reported where it was written.
+  Location where_of(const ResolvedOp& op, const std::string& param) const {
+    auto it = overridden_.find(&op);
+    if (it != overridden_.end())
+      for (auto change = it->second.rbegin(); change != it->second.rend(); ++change)
+        if (change->param == param) return change->where;
+    return op.where;
+  }
+
   // Stage references (StageRef parameters): `auto` becomes the phase's one
   // stage with the role (or none, when optional); a name given must be a
   // stage of the phase with that role. Each problem once, at the stage.
@@ -822,10 +888,10 @@ class Resolver {
                 for (const auto& type : registry_.types())
                   for (const auto& role : registry_.find(type)->schema.roles())
                     if (role == spec.role) types.push_back(type);
-                report(op.where, owner + ": no " + spec.role + " stage for '" + spec.name + "'" + in_phase +
+                report(where_of(op, spec.name), owner + ": no " + spec.role + " stage for '" + spec.name + "'" + in_phase +
                                      "; declare one (" + spec.role + " types: " + join_names(types) + ")");
               } else {
-                report(op.where, owner + ": '" + spec.name + "' could be any of " + join_names(candidates) + in_phase +
+                report(where_of(op, spec.name), owner + ": '" + spec.name + "' could be any of " + join_names(candidates) + in_phase +
                                      "; name one (" + spec.name + "=" + candidates.front() + ")");
               }
               continue;
@@ -833,13 +899,14 @@ class Resolver {
             const std::string& named = op.params.get_string(spec.name);
             if (named.empty() && spec.role_optional) continue;
             if (!roles_of.count(named) && !phase.find(named)) {
-              report(op.where, owner + ": " + spec.name + "='" + named + "' names no stage" + in_phase +
+              report(where_of(op, spec.name), owner + ": " + spec.name + "='" + named + "' names no stage" + in_phase +
                                    did_you_mean(named, candidates) + (candidates.empty() ? std::string()
                                    : " (" + spec.role + " stages: " + join_names(candidates) + ")"));
             } else if (!roles_of[named].count(spec.role)) {
-              report(op.where, owner + ": " + spec.name + "='" + named + "': stage '" + named + "' is no " + spec.role +
-                                   (candidates.empty() ? std::string() : " (" + spec.role + " stages: " +
-                                   join_names(candidates) + ")"));
+              report(where_of(op, spec.name), owner + ": " + spec.name + "='" + named + "': stage '" + named +
+                                                  "' is no " + spec.role + in_phase +
+                                                  (candidates.empty() ? std::string()
+                                                   : " (" + spec.role + " stages: " + join_names(candidates) + ")"));
             } else if (const ResolvedStage* target = phase.find(named)) {
               // A piped stage plays the role only if each of its ops does.
               for (size_t i = 0; i < target->ops.size(); ++i) {
@@ -942,7 +1009,9 @@ std::vector<std::string> ResolvedGraph::sources_of(const std::string& head) cons
 std::string ResolvedGraph::format() const {
   std::ostringstream out;
   out << "# resolved from " << file << "\n";
-  out << "run seed=" << run.seed << " in_flight=" << run.in_flight << " epochs=" << run.epochs
+  // epochs= only where it counts: a graph with phases gives each its own.
+  out << "run seed=" << run.seed << " in_flight=" << run.in_flight
+      << (implicit_phase ? " epochs=" + std::to_string(run.epochs) : std::string())
       << " threads=" << (run.threads ? std::to_string(run.threads) : std::string("auto"))
       << " compute_threads=" << (run.compute_threads ? std::to_string(run.compute_threads) : std::string("auto"))
       << " backend=" << run.backend << " timeout=" << format_value(Value(run.timeout_s)) << "\n";

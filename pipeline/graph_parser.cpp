@@ -1,6 +1,7 @@
 // Lexer and recursive-descent parser of the graph language (see README.md,
 // "Writing a graph"). Every syntax error is recorded with its place and the
 // parser resynchronises at the next statement, so a file reports all of them.
+#include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <sstream>
@@ -617,7 +618,20 @@ GraphSpec parse_graph_file(const std::string& path, Diagnostics& diagnostics) {
   }
   std::ostringstream text;
   text << in.rdbuf();
-  return parse_graph(text.str(), path, diagnostics);
+  // A binary file (a weights file, the program itself) would give an error
+  // for nearly every byte: one error says what it is instead.
+  const std::string bytes = text.str();
+  if (const size_t nul = bytes.find('\0'); nul != std::string::npos) {
+    const int line = 1 + static_cast<int>(std::count(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(nul), '\n'));
+    const size_t line_start = bytes.rfind('\n', nul) == std::string::npos ? 0 : bytes.rfind('\n', nul) + 1;
+    diagnostics.error({path, line, static_cast<int>(nul - line_start) + 1},
+                      "not a graph: a binary file (a NUL byte); a graph is a text file of stage declarations "
+                      "(README: Writing a graph)");
+    GraphSpec empty;
+    empty.file = path;
+    return empty;
+  }
+  return parse_graph(bytes, path, diagnostics);
 }
 
 bool parse_override(const std::string& text, const std::string& origin, ParamOverride& out, Diagnostics& diagnostics) {

@@ -1,6 +1,9 @@
 // The graph language's syntax: what parses, and where errors point.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <fstream>
+
 #include "pipeline/graph_spec.h"
 
 using namespace flowrun;
@@ -175,4 +178,23 @@ TEST(Parser, UnreadableFileIsAnError) {
   Diagnostics diagnostics;
   parse_graph_file("/nonexistent/x.graph", diagnostics);
   EXPECT_EQ(diagnostics.format(), "/nonexistent/x.graph: error: cannot read graph file\n");
+}
+
+// A binary file given as the graph (a weights file, the program itself) is
+// one error saying so, not one per byte; any file's errors stop at 100.
+TEST(Parser, ABinaryFileIsOneErrorAndErrorsStopAtAHundred) {
+  const std::string path = testing::TempDir() + "/binary.graph";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << "ab\n\x7f" << std::string(1, '\0') << "ELF\x01\x02";
+  }
+  Diagnostics binary;
+  parse_graph_file(path, binary);
+  EXPECT_EQ(binary.format(), path + ":2:2: error: not a graph: a binary file (a NUL byte); a graph is a text file of "
+                                    "stage declarations (README: Writing a graph)\n");
+  std::string garbage;
+  for (int i = 0; i < 150; ++i) garbage += "@\n";
+  const std::string errors = parse_errors(garbage);
+  EXPECT_EQ(std::count(errors.begin(), errors.end(), '\n'), 101) << errors;
+  EXPECT_NE(errors.find("\n... and 50 more errors\n"), std::string::npos) << errors.substr(errors.size() - 200);
 }

@@ -250,8 +250,8 @@ TEST(Samplers, WeightedFileErrorsNameFileAndLine) {
   EXPECT_EQ(error_of("nan.csv", "index,weight\n1,nan\n"), dir + "/nan.csv:2: weight 'nan' is not a finite number >= 0");
   EXPECT_EQ(error_of("empty.csv", ""),
             dir + "/empty.csv: empty weights file (expected a header 'index,weight' or 'class,weight')");
-  EXPECT_EQ(error_of("unknown.csv", "class,weight\nzebra,1\n"), dir + "/unknown.csv: class 'zebra' is not in the dataset");
-  EXPECT_EQ(error_of("beyond.csv", "index,weight\n30,1\n"), dir + "/beyond.csv: index 30 is beyond the dataset's 30 samples");
+  EXPECT_EQ(error_of("unknown.csv", "class,weight\nzebra,1\n"), dir + "/unknown.csv:2: class 'zebra' is not in the dataset");
+  EXPECT_EQ(error_of("beyond.csv", "index,weight\n0,1\n30,1\n"), dir + "/beyond.csv:3: index 30 is beyond the dataset's 30 samples");
   EXPECT_EQ(error_of("zero.csv", "index,weight\n1,0\n"), dir + "/zero.csv: every sample in use weighs 0");
 }
 

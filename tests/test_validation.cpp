@@ -230,6 +230,12 @@ TEST(Validation, CommandLineOverrides) {
   EXPECT_EQ(implicit.phases[0].epochs, 2);
   EXPECT_EQ(implicit.run.epochs, 2);
   EXPECT_EQ(stage_of(implicit, "work").ops[0].params.get_int("us"), 7);
+  EXPECT_EQ(resolve_text(kChain + "phase a epochs=2 { }\n", {"run.epochs=3"}).warnings,
+            (std::vector<std::string>{"--set run.epochs applies to a graph without phases; this graph's phases set "
+                                      "their own (a 2): set PHASE.epochs"}));
+  EXPECT_EQ(resolve_text("run epochs=3\n" + kChain + "phase a epochs=2 { }\n").warnings,
+            (std::vector<std::string>{"test.graph:1:5: run epochs= applies to a graph without phases; this graph's "
+                                      "phases set their own (a 2): set each phase's epochs"}));
   EXPECT_EQ(resolve_text(kChain, {"run.epochs=0"}).warnings,
             (std::vector<std::string>{"no epoch to run (epochs=0): the run does nothing and reports no figures"}));
   EXPECT_TRUE(resolve_text(kChain, {"run.epochs=1"}).warnings.empty());
@@ -248,6 +254,9 @@ TEST(Validation, CommandLineOverrideErrors) {
   // An op index alone is no parameter.
   EXPECT_EQ(errors_of("source = count\nwork = sleep | sleep\nsink = sink\n", {"work.1=3"}),
             "--set #1:1:6: error: '1' selects an op of stage 'work': name its parameter too (work.1.PARAM=VALUE)\n");
+  EXPECT_EQ(errors_of("source = count\nwork = sleep | kitchen size=3\nsink = sink\nphase p epochs=1 { }\n", {"p.work.kitchen=3"}),
+            "--set #1:1:8: error: 'kitchen' selects an op of stage 'work': name its parameter too "
+            "(p.work.kitchen.PARAM=VALUE)\n");
 }
 
 // A source's sampler= names a stage whose every op is a sampler op: checked
@@ -263,6 +272,12 @@ TEST(Validation, ASamplerIsAStageOfSamplerOps) {
   EXPECT_EQ(errors_of("src = idx sampler=samp\nsamp = shuffle | subset fraction=0.5 | memory_keeper\nsink = sink\n"),
             "test.graph:2:40: error: stage 'samp' op #3 (memory_keeper) is no sampler op, but stage 'src' (idx) takes 'samp' as its "
             "sampler: every op of a sampler stage must be one\n");
+  // A reference set by --set or a phase is reported where it was written.
+  EXPECT_EQ(errors_of("src = idx\n" + base, {"src.sampler=nosuch"}),
+            "--set #1:1:13: error: stage 'src' (idx): sampler='nosuch' names no stage (sampler stages: samp)\n");
+  EXPECT_EQ(errors_of("src = idx sampler=samp\n" + base + "phase p epochs=1 { src.sampler = sink }\n"),
+            "test.graph:4:34: error: stage 'src' (idx): sampler='sink': stage 'sink' is no sampler in phase 'p' "
+            "(sampler stages: samp)\n");
   // An op that chooses by class after keep_labels (which leaves a few labels
   // a class) would choose by the labels left: said at --check, at the op.
   EXPECT_EQ(errors_of("src = idx sampler=samp\nsamp = keep_labels k=2 | per_class k=3\nsink = sink\n"),
@@ -393,8 +408,20 @@ TEST(Validation, CopyRepeatsWholeFlowsUnderANewName) {
   EXPECT_EQ(resolve_text(piped, {"q.work.1.us=7"}).warnings,
             (std::vector<std::string>{"--set q.work.1.us changes 'work' alone: its copy keeps the graph's value "
                                       "(q.w2.1.us); set it too for branches that differ in nothing else"}));
-  EXPECT_TRUE(resolve_text(piped, {"q.work.1.us=7", "w2.1.us=7"}).warnings.empty()) << "the twin set in every phase";
+  // The twin set in every phase covers phase q; in phase p the original keeps the graph's value.
+  EXPECT_EQ(resolve_text(piped, {"q.work.1.us=7", "w2.1.us=7"}).warnings,
+            (std::vector<std::string>{"--set w2.1.us changes 'w2' alone: its twin keeps the graph's value (work.1.us); "
+                                      "set it too for branches that differ in nothing else"}));
   EXPECT_TRUE(resolve_text(piped, {"q.work.1.us=7", "q.w2.1.us=7"}).warnings.empty());
+  // The twin set under another spelling of the same op is set; a copy set
+  // alone leaves the stage it was made from (its twin) at the graph's value.
+  const std::string kitchen = "a = count\nwork = sleep | kitchen size=3\nend = sink\nflow a -> work -> end\n"
+                              "w2 = like work\nb = count\nend2 = sink\nflow b -> w2 -> end2\n";
+  EXPECT_TRUE(resolve_text(kitchen, {"work.1.size=5", "w2.kitchen.size=5"}).warnings.empty());
+  EXPECT_TRUE(resolve_text(kitchen, {"work.size=5", "w2.1.size=5"}).warnings.empty());
+  EXPECT_EQ(resolve_text(kitchen, {"w2.kitchen.size=5"}).warnings,
+            (std::vector<std::string>{"--set w2.kitchen.size changes 'w2' alone: its twin keeps the graph's value "
+                                      "(work.kitchen.size); set it too for branches that differ in nothing else"}));
   const std::string flows = "a = count\nwork = sleep\nend = sink\nflow a -> work -> end\n";
   EXPECT_EQ(errors_of(flows + "copy z as x_\n"),
             "test.graph:5:6: error: copy: no flow starts at 'z' (copy names the first stage of a 'flow' line)\n");

@@ -66,6 +66,12 @@ void ComputeThreads::begin_epoch(bool on_cpu) {
 void ComputeThreads::decide() {
   if (fixed_ > 0) {
     chosen_ = fixed_;
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (fixed_ > cores && !hinted_) {
+      hinted_ = true;  // more kernel threads than cores spin against each other
+      spdlog::warn("{}: run.compute_threads={} on a machine of {} cores: its kernels' threads will wait on each other; "
+                   "at most {} (or auto) runs faster", stage_, fixed_, cores, cores);
+    }
     return;
   }
   // auto: every worker thread, at most the machine's cores. Never the

@@ -46,18 +46,23 @@ void KeepLabels::apply(SampleSet& set, int) const {
     throw std::runtime_error("keep_labels '" + name_ + "': none of the epoch's " + std::to_string(set.indices.size()) +
                              " samples has a " + (task_.empty() ? std::string("class label") : "'" + task_ + "' label") +
                              " to keep (an unlabelled dataset, or the ops before it left none)");
-  const bool say = !warned_.exchange(true);  // the first epoch's classes short of k
+  const bool say = !warned_.exchange(true);  // the first epoch's classes short of k, in one line
+  std::string short_of_k;
+  size_t shorts = 0;
   for (auto& [label, members] : by_class) {
     const size_t take = std::min<size_t>(members.size(), static_cast<size_t>(k_));
-    if (take < static_cast<size_t>(k_) && say) {
+    if (take < static_cast<size_t>(k_) && say && ++shorts <= 10) {
       const std::string name = static_cast<size_t>(label) < class_names->size() ? (*class_names)[label] : std::to_string(label);
-      spdlog::warn("keep_labels '{}': class '{}' has {} labelled samples, fewer than k={}; all keep their label", name_,
-                   name, members.size(), k_);
+      short_of_k += (short_of_k.empty() ? "" : ", ") + ("'" + name + "' " + std::to_string(members.size()));
     }
     Rng rng = this->rng(0, static_cast<uint64_t>(label));
     rng.choose_front(members, take);
     for (size_t i = take; i < members.size(); ++i) (*labels)[static_cast<size_t>(members[i])] = -1;
   }
+  if (shorts > 0)
+    spdlog::warn("keep_labels '{}': {} {} fewer than k={} labelled samples ({}{}); all of theirs keep their label", name_,
+                 shorts, shorts == 1 ? "class has" : "classes have", k_, short_of_k,
+                 shorts > 10 ? ", and " + std::to_string(shorts - 10) + " more" : std::string());
 }
 
 FLOWRUN_REGISTER_STAGE(KeepLabels);

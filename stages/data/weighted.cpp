@@ -56,6 +56,7 @@ Weighted::WeightFile read_weights(const std::string& path) {
     if (!file.by_class && (key.empty() || key.find_first_not_of("0123456789") != std::string::npos || key.size() > 18))
       throw std::runtime_error(where + "index '" + key + "' is not a dataset index");
     if (!file.by_key.emplace(key, weight).second) throw std::runtime_error(where + "'" + key + "' appears twice");
+    file.line_of[key] = number;
   }
   if (in.bad()) throw std::runtime_error(path + ":" + std::to_string(number + 1) + ": read failed");
   if (!header) throw std::runtime_error(path + ": empty weights file (expected a header 'index,weight' or 'class,weight')");
@@ -115,7 +116,9 @@ void Weighted::apply(SampleSet& set, int epoch) const {
     std::map<int64_t, double> class_weight;
     for (const auto& [name, weight] : file.by_key) {
       auto it = label_of.find(name);
-      if (it == label_of.end()) throw std::runtime_error(path_ + ": class '" + name + "' is not in the dataset");
+      if (it == label_of.end())
+        throw std::runtime_error(path_ + ":" + std::to_string(file.line_of.at(name)) + ": class '" + name +
+                                 "' is not in the dataset");
       class_weight[it->second] = weight;
     }
     for (size_t i = 0; i < candidates.size(); ++i)
@@ -125,7 +128,7 @@ void Weighted::apply(SampleSet& set, int epoch) const {
     for (const auto& [key, weight] : file.by_key) {
       const int64_t index = std::stoll(key);
       if (index >= static_cast<int64_t>(set.labels.size()))
-        throw std::runtime_error(path_ + ": index " + key + " is beyond the dataset's " +
+        throw std::runtime_error(path_ + ":" + std::to_string(file.line_of.at(key)) + ": index " + key + " is beyond the dataset's " +
                                  std::to_string(set.labels.size()) + " samples");
       auto it = std::lower_bound(candidates.begin(), candidates.end(), index);
       if (it != candidates.end() && *it == index) weights[static_cast<size_t>(it - candidates.begin())] = weight;

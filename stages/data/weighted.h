@@ -38,6 +38,7 @@ class Weighted : public SamplerOp {
   struct WeightFile {
     bool by_class = false;
     std::map<std::string, double> by_key;  // class name or decimal index -> weight
+    std::map<std::string, int> line_of;    // the line each key is on, for errors
   };
 
  private:
