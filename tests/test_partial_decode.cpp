@@ -380,12 +380,12 @@ TEST(PartialDecode, DISABLED_Timing) {
   ASSERT_TRUE(dir) << "set FLOWRUN_PARTIAL_BENCH_DIR to a folder of JPEGs (bench/make_imagefolder.py)";
   std::vector<std::vector<uint8_t>> files;
   for (const auto& entry : std::filesystem::recursive_directory_iterator(dir))
-    if (entry.is_regular_file() && entry.path().extension() == ".jpg") {
+    if (entry.is_regular_file() && (entry.path().extension() == ".JPEG" || entry.path().extension() == ".jpg")) {
       std::ifstream in(entry.path(), std::ios::binary);
       files.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     }
   ASSERT_FALSE(files.empty());
-  test::StageBench bench("rrc = random_resized_crop size=160\n");
+  test::StageBench bench("source = count\nrrc = random_resized_crop size=160\n");
   auto& crop = dynamic_cast<stages::SourceWindowOp&>(bench.stage("rrc"));
   enum Way { Whole, Stop, Finish };
   auto time_us = [&](Way way) -> double {

@@ -10,7 +10,8 @@
 // Bad files are skipped (logged once, counted as `skipped`) or stop the run,
 // per `on_error`; a class none of whose visited files decode stops the run
 // at the end of the epoch either way. Samples that already have pixels (IDX)
-// pass through.
+// pass through. partial=auto: when the op right after decode crops
+// (a SourceWindowOp), a JPEG is decoded only where it reads.
 #pragma once
 
 #include <atomic>
