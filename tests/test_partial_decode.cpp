@@ -413,3 +413,16 @@ TEST(PartialDecode, DISABLED_Timing) {
                 "entropy-decoded %.1f\n",
                 files.size(), time_us(Whole), time_us(Stop), time_us(Finish));
 }
+
+TEST(PartialDecode, OnlyACropRightAfterDecodeGetsAWindow) {
+  const std::string root = mixed_folder();
+  // hflip between decode and the crop: hflip would read the whole image.
+  for (const std::string& ops : {std::string("decode = decode\naugment = hflip | random_resized_crop size=24\n"),
+                                 std::string("prep = decode | hflip | random_resized_crop size=24\n")}) {
+    const FlowRun run = run_flow("run in_flight=32 epochs=1\nsource = imagefolder root=\"" + root + "\"\n" + ops +
+                                     "normalize = normalize stats=cifar\nbatch = batch size=8\nout = partial_digest\n",
+                                 {});
+    EXPECT_GT(run.decoded, 0) << ops;
+    EXPECT_EQ(run.partial, 0) << ops;
+  }
+}

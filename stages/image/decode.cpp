@@ -755,7 +755,7 @@ void Decode::begin_epoch(const EpochInfo&) {
 
 const SourceWindowOp* Decode::find_next_crop() const {
   // The op right after this one: the next op of its own piped stage, or the
-  // first op of the next stage in every flow this stage is in.
+  // first op of the next stage in its flow (a stage feeds one stage).
   const std::vector<Stage*> mine = stages_.find(name_);
   const auto at = std::find(mine.begin(), mine.end(), static_cast<const Stage*>(this));
   if (at == mine.end()) return nullptr;
