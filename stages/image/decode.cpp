@@ -121,7 +121,9 @@ void jpeg_emit_message(j_common_ptr cinfo, int level) {
   }
 }
 
-// One decompressor per thread, as the TurboJPEG handle.
+// A fresh decompressor per file: libjpeg keeps Huffman and quantization
+// tables across images, so a reused one would decode a file that lacks a
+// table (a Motion-JPEG frame) with the previous file's.
 struct JpegDecompressor {
   jpeg_decompress_struct cinfo{};
   JpegErrors errors;
@@ -134,7 +136,6 @@ struct JpegDecompressor {
   }
   ~JpegDecompressor() { jpeg_destroy_decompress(&cinfo); }
 };
-thread_local std::unique_ptr<JpegDecompressor> t_partial;
 
 // What a partial decode needs between its steps; plain data only, so that a
 // longjmp out of libjpeg skips no destructor.
@@ -145,6 +146,7 @@ struct PartialJob {
   bool cmyk, fast;
   Window want;                // the rows and columns (margins included) to decode
   JDIMENSION x0, width;       // the columns libjpeg decodes (x0 rounded down to an iMCU)
+  bool eligible;              // a file partial decode takes (see partial_start)
   bool stop_early;            // stopping after the window cannot change the decision (see partial_start)
   uint8_t* out;               // want.height rows of width * channels
   uint8_t* scratch;           // one row of output_width * channels (the last row)
@@ -173,6 +175,11 @@ bool partial_start(jpeg_decompress_struct& cinfo, PartialJob& job) {
   if (setjmp(reinterpret_cast<JpegErrors*>(cinfo.err)->jump)) return false;
   jpeg_mem_src(&cinfo, job.data, static_cast<unsigned long>(job.size));
   jpeg_read_header(&cinfo, TRUE);
+  // Only what a camera or PIL writes: one scan of every component, or a
+  // progressive file. A sequential file of several scans (one a component)
+  // takes the full decode.
+  job.eligible = !jpeg_has_multiple_scans(&cinfo) || cinfo.progressive_mode;
+  if (!job.eligible) return true;
   // A multi-scan file (progressive...) is read whole by jpeg_start_decompress.
   job.stop_early = jpeg_has_multiple_scans(&cinfo) ||
                    (!cinfo.arith_code && only_entropy_data_to_eoi(job.data, job.size, job.size - cinfo.src->bytes_in_buffer));
@@ -200,7 +207,7 @@ bool partial_rows(jpeg_decompress_struct& cinfo, PartialJob& job) {
     if (jpeg_read_scanlines(&cinfo, &row, 1) != 1) ERREXIT(&cinfo, JERR_TOO_LITTLE_DATA);  // never expected
   }
   if (cinfo.output_scanline < cinfo.output_height) {
-    if (job.stop_early) return true;  // the caller aborts the decompressor
+    if (job.stop_early) return true;  // the caller destroys the decompressor
     // Skipping to the very end would skip the entropy decoding too (2.1.5
     // then just marks the end reached), and with it the warnings and errors
     // of the rest: skip all but the last row, and read that one.
@@ -218,16 +225,8 @@ bool partial_rows(jpeg_decompress_struct& cinfo, PartialJob& job) {
 std::optional<Image> decode_jpeg_window(const uint8_t* data, size_t size, unsigned num, unsigned denom, bool cmyk,
                                         bool fast, const Window& want, const Window& exact, int out_w, int out_h,
                                         bool stop_early_allowed) {
-  if (!t_partial) t_partial = std::make_unique<JpegDecompressor>();
-  JpegDecompressor& d = *t_partial;
-  d.errors.warned = false;
-  d.errors.message[0] = '\0';
-  d.errors.pub.num_warnings = 0;
-  struct Abort {  // leaves the thread's decompressor ready for the next file, whatever happens
-    jpeg_decompress_struct& cinfo;
-    ~Abort() { jpeg_abort_decompress(&cinfo); }
-  } abort{d.cinfo};
-  PartialJob job{data, size, num, denom, cmyk, fast, want, 0, 0, false, nullptr, nullptr};
+  JpegDecompressor d;
+  PartialJob job{data, size, num, denom, cmyk, fast, want, 0, 0, false, false, nullptr, nullptr};
   // TurboJPEG's rule (decode_jpeg): an error unless only warnings came, the
   // first not "Premature end". A fatal error after a warning passes that
   // rule with a partly written image: the full decode gives today's one.
@@ -237,7 +236,10 @@ std::optional<Image> decode_jpeg_window(const uint8_t* data, size_t size, unsign
     if (!d.errors.warned || message.find("Premature end") != std::string::npos) jpeg_fail(message);
     return !ok;
   };
-  if (failed(partial_start(d.cinfo, job))) return std::nullopt;
+  // A file that warned before its first row (a damaged header or scan
+  // layout) takes the full decode too: no guessing how libjpeg's cropping
+  // meets damage it has only warned about.
+  if (failed(partial_start(d.cinfo, job)) || !job.eligible || d.errors.warned) return std::nullopt;
   if (static_cast<int>(d.cinfo.output_height) != out_h || static_cast<int>(job.x0 + job.width) != want.left + want.width ||
       want.left + want.width > out_w)
     throw std::runtime_error("partial decode: libjpeg's output size differs from TurboJPEG's (a bug; give decode partial=off)");
