@@ -6,13 +6,17 @@
 
 namespace flowrun::stages {
 
-class CenterCrop : public TransformStage {
+class CenterCrop : public TransformStage, public SourceWindowOp {
  public:
   static Schema schema();
   explicit CenterCrop(const StageInit& init) : size_(SizeParams::read(init.params)) {}
   void process(Item& item) override;
+  // The crop's part of the image; nothing when that is all of it.
+  std::optional<Window> source_window(const Sample& sample, int width, int height) const override;
 
  private:
+  // The crop (top, left, size) in a width x height image; may reach beyond it (padding).
+  Window crop_of(int width, int height) const;
   SizeParams size_;
 };
 

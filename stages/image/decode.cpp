@@ -7,6 +7,9 @@
 #include <spdlog/spdlog.h>
 #include <tiffio.h>
 #include <turbojpeg.h>
+// After the C headers it needs (FILE, size_t): libjpeg's own API, for partial decode.
+#include <jpeglib.h>
+#include <jerror.h>
 #include <webp/decode.h>
 
 #include <algorithm>
@@ -17,10 +20,12 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 #include <stdexcept>
 
+#include "pipeline/graph.h"
 #include "pipeline/registry.h"
 #include "stages/data/sample.h"
 
@@ -83,7 +88,221 @@ void cmyk_to_rgb(const uint8_t* s, uint8_t* d, size_t n, bool inverted) {
   }
 }
 
-Image decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels, int min_short_side, bool fast) {
+// ---- Partial decode (decode partial=auto): libjpeg's API, for a crop's window ----
+//
+// The same decoder as TurboJPEG's tjDecompress2 with the same settings
+// (libjpeg-turbo 2.1.5), told to produce only the rows and columns a crop
+// reads: jpeg_skip_scanlines over the rows above, jpeg_crop_scanline for the
+// columns. Errors and warnings are judged exactly as decode_jpeg judges
+// TurboJPEG's: a fatal error with no warning before it, or a first warning
+// "Premature end of JPEG file", is an error; other warnings are accepted.
+
+// TurboJPEG's error manager: error_exit and the first warning write the
+// message (the last one written is what tjGetErrorStr2 gives).
+struct JpegErrors {
+  jpeg_error_mgr pub;
+  std::jmp_buf jump;
+  bool warned = false;
+  char message[JMSG_LENGTH_MAX] = "";
+};
+void jpeg_output_message(j_common_ptr cinfo) {
+  (*cinfo->err->format_message)(cinfo, reinterpret_cast<JpegErrors*>(cinfo->err)->message);
+}
+void jpeg_error_exit(j_common_ptr cinfo) {
+  (*cinfo->err->output_message)(cinfo);
+  std::longjmp(reinterpret_cast<JpegErrors*>(cinfo->err)->jump, 1);
+}
+void jpeg_emit_message(j_common_ptr cinfo, int level) {
+  auto* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
+  if (level < 0) {  // a warning: as jpeg_std_error's emit_message (trace_level 0), noting it
+    if (errors->pub.num_warnings == 0) (*cinfo->err->output_message)(cinfo);
+    errors->pub.num_warnings++;
+    errors->warned = true;
+  }
+}
+
+// A fresh decompressor per file: libjpeg keeps Huffman and quantization
+// tables across images, so a reused one would decode a file that lacks a
+// table (a Motion-JPEG frame) with the previous file's.
+struct JpegDecompressor {
+  jpeg_decompress_struct cinfo{};
+  JpegErrors errors;
+  JpegDecompressor() {
+    cinfo.err = jpeg_std_error(&errors.pub);
+    errors.pub.error_exit = jpeg_error_exit;
+    errors.pub.output_message = jpeg_output_message;
+    errors.pub.emit_message = jpeg_emit_message;
+    jpeg_create_decompress(&cinfo);  // only allocation failures throw here, before any setjmp: none expected
+  }
+  ~JpegDecompressor() { jpeg_destroy_decompress(&cinfo); }
+};
+
+// What a partial decode needs between its steps; plain data only, so that a
+// longjmp out of libjpeg skips no destructor.
+struct PartialJob {
+  const uint8_t* data;
+  size_t size;
+  unsigned scale_num, scale_denom;
+  bool cmyk, fast;
+  Window want;                // the rows and columns (margins included) to decode
+  JDIMENSION x0, width;       // the columns libjpeg decodes (x0 rounded down to an iMCU)
+  bool eligible;              // a file partial decode takes (see partial_start)
+  bool stop_early;            // stopping after the window cannot change the decision (see partial_start)
+  uint8_t* out;               // want.height rows of width * channels
+  uint8_t* scratch;           // one row of output_width * channels (the last row)
+};
+
+// Whether a single-scan Huffman file's entropy data (from `at`) holds no
+// marker but restarts up to its last two bytes, FF D9 (EOI). Then the
+// decoder, which stops at a marker, never reads past that EOI, so decoding
+// the rest can give no "Premature end" and no error, only other warnings,
+// which are accepted: stopping after the window decides the file the same.
+bool only_entropy_data_to_eoi(const uint8_t* data, size_t size, size_t at) {
+  if (size < at + 2 || data[size - 2] != 0xFF || data[size - 1] != 0xD9) return false;
+  const uint8_t* p = data + at;
+  const uint8_t* end = data + size - 2;
+  while ((p = static_cast<const uint8_t*>(std::memchr(p, 0xFF, static_cast<size_t>(end - p)))) != nullptr) {
+    const uint8_t next = p[1];  // p < end, so p + 1 is inside the file
+    if (p + 1 == end) return true;  // ... FF FF D9: fill bytes before the EOI
+    if (next != 0x00 && next != 0xFF && (next < 0xD0 || next > 0xD7)) return false;
+    p += next == 0xFF ? 1 : 2;
+  }
+  return true;
+}
+
+// Reads the header, starts the decompressor, sets the columns. False: libjpeg failed (errors->message).
+bool partial_start(jpeg_decompress_struct& cinfo, PartialJob& job) {
+  if (setjmp(reinterpret_cast<JpegErrors*>(cinfo.err)->jump)) return false;
+  jpeg_mem_src(&cinfo, job.data, static_cast<unsigned long>(job.size));
+  jpeg_read_header(&cinfo, TRUE);
+  // Only what a camera or PIL writes: one scan of every component, or a
+  // progressive file. A sequential file of several scans (one a component)
+  // takes the full decode.
+  job.eligible = !jpeg_has_multiple_scans(&cinfo) || cinfo.progressive_mode;
+  if (!job.eligible) return true;
+  // A multi-scan file (progressive...) is read whole by jpeg_start_decompress.
+  job.stop_early = jpeg_has_multiple_scans(&cinfo) ||
+                   (!cinfo.arith_code && only_entropy_data_to_eoi(job.data, job.size, job.size - cinfo.src->bytes_in_buffer));
+  cinfo.out_color_space = job.cmyk ? JCS_CMYK : JCS_EXT_RGB;  // as TurboJPEG's TJPF_CMYK, TJPF_RGB
+  if (job.fast) {
+    cinfo.dct_method = JDCT_FASTEST;
+    cinfo.do_fancy_upsampling = FALSE;
+  }
+  cinfo.scale_num = job.scale_num;
+  cinfo.scale_denom = job.scale_denom;
+  jpeg_start_decompress(&cinfo);
+  job.x0 = static_cast<JDIMENSION>(job.want.left);
+  job.width = static_cast<JDIMENSION>(job.want.width);
+  jpeg_crop_scanline(&cinfo, &job.x0, &job.width);
+  return true;
+}
+
+// Decodes the window's rows, then the rest as the stop_early choice says. False: libjpeg failed.
+bool partial_rows(jpeg_decompress_struct& cinfo, PartialJob& job) {
+  if (setjmp(reinterpret_cast<JpegErrors*>(cinfo.err)->jump)) return false;
+  const size_t stride = static_cast<size_t>(job.width) * cinfo.output_components;
+  jpeg_skip_scanlines(&cinfo, static_cast<JDIMENSION>(job.want.top));
+  for (int y = 0; y < job.want.height; ++y) {
+    JSAMPROW row = job.out + y * stride;
+    if (jpeg_read_scanlines(&cinfo, &row, 1) != 1) ERREXIT(&cinfo, JERR_TOO_LITTLE_DATA);  // never expected
+  }
+  if (cinfo.output_scanline < cinfo.output_height) {
+    if (job.stop_early) return true;  // the caller destroys the decompressor
+    // Skipping to the very end would skip the entropy decoding too (2.1.5
+    // then just marks the end reached), and with it the warnings and errors
+    // of the rest: skip all but the last row, and read that one.
+    jpeg_skip_scanlines(&cinfo, cinfo.output_height - cinfo.output_scanline - 1);
+    JSAMPROW row = job.scratch;
+    while (cinfo.output_scanline < cinfo.output_height) jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  return true;
+}
+
+// `want` (margins included, inside the out_w x out_h decoded size) of the
+// image at scale num/denom; `exact` is the crop's window inside it. Nothing
+// when only the full decode gives today's result (see `failed`).
+std::optional<Image> decode_jpeg_window(const uint8_t* data, size_t size, unsigned num, unsigned denom, bool cmyk,
+                                        bool fast, const Window& want, const Window& exact, int out_w, int out_h,
+                                        bool stop_early_allowed) {
+  JpegDecompressor d;
+  PartialJob job{data, size, num, denom, cmyk, fast, want, 0, 0, false, false, nullptr, nullptr};
+  // TurboJPEG's rule (decode_jpeg): an error unless only warnings came, the
+  // first not "Premature end". A fatal error after a warning passes that
+  // rule with a partly written image: the full decode gives today's one.
+  auto failed = [&d](bool ok) {
+    if (ok && !d.errors.warned) return false;
+    const std::string message = d.errors.message;
+    if (!d.errors.warned || message.find("Premature end") != std::string::npos) jpeg_fail(message);
+    return !ok;
+  };
+  // A file that warned before its first row (a damaged header or scan
+  // layout) takes the full decode too: no guessing how libjpeg's cropping
+  // meets damage it has only warned about.
+  if (failed(partial_start(d.cinfo, job)) || !job.eligible || d.errors.warned) return std::nullopt;
+  if (static_cast<int>(d.cinfo.output_height) != out_h || static_cast<int>(job.x0 + job.width) != want.left + want.width ||
+      want.left + want.width > out_w)
+    throw std::runtime_error("partial decode: libjpeg's output size differs from TurboJPEG's (a bug; give decode partial=off)");
+  // A multi-scan file was read whole by jpeg_start_decompress: stopping is
+  // exact there, and 2.1.5 can loop forever reading the last row after a
+  // skip with merged upsampling (fast=true) in such a file.
+  job.stop_early = jpeg_has_multiple_scans(&d.cinfo) || (job.stop_early && stop_early_allowed);
+  Image image(static_cast<int>(job.width), want.height, cmyk ? 4 : 3);
+  PixelBuffer<uint8_t> scratch(static_cast<size_t>(d.cinfo.output_width) * d.cinfo.output_components);
+  job.out = image.pixels.data();
+  job.scratch = scratch.data();
+  if (failed(partial_rows(d.cinfo, job))) return std::nullopt;
+  if (cmyk) {
+    Image rgb(image.width, image.height, 3);
+    cmyk_to_rgb(image.pixels.data(), rgb.pixels.data(), image.pixels.size() / 4, /*inverted=*/true);
+    image = std::move(rgb);
+  }
+  image.full_width = out_w;
+  image.full_height = out_h;
+  image.origin_top = want.top;
+  image.origin_left = static_cast<int>(job.x0);
+  image.exact = exact;
+  return image;
+}
+
+// Decodes the columns and rows of `window` (plus a margin) only; nothing when
+// that would be all of the image or cannot be exact (then the full decode).
+std::optional<Image> decode_jpeg_partial(const uint8_t* data, size_t size, const DecodeOptions& options, int width,
+                                         int height, int subsampling, bool cmyk, int out_w, int out_h) {
+  std::optional<Window> asked = options.window(out_w, out_h);
+  if (!asked) return std::nullopt;
+  // libjpeg-turbo 2.1.5 miscalculates a cropped width for h or v sampling
+  // factor 4 with DCT scaling (fixed in 3.0): 4:1:1 is read whole when scaled.
+  if ((out_w != width || out_h != height) && subsampling == TJSAMP_411) return std::nullopt;
+  const int top = std::max(asked->top, 0), left = std::max(asked->left, 0);
+  const Window exact{top, left, std::min(asked->top + asked->height, out_h) - top,
+                     std::min(asked->left + asked->width, out_w) - left};
+  if (exact.height <= 0 || exact.width <= 0) return std::nullopt;
+  // jpeg_crop_scanline upsamples the cropped rows as if they were the
+  // image's edges, and the rows after a skip may differ likewise: decoding a
+  // margin around the window keeps the window itself bit-identical. Fancy
+  // upsampling reads one chroma sample or row beyond: 2 pixels at factor 2,
+  // 4 at 4 (the tests fail with 0 and pass with 2).
+  constexpr int kMargin = 4;
+  const int y0 = std::max(exact.top - kMargin, 0), x0 = std::max(exact.left - kMargin, 0);
+  const Window want{y0, x0, std::min(exact.top + exact.height + kMargin, out_h) - y0,
+                    std::min(exact.left + exact.width + kMargin, out_w) - x0};
+  if (want.height == out_h && want.width == out_w) return std::nullopt;
+  // The scale TurboJPEG picks for out_w x out_h (tjDecompress2): the first factor that fits.
+  int count = 0;
+  tjscalingfactor* factors = tjGetScalingFactors(&count);
+  for (int i = 0; i < count; ++i)
+    if (TJSCALED(width, factors[i]) <= out_w && TJSCALED(height, factors[i]) <= out_h)
+      return decode_jpeg_window(data, size, static_cast<unsigned>(factors[i].num),
+                                static_cast<unsigned>(factors[i].denom), cmyk, options.fast, want, exact, out_w, out_h,
+                                options.stop_after_window);
+  return std::nullopt;
+}
+
+Image decode_jpeg(const uint8_t* data, size_t size, const DecodeOptions& options) {
+  const int64_t max_pixels = options.max_pixels;
+  const int min_short_side = options.min_short_side;
+  const bool fast = options.fast;
   tjhandle h = jpeg_handle();
   int width = 0, height = 0, subsampling = 0, colorspace = 0;
   if (size > std::numeric_limits<unsigned long>::max() ||
@@ -108,6 +327,9 @@ Image decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels, int min_
   }
   int flags = fast ? (TJFLAG_FASTDCT | TJFLAG_FASTUPSAMPLE) : 0;
   bool cmyk = colorspace == TJCS_CMYK || colorspace == TJCS_YCCK;
+  if (options.window)
+    if (std::optional<Image> part = decode_jpeg_partial(data, size, options, width, height, subsampling, cmyk, out_w, out_h))
+      return std::move(*part);
   Image image(out_w, out_h, cmyk ? 4 : 3);
   if (tjDecompress2(h, data, static_cast<unsigned long>(size), image.pixels.data(), out_w, 0, out_h,
                     cmyk ? TJPF_CMYK : TJPF_RGB, flags) != 0) {
@@ -475,12 +697,21 @@ const char* sniff_format(const uint8_t* data, size_t size) {
 }  // namespace
 
 Image decode_image(const uint8_t* data, size_t size, int64_t max_pixels, int min_short_side, bool fast) {
+  DecodeOptions options;
+  options.max_pixels = max_pixels;
+  options.min_short_side = min_short_side;
+  options.fast = fast;
+  return decode_image(data, size, options);
+}
+
+Image decode_image(const uint8_t* data, size_t size, const DecodeOptions& options) {
+  const int64_t max_pixels = options.max_pixels;
   if (size == 0) throw std::runtime_error("empty file");
   const char* format = sniff_format(data, size);
   const std::string kind = format ? format : "";
   if (kind == "JPEG") {
     try {
-      return decode_jpeg(data, size, max_pixels, min_short_side, fast);
+      return decode_jpeg(data, size, options);
     } catch (...) {
       t_jpeg.reset();
       throw;
@@ -503,7 +734,11 @@ Schema Decode::schema() {
       .param(Int("max_bytes", "refuse files larger than this").def(int64_t{256} << 20).range(1, int64_t{1} << 40))
       .param(Int("min_size", "decode JPEGs at the smallest DCT scale keeping the shorter side >= this; 0 = full size")
                  .def(int64_t{0}).range(0, 1 << 20))
-      .param(Bool("fast", "faster, slightly less accurate JPEG DCT and upsampling").def(false));
+      .param(Bool("fast", "faster, slightly less accurate JPEG DCT and upsampling").def(false))
+      .param(String("partial", "auto: for a crop right after decode (random_resized_crop, center_crop), a JPEG "
+                               "decodes only the crop's part, bit-identical; off: always the whole image")
+                 .def(std::string("auto"))
+                 .one_of({"auto", "off"}));
 }
 
 Decode::Decode(const StageInit& init)
@@ -511,7 +746,34 @@ Decode::Decode(const StageInit& init)
       max_pixels_(init.params.get_int("max_pixels")),
       max_bytes_(init.params.get_int("max_bytes")),
       min_size_(static_cast<int>(init.params.get_int("min_size"))),
-      fast_(init.params.get_bool("fast")) {}
+      fast_(init.params.get_bool("fast")),
+      partial_(init.params.get_string("partial") == "auto"),
+      name_(init.name),
+      stages_(init.stages) {}
+
+void Decode::begin_epoch(const EpochInfo&) {
+  next_crop_ = partial_ ? find_next_crop() : nullptr;
+}
+
+const SourceWindowOp* Decode::find_next_crop() const {
+  // The op right after this one: the next op of its own piped stage, or the
+  // first op of the next stage in its flow (a stage feeds one stage).
+  const std::vector<Stage*> mine = stages_.find(name_);
+  const auto at = std::find(mine.begin(), mine.end(), static_cast<const Stage*>(this));
+  if (at == mine.end()) return nullptr;
+  if (at + 1 != mine.end()) return dynamic_cast<const SourceWindowOp*>(*(at + 1));
+  const ResolvedGraph* graph = stages_.resolved_graph();
+  if (!graph) return nullptr;
+  const Stage* next = nullptr;
+  for (const auto& chain : graph->chains)
+    for (size_t i = 0; i < chain.size(); ++i) {
+      if (chain[i] != name_) continue;
+      const std::vector<Stage*> ops = i + 1 < chain.size() ? stages_.find(chain[i + 1]) : std::vector<Stage*>{};
+      if (ops.empty() || (next && ops.front() != next)) return nullptr;  // nothing after, or different ops
+      next = ops.front();
+    }
+  return dynamic_cast<const SourceWindowOp*>(next);
+}
 
 void Decode::process(Item& item) {
   Sample& sample = item.get<Sample>();
@@ -520,8 +782,15 @@ void Decode::process(Item& item) {
   try {
     thread_local PixelBuffer<uint8_t> bytes;  // reused: no allocation per file
     read_file(sample.path, max_bytes_, bytes);
-    sample.image = decode_image(bytes.data(), bytes.size(), max_pixels_, min_size_, fast_);
+    DecodeOptions options;
+    options.max_pixels = max_pixels_;
+    options.min_short_side = min_size_;
+    options.fast = fast_;
+    if (const SourceWindowOp* crop = next_crop_)
+      options.window = [crop, &sample](int width, int height) { return crop->source_window(sample, width, height); };
+    sample.image = decode_image(bytes.data(), bytes.size(), options);
     decoded_.fetch_add(1, std::memory_order_relaxed);
+    if (sample.image.is_window()) partial_count_.fetch_add(1, std::memory_order_relaxed);
     ok = true;
   } catch (const std::exception& e) {
     if (!skip_) throw std::runtime_error(sample.describe() + ": " + e.what());
@@ -556,6 +825,7 @@ void Decode::end_epoch(const EpochInfo&) {
 void Decode::report(Report& report) const {
   report.set("skipped", static_cast<double>(skipped_.load()));
   report.set("decoded", static_cast<double>(decoded_.load()));
+  report.set("partial", static_cast<double>(partial_count_.load()));  // of them, decoded as a crop's window
 }
 
 FLOWRUN_REGISTER_STAGE(Decode);

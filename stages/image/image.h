@@ -31,9 +31,26 @@ struct UninitializedAllocator : std::allocator<T> {
 template <class T>
 using PixelBuffer = std::vector<T, UninitializedAllocator<T>>;
 
+// A rectangle of an image, in pixels.
+struct Window {
+  int top = 0, left = 0, height = 0, width = 0;
+  bool contains(const Window& w) const {
+    return w.top >= top && w.left >= left && w.top + w.height <= top + height && w.left + w.width <= left + width;
+  }
+};
+
 struct Image {
   int width = 0, height = 0, channels = 0;
   PixelBuffer<uint8_t> pixels;  // row-major, channels interleaved
+  // Set when these pixels are only part of a full_width x full_height image
+  // (decode partial=auto, for the crop right after it): they are its rows
+  // from origin_top and columns from origin_left, and equal the full
+  // decode's pixels within `exact` (in the full image's coordinates; the
+  // buffer's edges around it may differ). Only an op that crops inside
+  // `exact` may read them: require_pixels() refuses them.
+  int full_width = 0, full_height = 0, origin_top = 0, origin_left = 0;
+  Window exact;
+  bool is_window() const { return full_width > 0; }
 
   Image() = default;
   Image(int w, int h, int c) : width(w), height(h), channels(c), pixels(static_cast<size_t>(w) * h * c) {}

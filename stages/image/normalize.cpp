@@ -5,6 +5,7 @@
 #include "pipeline/registry.h"
 #include "stages/data/sample.h"
 #include "stages/image/pixel_kernels.h"
+#include "stages/image/random_op.h"
 
 namespace flowrun::stages {
 
@@ -66,8 +67,7 @@ void Normalization::apply(const Image& image, float* dst) const {
 
 void Normalize::process(Item& item) {
   Sample& sample = item.get<Sample>();
-  const Image& image = sample.image;
-  if (image.empty()) throw std::runtime_error("normalize: " + sample.describe() + " has no pixels (put decode before it)");
+  const Image& image = require_pixels(sample, "normalize");
   if (image.channels != 1 && image.channels != 3)
     throw std::runtime_error("normalize: " + sample.describe() + " has " + std::to_string(image.channels) + " channels");
   sample.normalization = normalization_;

@@ -1,13 +1,35 @@
 #include "stages/image/random_op.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace flowrun::stages {
 
-Image& require_pixels(Sample& sample, const char* op) {
+Image& require_source_pixels(Sample& sample, const char* op) {
   if (sample.image.empty())
     throw std::runtime_error(std::string(op) + ": " + sample.describe() + " has no pixels (put decode before it)");
   return sample.image;
+}
+
+Image& require_pixels(Sample& sample, const char* op) {
+  Image& image = require_source_pixels(sample, op);
+  // Never taken for the whole image: decode windows only for a crop op it found right after it.
+  if (image.is_window())
+    throw std::runtime_error(std::string(op) + ": " + sample.describe() + " holds only a window of its image " +
+                             "(decode partial=auto decoded it for a crop); give decode partial=off");
+  return image;
+}
+
+Window local_window(const Image& image, const Window& window, const char* op, const Sample& sample) {
+  if (!image.is_window()) return window;
+  // The part inside the full image must lie where the pixels are exact.
+  const int top = std::max(window.top, 0), left = std::max(window.left, 0);
+  const Window inside{top, left, std::min(window.top + window.height, image.full_height) - top,
+                      std::min(window.left + window.width, image.full_width) - left};
+  if (inside.height > 0 && inside.width > 0 && !image.exact.contains(inside))
+    throw std::runtime_error(std::string(op) + ": " + sample.describe() + ": decode partial=auto decoded a window " +
+                             "that does not hold this crop (a bug; give decode partial=off)");
+  return Window{window.top - image.origin_top, window.left - image.origin_left, window.height, window.width};
 }
 
 void SizeParams::declare(Schema& schema, const std::string& what) {

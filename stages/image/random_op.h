@@ -3,6 +3,7 @@
 // generator — so they do not depend on threads or order.
 #pragma once
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -30,8 +31,29 @@ class RandomImageOp : public TransformStage {
   uint64_t epoch_ = 0;
 };
 
-// The sample's pixels, or an error naming the sample when it was never decoded.
+// The sample's pixels, or an error naming the sample when it was never
+// decoded, or when decode gave only a window of them (Image::is_window).
 Image& require_pixels(Sample& sample, const char* op);
+
+// An op that reads only a window of its input image. `decode partial=auto`
+// right before it decodes just that window (JPEG), and the op crops within it.
+class SourceWindowOp {
+ public:
+  virtual ~SourceWindowOp() = default;
+  // The part of a width x height image that process() will read for
+  // `sample` (the very same draw), or nothing when it reads all of it.
+  virtual std::optional<Window> source_window(const Sample& sample, int width, int height) const = 0;
+};
+
+// For a SourceWindowOp: the sample's pixels, a whole image or decode's
+// window of one (full_width() and full_height() give the whole size).
+Image& require_source_pixels(Sample& sample, const char* op);
+inline int full_width(const Image& image) { return image.is_window() ? image.full_width : image.width; }
+inline int full_height(const Image& image) { return image.is_window() ? image.full_height : image.height; }
+// `window` (full image coordinates) in `image`'s own buffer coordinates;
+// throws when a window image does not hold it exactly. Only the part of
+// `window` inside the full image must be there (a crop may pad beyond it).
+Window local_window(const Image& image, const Window& window, const char* op, const Sample& sample);
 
 // Output size from `size` (square) or `height` + `width` (both > 0 win).
 struct SizeParams {

@@ -37,41 +37,43 @@ RandomResizedCrop::RandomResizedCrop(const StageInit& init)
   ratio_hi_ = init.params.get_float_list("ratio")[1];
 }
 
-void RandomResizedCrop::process(Item& item) {
-  Sample& sample = item.get<Sample>();
-  Image& image = require_pixels(sample, "random_resized_crop");
-  const int H = image.height, W = image.width;
+Window RandomResizedCrop::get_params(const Sample& sample, int W, int H) const {
   const double area = static_cast<double>(H) * W;
   Rng rng = rng_for(sample);
-  int top = 0, left = 0, h = H, w = W;
-  bool found = false;
   // torchvision's get_params: ten tries, then a centred fallback.
-  for (int attempt = 0; attempt < 10 && !found; ++attempt) {
+  for (int attempt = 0; attempt < 10; ++attempt) {
     double target_area = area * rng.uniform(scale_lo_, scale_hi_);
     double aspect = std::exp(rng.uniform(std::log(ratio_lo_), std::log(ratio_hi_)));
     int cw = static_cast<int>(std::lround(std::sqrt(target_area * aspect)));
     int ch = static_cast<int>(std::lround(std::sqrt(target_area / aspect)));
     if (cw > 0 && cw <= W && ch > 0 && ch <= H) {
-      top = static_cast<int>(rng.below(H - ch + 1));
-      left = static_cast<int>(rng.below(W - cw + 1));
-      h = ch;
-      w = cw;
-      found = true;
+      int top = static_cast<int>(rng.below(H - ch + 1));
+      int left = static_cast<int>(rng.below(W - cw + 1));
+      return Window{top, left, ch, cw};
     }
   }
-  if (!found) {
-    double in_ratio = static_cast<double>(W) / H;
-    if (in_ratio < ratio_lo_) {
-      w = W;
-      h = static_cast<int>(std::lround(w / ratio_lo_));
-    } else if (in_ratio > ratio_hi_) {
-      h = H;
-      w = static_cast<int>(std::lround(h * ratio_hi_));
-    }
-    top = (H - h) / 2;
-    left = (W - w) / 2;
+  int h = H, w = W;
+  double in_ratio = static_cast<double>(W) / H;
+  if (in_ratio < ratio_lo_) {
+    w = W;
+    h = static_cast<int>(std::lround(w / ratio_lo_));
+  } else if (in_ratio > ratio_hi_) {
+    h = H;
+    w = static_cast<int>(std::lround(h * ratio_hi_));
   }
-  image = resize_bilinear(crop(image, top, left, h, w), size_.width, size_.height);
+  return Window{(H - h) / 2, (W - w) / 2, h, w};
+}
+
+std::optional<Window> RandomResizedCrop::source_window(const Sample& sample, int width, int height) const {
+  return get_params(sample, width, height);
+}
+
+void RandomResizedCrop::process(Item& item) {
+  Sample& sample = item.get<Sample>();
+  Image& image = require_source_pixels(sample, "random_resized_crop");
+  const Window w = local_window(image, get_params(sample, full_width(image), full_height(image)),
+                                "random_resized_crop", sample);
+  image = resize_bilinear(crop(image, w.top, w.left, w.height, w.width), size_.width, size_.height);
 }
 
 FLOWRUN_REGISTER_STAGE(RandomResizedCrop);
