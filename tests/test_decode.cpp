@@ -366,3 +366,31 @@ TEST(Decode, ClassWithNoDecodableFileIsAnErrorEvenWhenSkipping) {
   FolderRun fixed = run_decode_graph(root, "skip");
   EXPECT_EQ(fixed.error, "");
 }
+
+// Two damaged JPEGs from the decode fuzzer's corpus that showed how a reused
+// TurboJPEG handle and TurboJPEG's error code misled decode:
+//  - e2f06fb7 lacks a table, which a reused decompressor took from the file
+//    decoded before it (PIL's fresh one takes the standard tables): its
+//    pixels must not depend on what was decoded before;
+//  - 04eb5e68 warns ("extraneous bytes"), then fails ("Bogus Huffman table
+//    definition"): TurboJPEG calls that a warning and leaves rows unwritten;
+//    it is an error, as in PIL.
+TEST(Decode, DamagedJpegsDecodeAloneAndFatalErrorsAfterWarningsAreErrors) {
+  auto corpus = [](const std::string& name) {
+    std::ifstream in(std::string(FLOWRUN_SOURCE_DIR) + "/fuzz/corpus/decode/" + name, std::ios::binary);
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  const std::vector<uint8_t> tableless = corpus("e2f06fb701546707d60f31ad615d9c0a4f86b6c6");
+  ASSERT_FALSE(tableless.empty());
+  const Image alone = decode_image(tableless.data(), tableless.size(), kMaxPixels);
+  for (int seed = 0; seed < 3; ++seed) {
+    const std::vector<uint8_t> other = test::encode_jpeg(test::pattern_image(64 + seed * 8, 48, seed), 50 + seed * 20);
+    decode_image(other.data(), other.size(), kMaxPixels);
+    const Image after = decode_image(tableless.data(), tableless.size(), kMaxPixels);
+    EXPECT_TRUE(after.pixels == alone.pixels) << "its pixels followed the JPEG decoded before it (seed " << seed << ")";
+  }
+  const std::vector<uint8_t> fatal = corpus("04eb5e6827fd786ef470f06367a77251602d7132");
+  ASSERT_FALSE(fatal.empty());
+  EXPECT_NE(decode_error(fatal).find("corrupt JPEG: Bogus Huffman table definition"), std::string::npos)
+      << decode_error(fatal);
+}

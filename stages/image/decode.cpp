@@ -43,8 +43,11 @@ namespace flowrun::stages {
 
 namespace {
 
-// One TurboJPEG handle per thread (handles are not thread-safe), replaced
-// after any failure: a handle that saw a broken stream can stay broken.
+// One TurboJPEG handle per thread (handles are not thread-safe), made anew
+// for every file (decode_jpeg resets it first): libjpeg keeps Huffman and
+// quantization tables across images, so a reused handle would decode a file
+// that lacks a table (a Motion-JPEG frame) with the previous file's, where
+// PIL's fresh decompressor takes the standard tables (about 2 us a file).
 struct JpegHandle {
   tjhandle h = nullptr;
   ~JpegHandle() { reset(); }
@@ -219,6 +222,48 @@ bool partial_rows(jpeg_decompress_struct& cinfo, PartialJob& job) {
   return true;
 }
 
+// Decodes the whole file with libjpeg's API, every row into one scratch row;
+// true when it ran to the end, else the fatal error's message (longjmp).
+bool decode_all_rows(jpeg_decompress_struct& cinfo, const uint8_t* data, size_t size, bool cmyk, bool fast, unsigned num,
+                     unsigned denom, uint8_t** scratch_row, size_t* scratch_size) {
+  if (setjmp(reinterpret_cast<JpegErrors*>(cinfo.err)->jump)) return false;
+  jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&cinfo, TRUE);
+  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_EXT_RGB;
+  if (fast) {
+    cinfo.dct_method = JDCT_FASTEST;
+    cinfo.do_fancy_upsampling = FALSE;
+  }
+  cinfo.scale_num = num;
+  cinfo.scale_denom = denom;
+  jpeg_start_decompress(&cinfo);
+  const size_t needed = static_cast<size_t>(cinfo.output_width) * cinfo.output_components;
+  if (*scratch_size < needed) ERREXIT(&cinfo, JERR_TOO_LITTLE_DATA);  // never expected: sized from TurboJPEG's output
+  while (cinfo.output_scanline < cinfo.output_height) jpeg_read_scanlines(&cinfo, scratch_row, 1);
+  jpeg_finish_decompress(&cinfo);
+  return true;
+}
+
+// After TurboJPEG reported only a warning (not "Premature end"): the fatal
+// error that followed it, if one did, as libjpeg's decode of the file meets it.
+std::optional<std::string> fatal_error_after_warning(const uint8_t* data, size_t size, bool cmyk, bool fast, int width,
+                                                     int height, int out_w, int out_h) {
+  int count = 0;
+  tjscalingfactor* factors = tjGetScalingFactors(&count);
+  for (int i = 0; i < count; ++i)
+    if (TJSCALED(width, factors[i]) <= out_w && TJSCALED(height, factors[i]) <= out_h) {
+      JpegDecompressor d;
+      PixelBuffer<uint8_t> scratch(static_cast<size_t>(out_w) * (cmyk ? 4 : 3));
+      uint8_t* row = scratch.data();
+      size_t scratch_size = scratch.size();
+      if (decode_all_rows(d.cinfo, data, size, cmyk, fast, static_cast<unsigned>(factors[i].num),
+                          static_cast<unsigned>(factors[i].denom), &row, &scratch_size))
+        return std::nullopt;
+      return std::string(d.errors.message);
+    }
+  return std::nullopt;
+}
+
 // `want` (margins included, inside the out_w x out_h decoded size) of the
 // image at scale num/denom; `exact` is the crop's window inside it. Nothing
 // when only the full decode gives today's result (see `failed`).
@@ -303,6 +348,7 @@ Image decode_jpeg(const uint8_t* data, size_t size, const DecodeOptions& options
   const int64_t max_pixels = options.max_pixels;
   const int min_short_side = options.min_short_side;
   const bool fast = options.fast;
+  t_jpeg.reset();
   tjhandle h = jpeg_handle();
   int width = 0, height = 0, subsampling = 0, colorspace = 0;
   if (size > std::numeric_limits<unsigned long>::max() ||
@@ -337,6 +383,11 @@ Image decode_jpeg(const uint8_t* data, size_t size, const DecodeOptions& options
     // PIL accepts; a truncated file gives a partly grey one and is an error.
     std::string message = tjGetErrorStr2(h);
     if (tjGetErrorCode(h) != TJERR_WARNING || message.find("Premature end") != std::string::npos) jpeg_fail(message);
+    // TurboJPEG says "warning" for a fatal error that came after a warning,
+    // and leaves the rows after it unwritten: libjpeg's own decode of the
+    // file tells them apart (only files that warned pay for it).
+    if (std::optional<std::string> fatal = fatal_error_after_warning(data, size, cmyk, fast, width, height, out_w, out_h))
+      jpeg_fail(*fatal);
   }
   if (cmyk) {
     Image rgb(out_w, out_h, 3);
