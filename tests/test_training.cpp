@@ -276,11 +276,12 @@ TEST(StageRefs, MissingAmbiguousOrWrongReferencesAreErrors) {
   EXPECT_EQ(test::errors_of(base + "optim = sgd\nother = resnet depth=18 classes=3\n"),
             "test.graph:2:9: error: stage 'train' (train): 'model' could be any of model, other; name one "
             "(model=model)\n");
+  // A reference given on the command line is reported there, at its value.
   EXPECT_EQ(test::errors_of(base + "optim = sgd\n", {"train.optimizer=model"}),
-            "test.graph:2:9: error: stage 'train' (train): optimizer='model': stage 'model' is no optimizer "
+            "--set #1:1:17: error: stage 'train' (train): optimizer='model': stage 'model' is no optimizer "
             "(optimizer stages: optim)\n");
   EXPECT_EQ(test::errors_of(base + "optim = sgd\n", {"train.model=modle"}),
-            "test.graph:2:9: error: stage 'train' (train): model='modle' names no stage; did you mean 'model'? "
+            "--set #1:1:13: error: stage 'train' (train): model='modle' names no stage; did you mean 'model'? "
             "(model stages: model)\n");
 }
 
