@@ -679,47 +679,33 @@ class Resolver {
     bool operator<(const StagePath& other) const { return std::tie(phase, path) < std::tie(other.phase, other.path); }
   };
 
-  // The value of STAGE's parameter `path` (["param"], ["op", "param"] or
-  // ["index", "param"], as apply_override reads them) in the first phase
-  // (`phase` alone, when given) that has the stage, or null.
-  static const Value* value_of(const ResolvedGraph& graph, const std::string& phase, const std::string& stage,
-                               const std::vector<std::string>& path) {
-    for (const auto& p : graph.phases) {
-      if (!phase.empty() && p.name != phase) continue;
-      const ResolvedStage* s = p.find(stage);
-      if (!s) continue;
-      if (path.size() == 2 && !path[0].empty() && std::all_of(path[0].begin(), path[0].end(), ::isdigit)) {
-        const size_t index = std::stoul(path[0]);
-        if (index >= s->ops.size() || !s->ops[index].params.has(path[1])) return nullptr;
-        return &s->ops[index].params.value(path[1]);
-      }
-      for (const auto& op : s->ops) {
-        if (path.size() == 1 && op.params.has(path[0])) return &op.params.value(path[0]);
-        if (path.size() == 2 && op.type == path[0] && op.params.has(path[1])) return &op.params.value(path[1]);
-      }
-      return nullptr;
-    }
-    return nullptr;
-  }
-
   // The op of STAGE that `path` (["param"], ["op", "param"] or ["index",
-  // "param"]) sets, as an index into its ops (in the first phase, or
-  // `phase`, that has the stage); -1 when none. Twins share their ops'
-  // order, so one index names the same op in each.
-  static int op_index_of(const ResolvedGraph& graph, const std::string& phase, const std::string& stage,
-                         const std::vector<std::string>& path) {
+  // "param"], as apply_override reads them) sets, with its index, in the
+  // first phase (`phase` alone, when given) that has the stage; null and -1
+  // when none. Twins share their ops' order: one index names the same op in each.
+  static std::pair<const ResolvedOp*, int> op_of(const ResolvedGraph& graph, const std::string& phase,
+                                                 const std::string& stage, const std::vector<std::string>& path) {
+    const std::string& param = path.back();
+    const bool by_index = path.size() == 2 && !path[0].empty() && path[0].size() <= 9 &&
+                          std::all_of(path[0].begin(), path[0].end(), ::isdigit);
     for (const auto& p : graph.phases) {
       if (!phase.empty() && p.name != phase) continue;
       const ResolvedStage* s = p.find(stage);
       if (!s) continue;
       for (size_t i = 0; i < s->ops.size(); ++i) {
         const ResolvedOp& op = s->ops[i];
-        if (!op.params.has(path.back())) continue;
-        if (path.size() == 1 || op.type == path[0] || path[0] == std::to_string(i)) return static_cast<int>(i);
+        if (!op.params.has(param)) continue;
+        if (path.size() == 1 || (by_index ? std::stoul(path[0]) == i : op.type == path[0]))
+          return {&op, static_cast<int>(i)};
       }
-      return -1;
+      return {nullptr, -1};
     }
-    return -1;
+    return {nullptr, -1};
+  }
+  static const Value* value_of(const ResolvedGraph& graph, const std::string& phase, const std::string& stage,
+                               const std::vector<std::string>& path) {
+    const ResolvedOp* op = op_of(graph, phase, stage, path).first;
+    return op ? &op->params.value(path.back()) : nullptr;
   }
 
   // `--set STAGE.PARAM` changes that stage alone; its `like` and `copy`
@@ -746,7 +732,7 @@ class Resolver {
     std::set<Key> set_keys;
     for (const auto& full : stage_paths) {
       const std::vector<std::string> path(full.path.begin() + 1, full.path.end());
-      set_keys.insert({full.phase, full.path.front(), op_index_of(before, full.phase, full.path.front(), path), path.back()});
+      set_keys.insert({full.phase, full.path.front(), op_of(before, full.phase, full.path.front(), path).second, path.back()});
     }
     std::set<std::string> said;
     for (const auto& full : stage_paths) {
@@ -758,7 +744,7 @@ class Resolver {
       const Value* was = value_of(before, full.phase, stage, path);
       const Value* now = value_of(graph, full.phase, stage, path);
       if (!was || !now || *was == *now) continue;
-      const int op = op_index_of(before, full.phase, stage, path);
+      const int op = op_of(before, full.phase, stage, path).second;
       const std::string root = root_of(stage);
       std::vector<std::string> left;
       bool all_copies = true;  // every twin left alone was made from this stage

@@ -623,7 +623,8 @@ GraphSpec parse_graph_file(const std::string& path, Diagnostics& diagnostics) {
   const std::string bytes = text.str();
   if (const size_t nul = bytes.find('\0'); nul != std::string::npos) {
     const int line = 1 + static_cast<int>(std::count(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(nul), '\n'));
-    const size_t line_start = bytes.rfind('\n', nul) == std::string::npos ? 0 : bytes.rfind('\n', nul) + 1;
+    const size_t newline = bytes.rfind('\n', nul);
+    const size_t line_start = newline == std::string::npos ? 0 : newline + 1;
     diagnostics.error({path, line, static_cast<int>(nul - line_start) + 1},
                       "not a graph: a binary file (a NUL byte); a graph is a text file of stage declarations "
                       "(README: Writing a graph)");

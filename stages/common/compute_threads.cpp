@@ -64,9 +64,9 @@ void ComputeThreads::begin_epoch(bool on_cpu) {
 }
 
 void ComputeThreads::decide() {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (fixed_ > 0) {
     chosen_ = fixed_;
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     if (fixed_ > cores && !hinted_) {
       hinted_ = true;  // more kernel threads than cores spin against each other
       spdlog::warn("{}: run.compute_threads={} on a machine of {} cores: its kernels' threads will wait on each other; "
@@ -78,7 +78,6 @@ void ComputeThreads::decide() {
   // measured load: LibTorch's CPU results depend on how many threads
   // reduced them, so a count that followed timing would give two runs of
   // one command different numbers.
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   chosen_ = std::clamp(threads_, 1, cores);
 }
 

@@ -173,6 +173,29 @@ bool only_entropy_data_to_eoi(const uint8_t* data, size_t size, size_t at) {
   return true;
 }
 
+// The output TurboJPEG's tjDecompress2 asks for (TJPF_CMYK or TJPF_RGB, TJFLAG_FASTDCT |
+// TJFLAG_FASTUPSAMPLE for fast, the scale num/denom), set on a libjpeg decompressor after its header.
+void set_turbojpeg_output(jpeg_decompress_struct& cinfo, bool cmyk, bool fast, unsigned num, unsigned denom) {
+  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_EXT_RGB;
+  if (fast) {
+    cinfo.dct_method = JDCT_FASTEST;
+    cinfo.do_fancy_upsampling = FALSE;
+  }
+  cinfo.scale_num = num;
+  cinfo.scale_denom = denom;
+}
+
+// The scale TurboJPEG picks for a width x height image decoded to out_w x
+// out_h (tjDecompress2: the first factor that fits), as {num, denom}.
+std::optional<std::pair<unsigned, unsigned>> turbojpeg_scale(int width, int height, int out_w, int out_h) {
+  int count = 0;
+  tjscalingfactor* factors = tjGetScalingFactors(&count);
+  for (int i = 0; i < count; ++i)
+    if (TJSCALED(width, factors[i]) <= out_w && TJSCALED(height, factors[i]) <= out_h)
+      return std::make_pair(static_cast<unsigned>(factors[i].num), static_cast<unsigned>(factors[i].denom));
+  return std::nullopt;
+}
+
 // Reads the header, starts the decompressor, sets the columns. False: libjpeg failed (errors->message).
 bool partial_start(jpeg_decompress_struct& cinfo, PartialJob& job) {
   if (setjmp(reinterpret_cast<JpegErrors*>(cinfo.err)->jump)) return false;
@@ -186,13 +209,7 @@ bool partial_start(jpeg_decompress_struct& cinfo, PartialJob& job) {
   // A multi-scan file (progressive...) is read whole by jpeg_start_decompress.
   job.stop_early = jpeg_has_multiple_scans(&cinfo) ||
                    (!cinfo.arith_code && only_entropy_data_to_eoi(job.data, job.size, job.size - cinfo.src->bytes_in_buffer));
-  cinfo.out_color_space = job.cmyk ? JCS_CMYK : JCS_EXT_RGB;  // as TurboJPEG's TJPF_CMYK, TJPF_RGB
-  if (job.fast) {
-    cinfo.dct_method = JDCT_FASTEST;
-    cinfo.do_fancy_upsampling = FALSE;
-  }
-  cinfo.scale_num = job.scale_num;
-  cinfo.scale_denom = job.scale_denom;
+  set_turbojpeg_output(cinfo, job.cmyk, job.fast, job.scale_num, job.scale_denom);
   jpeg_start_decompress(&cinfo);
   job.x0 = static_cast<JDIMENSION>(job.want.left);
   job.width = static_cast<JDIMENSION>(job.want.width);
@@ -229,13 +246,7 @@ bool decode_all_rows(jpeg_decompress_struct& cinfo, const uint8_t* data, size_t 
   if (setjmp(reinterpret_cast<JpegErrors*>(cinfo.err)->jump)) return false;
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&cinfo, TRUE);
-  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_EXT_RGB;
-  if (fast) {
-    cinfo.dct_method = JDCT_FASTEST;
-    cinfo.do_fancy_upsampling = FALSE;
-  }
-  cinfo.scale_num = num;
-  cinfo.scale_denom = denom;
+  set_turbojpeg_output(cinfo, cmyk, fast, num, denom);
   jpeg_start_decompress(&cinfo);
   const size_t needed = static_cast<size_t>(cinfo.output_width) * cinfo.output_components;
   if (*scratch_size < needed) ERREXIT(&cinfo, JERR_TOO_LITTLE_DATA);  // never expected: sized from TurboJPEG's output
@@ -248,20 +259,15 @@ bool decode_all_rows(jpeg_decompress_struct& cinfo, const uint8_t* data, size_t 
 // error that followed it, if one did, as libjpeg's decode of the file meets it.
 std::optional<std::string> fatal_error_after_warning(const uint8_t* data, size_t size, bool cmyk, bool fast, int width,
                                                      int height, int out_w, int out_h) {
-  int count = 0;
-  tjscalingfactor* factors = tjGetScalingFactors(&count);
-  for (int i = 0; i < count; ++i)
-    if (TJSCALED(width, factors[i]) <= out_w && TJSCALED(height, factors[i]) <= out_h) {
-      JpegDecompressor d;
-      PixelBuffer<uint8_t> scratch(static_cast<size_t>(out_w) * (cmyk ? 4 : 3));
-      uint8_t* row = scratch.data();
-      size_t scratch_size = scratch.size();
-      if (decode_all_rows(d.cinfo, data, size, cmyk, fast, static_cast<unsigned>(factors[i].num),
-                          static_cast<unsigned>(factors[i].denom), &row, &scratch_size))
-        return std::nullopt;
-      return std::string(d.errors.message);
-    }
-  return std::nullopt;
+  const auto scale = turbojpeg_scale(width, height, out_w, out_h);
+  if (!scale) return std::nullopt;
+  JpegDecompressor d;
+  PixelBuffer<uint8_t> scratch(static_cast<size_t>(out_w) * (cmyk ? 4 : 3));
+  uint8_t* row = scratch.data();
+  size_t scratch_size = scratch.size();
+  if (decode_all_rows(d.cinfo, data, size, cmyk, fast, scale->first, scale->second, &row, &scratch_size))
+    return std::nullopt;
+  return std::string(d.errors.message);
 }
 
 // `want` (margins included, inside the out_w x out_h decoded size) of the
@@ -333,15 +339,10 @@ std::optional<Image> decode_jpeg_partial(const uint8_t* data, size_t size, const
   const Window want{y0, x0, std::min(exact.top + exact.height + kMargin, out_h) - y0,
                     std::min(exact.left + exact.width + kMargin, out_w) - x0};
   if (want.height == out_h && want.width == out_w) return std::nullopt;
-  // The scale TurboJPEG picks for out_w x out_h (tjDecompress2): the first factor that fits.
-  int count = 0;
-  tjscalingfactor* factors = tjGetScalingFactors(&count);
-  for (int i = 0; i < count; ++i)
-    if (TJSCALED(width, factors[i]) <= out_w && TJSCALED(height, factors[i]) <= out_h)
-      return decode_jpeg_window(data, size, static_cast<unsigned>(factors[i].num),
-                                static_cast<unsigned>(factors[i].denom), cmyk, options.fast, want, exact, out_w, out_h,
-                                options.stop_after_window);
-  return std::nullopt;
+  const auto scale = turbojpeg_scale(width, height, out_w, out_h);
+  if (!scale) return std::nullopt;
+  return decode_jpeg_window(data, size, scale->first, scale->second, cmyk, options.fast, want, exact, out_w, out_h,
+                            options.stop_after_window);
 }
 
 Image decode_jpeg(const uint8_t* data, size_t size, const DecodeOptions& options) {
